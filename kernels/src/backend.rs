@@ -1,0 +1,1 @@
+//! The seam between the model code and the hardware.
