@@ -1,1 +1,227 @@
-//! The seam between the model code and the hardware.
+//! The seam between the model code and the hardware: the few ops one transformer step needs.
+//! The forward pass is written once against this trait and dispatched once per step.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::quant::{GgmlType, QuantError};
+
+/// Errors from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("{op}: {reason}")]
+    Shape { op: &'static str, reason: String },
+    #[error("backend {backend} is not compiled into this binary (enable the `{feature}` feature)")]
+    BackendNotCompiled { backend: &'static str, feature: &'static str },
+}
+
+/// Which implementation runs the ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendKind::Cpu => f.write_str("cpu"),
+        }
+    }
+}
+
+/// Bytes shared with whatever owns them (a memory-mapped model file), so weights are never
+/// copied to be used on the CPU.
+#[derive(Clone)]
+pub struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// A window of `owner`; `None` when the range is not inside it.
+    pub fn new(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        start: usize,
+        len: usize,
+    ) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        ((*owner).as_ref().len() >= end).then_some(Self { owner, start, len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+/// A row-major matrix of GGML blocks: `rows` rows of `cols` elements each (a 1-D tensor is
+/// one row).
+#[derive(Clone)]
+pub struct QTensor {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: SharedBytes,
+    row_bytes: usize,
+}
+
+impl QTensor {
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: SharedBytes,
+    ) -> Result<Self, QuantError> {
+        let elements = (rows as u64).saturating_mul(cols as u64);
+        let row_bytes = ty.byte_size(cols as u64)?.unwrap_or(u64::MAX);
+        let expected = ty.byte_size(elements)?.unwrap_or(u64::MAX);
+        if bytes.len as u64 != expected {
+            return Err(QuantError::WrongByteLength {
+                ty,
+                elements,
+                expected,
+                got: bytes.len as u64,
+            });
+        }
+        Ok(Self { ty, rows, cols, bytes, row_bytes: row_bytes as usize })
+    }
+
+    /// The encoded bytes of row `r` (`r < rows`).
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+/// How RoPE pairs the elements of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs (x[2i], x[2i+1]): llama.cpp's `LLAMA_ROPE_TYPE_NORM`.
+    Normal,
+    /// Halves (x[i], x[i + d/2]): `LLAMA_ROPE_TYPE_NEOX`.
+    Neox,
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    pub layout: RopeLayout,
+    pub freq_base: f32,
+    /// Dimensions rotated per head (the rest pass through).
+    pub n_rot: usize,
+}
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+}
+
+/// The ops of a transformer step. Tensors are row-major `[n_rows, row_len]` activations.
+pub trait Backend: Send {
+    /// Activations (f32 on the CPU).
+    type Tensor: Send;
+    /// A weight tensor resident where the ops run.
+    type Weight: Send + Sync;
+
+    fn kind(&self) -> BackendKind;
+
+    fn load_weight(&self, w: &QTensor) -> Result<Self::Weight, KernelError>;
+
+    fn zeros(&self, len: usize) -> Self::Tensor;
+
+    /// `out[i] = table[ids[i]]` (rows dequantized).
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError>;
+
+    /// RMSNorm of each row of `x` times `weight`.
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError>;
+
+    /// `out[n, w.rows] = x[n, w.cols] · wᵀ` for the first `n` rows of `x`.
+    fn matmul(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError>;
+
+    /// Rotates each head of row `i` of `x` by position `positions[i]`.
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<(), KernelError>;
+
+    /// Copies `n` rows of `src` starting at `src_row` into `cache` at rows `dst_row..`,
+    /// growing the cache when needed.
+    fn kv_write(
+        &self,
+        cache: &mut Self::Tensor,
+        row_len: usize,
+        dst_row: usize,
+        src: &Self::Tensor,
+        src_row: usize,
+        n: usize,
+    ) -> Result<(), KernelError>;
+
+    /// Causal attention for `n` query rows of `q` starting at `q_row`, whose first token sits at
+    /// position `first_pos` of the sequence cached in `k`/`v` (which hold positions
+    /// `0..first_pos + n`). Writes the same rows of `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        q_row: usize,
+        n: usize,
+        first_pos: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        shape: AttentionShape,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError>;
+
+    /// Copies rows `rows` (each `row_len` long) of `src` into consecutive rows of `out`.
+    fn gather_rows(
+        &self,
+        src: &Self::Tensor,
+        rows: &[usize],
+        row_len: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError>;
+
+    /// `gate = silu(gate) * up`, element-wise over the first `len` elements.
+    fn silu_mul(
+        &self,
+        gate: &mut Self::Tensor,
+        up: &Self::Tensor,
+        len: usize,
+    ) -> Result<(), KernelError>;
+
+    /// `x += y` over the first `len` elements.
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor, len: usize) -> Result<(), KernelError>;
+
+    /// Copies row `row` (of `row_len` elements) of `t` to host memory.
+    fn read_row(
+        &self,
+        t: &Self::Tensor,
+        row: usize,
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError>;
+}

@@ -6,5 +6,7 @@ pub mod backend;
 pub mod cpu;
 pub mod quant;
 
-pub use backend::{Backend, BackendKind};
+pub use backend::{
+    AttentionShape, Backend, BackendKind, KernelError, QTensor, Rope, RopeLayout, SharedBytes,
+};
 pub use quant::{GgmlType, QuantError};

@@ -1,1 +1,309 @@
-//! CPU backend.
+//! CPU backend. This is the exact reference path: weights are dequantized row by row as they
+//! are used (never copied whole), activations stay f32, and attention is plain softmax over the
+//! cache. The fast quantized path of issue #3 builds on the same seam.
+
+mod ops;
+
+use rayon::prelude::*;
+
+use crate::backend::{AttentionShape, Backend, BackendKind, KernelError, QTensor, Rope};
+use crate::quant::dequantize_row;
+
+pub use ops::{dot, rms_norm_row, rope_row, silu};
+
+/// A weight on the CPU: the quantized rows, plus an f32 copy for small 1-D tensors (norm
+/// weights) that are read whole on every call.
+pub struct CpuWeight {
+    pub q: QTensor,
+    dense: Option<Vec<f32>>,
+}
+
+/// Vectors this short are kept dequantized: they are norm weights, read whole every step.
+const DENSE_MAX: usize = 1 << 16;
+
+pub struct Cpu {
+    pool: rayon::ThreadPool,
+}
+
+impl Cpu {
+    /// A backend running on `threads` threads (0 means one per available core).
+    pub fn new(threads: usize) -> Result<Self, KernelError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
+        Ok(Self { pool })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+fn shape_err(op: &'static str, reason: String) -> KernelError {
+    KernelError::Shape { op, reason }
+}
+
+fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
+    if have < need {
+        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
+    }
+    Ok(())
+}
+
+impl Backend for Cpu {
+    type Tensor = Vec<f32>;
+    type Weight = CpuWeight;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn load_weight(&self, w: &QTensor) -> Result<CpuWeight, KernelError> {
+        let dense = if w.rows == 1 && w.cols <= DENSE_MAX {
+            let mut v = vec![0.0; w.cols];
+            dequantize_row(w.ty, w.row(0), &mut v)?;
+            Some(v)
+        } else {
+            None
+        };
+        Ok(CpuWeight { q: w.clone(), dense })
+    }
+
+    fn zeros(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) -> Result<(), KernelError> {
+        let dim = table.q.cols;
+        check_len("embed", "output", out.len(), ids.len() * dim)?;
+        for (i, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= table.q.rows {
+                return Err(shape_err(
+                    "embed",
+                    format!("token id {id} is outside the {}-row table", table.q.rows),
+                ));
+            }
+            dequantize_row(table.q.ty, table.q.row(id), &mut out[i * dim..(i + 1) * dim])?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let w = weight
+            .dense
+            .as_deref()
+            .ok_or_else(|| shape_err("rms_norm", "weight is not a vector".into()))?;
+        let dim = w.len();
+        check_len("rms_norm", "output", out.len(), x.len())?;
+        for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            rms_norm_row(xr, w, eps, or);
+        }
+        Ok(())
+    }
+
+    fn matmul(
+        &self,
+        w: &CpuWeight,
+        x: &Vec<f32>,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = (w.q.rows, w.q.cols);
+        check_len("matmul", "input", x.len(), n * cols)?;
+        check_len("matmul", "output", out.len(), n * rows)?;
+        let x = &x[..n * cols];
+        // Each task dequantizes a run of weight rows once and uses each for all `n` inputs,
+        // writing a [rows, n] transposed result that is scattered afterwards.
+        const ROWS_PER_TASK: usize = 16;
+        let mut out_t = vec![0.0f32; rows * n];
+        let result: Result<(), KernelError> = self.pool.install(|| {
+            out_t
+                .par_chunks_mut(ROWS_PER_TASK * n)
+                .enumerate()
+                .try_for_each_init(
+                    || vec![0.0f32; cols],
+                    |scratch, (chunk, dst)| {
+                        for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                            let r = chunk * ROWS_PER_TASK + j;
+                            dequantize_row(w.q.ty, w.q.row(r), scratch)?;
+                            for (t, d) in dst_row.iter_mut().enumerate() {
+                                *d = dot(scratch, &x[t * cols..(t + 1) * cols]);
+                            }
+                        }
+                        Ok(())
+                    },
+                )
+        });
+        result?;
+        for r in 0..rows {
+            for t in 0..n {
+                out[t * rows + r] = out_t[r * n + t];
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<(), KernelError> {
+        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+            return Err(shape_err(
+                "rope",
+                format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot),
+            ));
+        }
+        let row_len = x.len() / positions.len().max(1);
+        if !row_len.is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rope",
+                format!("row length {row_len} is not a multiple of head_dim {head_dim}"),
+            ));
+        }
+        for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
+            for head in row.chunks_exact_mut(head_dim) {
+                rope_row(head, pos, rope);
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut Vec<f32>,
+        row_len: usize,
+        dst_row: usize,
+        src: &Vec<f32>,
+        src_row: usize,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        check_len("kv_write", "source", src.len(), (src_row + n) * row_len)?;
+        let end = (dst_row + n) * row_len;
+        if cache.len() < end {
+            cache.resize(end, 0.0);
+        }
+        cache[dst_row * row_len..end]
+            .copy_from_slice(&src[src_row * row_len..(src_row + n) * row_len]);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        q_row: usize,
+        n: usize,
+        first_pos: usize,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        shape: AttentionShape,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+            return Err(shape_err(
+                "attention",
+                format!("{n_head} heads cannot share {n_kv_head} kv heads"),
+            ));
+        }
+        let q_len = n_head * head_dim;
+        let kv_len = n_kv_head * head_dim;
+        let n_ctx = first_pos + n;
+        check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
+        check_len("attention", "k cache", k.len(), n_ctx * kv_len)?;
+        check_len("attention", "v cache", v.len(), n_ctx * kv_len)?;
+        check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
+        let group = n_head / n_kv_head;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
+        self.pool.install(|| {
+            out_rows.par_chunks_mut(head_dim).enumerate().for_each_init(
+                || Vec::with_capacity(n_ctx),
+                |scores: &mut Vec<f32>, (i, o)| {
+                    let (t, h) = (i / n_head, i % n_head);
+                    let kvh = h / group;
+                    let qv = &q[(q_row + t) * q_len + h * head_dim..][..head_dim];
+                    let visible = first_pos + t + 1;
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for p in 0..visible {
+                        let s = dot(qv, &k[p * kv_len + kvh * head_dim..][..head_dim]) * scale;
+                        max = max.max(s);
+                        scores.push(s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    o.fill(0.0);
+                    for (p, &s) in scores.iter().enumerate() {
+                        let w = s / sum;
+                        let vv = &v[p * kv_len + kvh * head_dim..][..head_dim];
+                        for (oe, &ve) in o.iter_mut().zip(vv) {
+                            *oe += w * ve;
+                        }
+                    }
+                },
+            )
+        });
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        src: &Vec<f32>,
+        rows: &[usize],
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        check_len("gather_rows", "output", out.len(), rows.len() * row_len)?;
+        for (i, &r) in rows.iter().enumerate() {
+            check_len("gather_rows", "source", src.len(), (r + 1) * row_len)?;
+            out[i * row_len..(i + 1) * row_len]
+                .copy_from_slice(&src[r * row_len..(r + 1) * row_len]);
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<(), KernelError> {
+        check_len("silu_mul", "gate", gate.len(), len)?;
+        check_len("silu_mul", "up", up.len(), len)?;
+        for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
+            *g = silu(*g) * u;
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<(), KernelError> {
+        check_len("add", "x", x.len(), len)?;
+        check_len("add", "y", y.len(), len)?;
+        for (a, &b) in x[..len].iter_mut().zip(&y[..len]) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn read_row(
+        &self,
+        t: &Vec<f32>,
+        row: usize,
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        check_len("read_row", "tensor", t.len(), (row + 1) * row_len)?;
+        out.clear();
+        out.extend_from_slice(&t[row * row_len..(row + 1) * row_len]);
+        Ok(())
+    }
+}

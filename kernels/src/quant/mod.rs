@@ -1,7 +1,14 @@
 //! GGML block formats and their reference dequantization.
 
+mod blocks;
+mod dequant;
 mod types;
 
+pub use blocks::{
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, BlockQ8K, K_SCALE_SIZE, QK, QK_K,
+};
+pub use dequant::dequantize_row;
 pub use types::GgmlType;
 
 /// Errors from quantized data handling.
@@ -15,4 +22,6 @@ pub enum QuantError {
     NotBlockMultiple { ty: GgmlType, elements: u64, block: u64 },
     #[error("{ty}: expected {expected} bytes for {elements} elements, got {got}")]
     WrongByteLength { ty: GgmlType, elements: u64, expected: u64, got: u64 },
+    #[error("{ty}: the byte size of {elements} elements overflows u64")]
+    TooLarge { ty: GgmlType, elements: u64 },
 }

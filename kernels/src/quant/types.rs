@@ -112,7 +112,7 @@ impl GgmlType {
     /// number of blocks. `None` only on arithmetic overflow.
     pub fn byte_size(self, elements: u64) -> Result<Option<u64>, QuantError> {
         let block = self.block_size();
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return Err(QuantError::NotBlockMultiple { ty: self, elements, block });
         }
         Ok((elements / block).checked_mul(self.type_size()))
