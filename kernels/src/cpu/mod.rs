@@ -307,3 +307,101 @@ impl Backend for Cpu {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOL: f32 = 1e-5;
+
+    fn backend() -> Cpu {
+        Cpu::new(2).expect("pool")
+    }
+
+    /// Attention written out the slow, obvious way: per head, softmax over visible positions.
+    fn naive_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, first: usize, s: AttentionShape) -> Vec<f32> {
+        let (hd, kvl) = (s.head_dim, s.n_kv_head * s.head_dim);
+        let mut out = vec![0.0; n * s.n_head * hd];
+        for t in 0..n {
+            for h in 0..s.n_head {
+                let kvh = h * s.n_kv_head / s.n_head;
+                let qv = &q[(t * s.n_head + h) * hd..][..hd];
+                let scores: Vec<f32> = (0..=first + t)
+                    .map(|p| qv.iter().zip(&k[p * kvl + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt())
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for (p, w) in e.iter().enumerate() {
+                    for d in 0..hd {
+                        out[(t * s.n_head + h) * hd + d] += w / z * v[p * kvl + kvh * hd + d];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gqa_attention_matches_the_naive_form() {
+        let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 4 };
+        let (first, n) = (3, 2);
+        let ctx = first + n;
+        let f = |i: usize, m: f32| ((i as f32) * m).sin();
+        let q: Vec<f32> = (0..n * 24).map(|i| f(i, 0.7)).collect();
+        let k: Vec<f32> = (0..ctx * 8).map(|i| f(i, 1.3)).collect();
+        let v: Vec<f32> = (0..ctx * 8).map(|i| f(i, 0.4)).collect();
+        let mut out = vec![0.0; n * 24];
+        backend().attention(&q, 0, n, first, &k, &v, shape, &mut out).expect("attention");
+        let want = naive_attention(&q, &k, &v, n, first, shape);
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() < TOL, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn attention_rejects_short_caches() {
+        let shape = AttentionShape { n_head: 2, n_kv_head: 1, head_dim: 2 };
+        let mut out = vec![0.0; 4];
+        let err = backend().attention(&vec![0.0; 4], 0, 1, 5, &vec![0.0; 2], &vec![0.0; 2], shape, &mut out);
+        assert!(matches!(err, Err(KernelError::Shape { op: "attention", .. })));
+    }
+
+    #[test]
+    fn matmul_matches_dense_math_for_any_batch() {
+        use std::sync::Arc;
+        let (rows, cols) = (5, 64);
+        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let len = bytes.len();
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
+        let q = QTensor::new(crate::GgmlType::F32, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes"))
+            .expect("tensor");
+        let b = backend();
+        let weight = b.load_weight(&q).expect("load");
+        for n in [1, 3] {
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.05).cos()).collect();
+            let mut out = vec![0.0; n * rows];
+            b.matmul(&weight, &x, n, &mut out).expect("matmul");
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+                    assert!((out[t * rows + r] - want).abs() < 1e-4, "n {n} t {t} r {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn embed_rejects_ids_outside_the_table() {
+        use std::sync::Arc;
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(vec![0u8; 2 * 32 * 4]);
+        let q = QTensor::new(crate::GgmlType::F32, 2, 32, crate::SharedBytes::new(owner, 0, 256).expect("bytes"))
+            .expect("tensor");
+        let b = backend();
+        let w = b.load_weight(&q).expect("load");
+        let mut out = vec![0.0; 32];
+        assert!(b.embed(&w, &[2], &mut out).is_err());
+        assert!(b.embed(&w, &[1], &mut out).is_ok());
+    }
+}

@@ -49,3 +49,72 @@ pub fn rope_row(head: &mut [f32], pos: u32, rope: &Rope) {
         head[b] = x0 * sin + x1 * cos;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rounding differences between vectorised and sequential sums stay in f32's last bits.
+    const SUM_TOL: f32 = 1e-4;
+
+    fn rope(layout: RopeLayout, n_rot: usize) -> Rope {
+        Rope { layout, freq_base: 10_000.0, n_rot }
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum_at_every_length() {
+        for len in 0..40 {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - plain).abs() < SUM_TOL, "len {len}");
+        }
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_the_identity() {
+        let head: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        for layout in [RopeLayout::Normal, RopeLayout::Neox] {
+            let mut h = head.clone();
+            rope_row(&mut h, 0, &rope(layout, 8));
+            assert_eq!(h, head);
+        }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position_times_frequency() {
+        // Pair i turns by pos * base^(-2i/n_rot); pair 0 by exactly pos radians.
+        let mut h = vec![1.0, 0.0, 1.0, 0.0];
+        rope_row(&mut h, 3, &rope(RopeLayout::Normal, 4));
+        assert!((h[0] - 3f32.cos()).abs() < 1e-6 && (h[1] - 3f32.sin()).abs() < 1e-6);
+        let t = 3.0 * 10_000f64.powf(-0.5);
+        assert!((h[2] - t.cos() as f32).abs() < 1e-6 && (h[3] - t.sin() as f32).abs() < 1e-6);
+    }
+
+    #[test]
+    fn neox_is_normal_rope_on_halves_instead_of_neighbours() {
+        let normal_in = [0.3, -1.2, 2.0, 0.5, 0.7, 1.1];
+        // Neox pairs (i, i + 3); lay the same pairs out that way.
+        let neox_in = [0.3, 2.0, 0.7, -1.2, 0.5, 1.1];
+        let (mut a, mut b) = (normal_in, neox_in);
+        rope_row(&mut a, 17, &rope(RopeLayout::Normal, 6));
+        rope_row(&mut b, 17, &rope(RopeLayout::Neox, 6));
+        assert_eq!([a[0], a[2], a[4], a[1], a[3], a[5]], b);
+    }
+
+    #[test]
+    fn partial_rotation_leaves_the_tail_alone() {
+        let mut h = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        rope_row(&mut h, 5, &rope(RopeLayout::Neox, 4));
+        assert_eq!(&h[4..], &[5.0, 6.0]);
+    }
+
+    #[test]
+    fn rms_norm_scales_to_unit_rms() {
+        let x = [3.0, -4.0];
+        let mut out = [0.0; 2];
+        rms_norm_row(&x, &[1.0, 2.0], 0.0, &mut out);
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 2.0 * -4.0 / rms).abs() < 1e-6);
+    }
+}
