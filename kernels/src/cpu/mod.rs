@@ -3,6 +3,7 @@
 //! cache. The fast quantized path of issue #3 builds on the same seam.
 
 mod ops;
+mod q8;
 
 use rayon::prelude::*;
 
@@ -10,6 +11,7 @@ use crate::backend::{AttentionShape, Backend, BackendKind, KernelError, QTensor,
 use crate::quant::dequantize_row;
 
 pub use ops::{dot, rms_norm_row, rope_row, silu};
+pub use q8::Isa;
 
 /// A weight on the CPU: the quantized rows, plus an f32 copy for small 1-D tensors (norm
 /// weights) that are read whole on every call.
@@ -21,24 +23,89 @@ pub struct CpuWeight {
 /// Vectors this short are kept dequantized: they are norm weights, read whole every step.
 const DENSE_MAX: usize = 1 << 16;
 
+/// How matmuls treat activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// f32 activations against exactly dequantized weights: the reference path.
+    F32,
+    /// Activations quantized to 8 bits, integer dot products against quantized weights.
+    Q8,
+}
+
 pub struct Cpu {
     pool: rayon::ThreadPool,
+    activations: Activations,
+    isa: q8::Isa,
 }
 
 impl Cpu {
     /// A backend running on `threads` threads (0 means one per available core).
-    pub fn new(threads: usize) -> Result<Self, KernelError> {
+    pub fn new(threads: usize, activations: Activations) -> Result<Self, KernelError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
-        Ok(Self { pool })
+        Ok(Self { pool, activations, isa: q8::Isa::detect() })
     }
 
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+
+    pub fn activations(&self) -> Activations {
+        self.activations
+    }
+
+    /// The 8-bit path: quantize the inputs once, then integer dots per weight row.
+    fn matmul_q8(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) {
+        let cols = w.q.cols;
+        let nb = cols / q8::QB;
+        let mut acts = q8::Q8Acts::default();
+        acts.quantize(x, n, cols);
+        let (ty, isa) = (w.q.ty, self.isa);
+        self.pool.install(|| {
+            out_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, dst)| {
+                for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                    let row = w.q.row(chunk * ROWS_PER_TASK + j);
+                    for (t, o) in dst_row.iter_mut().enumerate() {
+                        let blocks = t * nb..(t + 1) * nb;
+                        *o = q8::dot(
+                            isa,
+                            ty,
+                            row,
+                            &acts.d[blocks.clone()],
+                            &acts.sum[blocks],
+                            &acts.q[t * cols..(t + 1) * cols],
+                        );
+                    }
+                }
+            })
+        });
+    }
+
+    /// The exact path: each task dequantizes a run of weight rows once and uses each row for
+    /// all `n` inputs.
+    fn matmul_f32(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) -> Result<(), KernelError> {
+        let cols = w.q.cols;
+        self.pool.install(|| {
+            out_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().try_for_each_init(
+                || vec![0.0f32; cols],
+                |scratch, (chunk, dst)| {
+                    for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                        dequantize_row(w.q.ty, w.q.row(chunk * ROWS_PER_TASK + j), scratch)?;
+                        for (t, d) in dst_row.iter_mut().enumerate() {
+                            *d = dot(scratch, &x[t * cols..(t + 1) * cols]);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+        })
+    }
 }
+
+/// Weight rows per parallel task: enough to amortise scheduling, few enough to balance.
+const ROWS_PER_TASK: usize = 16;
 
 fn shape_err(op: &'static str, reason: String) -> KernelError {
     KernelError::Shape { op, reason }
@@ -80,27 +147,15 @@ impl Backend for Cpu {
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= table.q.rows {
-                return Err(shape_err(
-                    "embed",
-                    format!("token id {id} is outside the {}-row table", table.q.rows),
-                ));
+                return Err(shape_err("embed", format!("token id {id} is outside the {}-row table", table.q.rows)));
             }
             dequantize_row(table.q.ty, table.q.row(id), &mut out[i * dim..(i + 1) * dim])?;
         }
         Ok(())
     }
 
-    fn rms_norm(
-        &self,
-        x: &Vec<f32>,
-        weight: &CpuWeight,
-        eps: f32,
-        out: &mut Vec<f32>,
-    ) -> Result<(), KernelError> {
-        let w = weight
-            .dense
-            .as_deref()
-            .ok_or_else(|| shape_err("rms_norm", "weight is not a vector".into()))?;
+    fn rms_norm(&self, x: &Vec<f32>, weight: &CpuWeight, eps: f32, out: &mut Vec<f32>) -> Result<(), KernelError> {
+        let w = weight.dense.as_deref().ok_or_else(|| shape_err("rms_norm", "weight is not a vector".into()))?;
         let dim = w.len();
         check_len("rms_norm", "output", out.len(), x.len())?;
         for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
@@ -109,40 +164,22 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn matmul(
-        &self,
-        w: &CpuWeight,
-        x: &Vec<f32>,
-        n: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<(), KernelError> {
+    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
         let (rows, cols) = (w.q.rows, w.q.cols);
         check_len("matmul", "input", x.len(), n * cols)?;
         check_len("matmul", "output", out.len(), n * rows)?;
+        if n == 0 {
+            return Ok(());
+        }
         let x = &x[..n * cols];
-        // Each task dequantizes a run of weight rows once and uses each for all `n` inputs,
-        // writing a [rows, n] transposed result that is scattered afterwards.
-        const ROWS_PER_TASK: usize = 16;
+        // Results are computed as [rows, n] so each task owns whole weight rows, then
+        // transposed into [n, rows].
         let mut out_t = vec![0.0f32; rows * n];
-        let result: Result<(), KernelError> = self.pool.install(|| {
-            out_t
-                .par_chunks_mut(ROWS_PER_TASK * n)
-                .enumerate()
-                .try_for_each_init(
-                    || vec![0.0f32; cols],
-                    |scratch, (chunk, dst)| {
-                        for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                            let r = chunk * ROWS_PER_TASK + j;
-                            dequantize_row(w.q.ty, w.q.row(r), scratch)?;
-                            for (t, d) in dst_row.iter_mut().enumerate() {
-                                *d = dot(scratch, &x[t * cols..(t + 1) * cols]);
-                            }
-                        }
-                        Ok(())
-                    },
-                )
-        });
-        result?;
+        if self.activations == Activations::Q8 && q8::supported(w.q.ty) && cols.is_multiple_of(q8::QB) {
+            self.matmul_q8(w, x, n, &mut out_t);
+        } else {
+            self.matmul_f32(w, x, n, &mut out_t)?;
+        }
         for r in 0..rows {
             for t in 0..n {
                 out[t * rows + r] = out_t[r * n + t];
@@ -151,25 +188,13 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn rope(
-        &self,
-        x: &mut Vec<f32>,
-        head_dim: usize,
-        positions: &[u32],
-        rope: &Rope,
-    ) -> Result<(), KernelError> {
+    fn rope(&self, x: &mut Vec<f32>, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
         if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
-            return Err(shape_err(
-                "rope",
-                format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot),
-            ));
+            return Err(shape_err("rope", format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot)));
         }
         let row_len = x.len() / positions.len().max(1);
         if !row_len.is_multiple_of(head_dim) {
-            return Err(shape_err(
-                "rope",
-                format!("row length {row_len} is not a multiple of head_dim {head_dim}"),
-            ));
+            return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
         for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
             for head in row.chunks_exact_mut(head_dim) {
@@ -193,8 +218,7 @@ impl Backend for Cpu {
         if cache.len() < end {
             cache.resize(end, 0.0);
         }
-        cache[dst_row * row_len..end]
-            .copy_from_slice(&src[src_row * row_len..(src_row + n) * row_len]);
+        cache[dst_row * row_len..end].copy_from_slice(&src[src_row * row_len..(src_row + n) * row_len]);
         Ok(())
     }
 
@@ -211,10 +235,7 @@ impl Backend for Cpu {
     ) -> Result<(), KernelError> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            return Err(shape_err(
-                "attention",
-                format!("{n_head} heads cannot share {n_kv_head} kv heads"),
-            ));
+            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
         let q_len = n_head * head_dim;
         let kv_len = n_kv_head * head_dim;
@@ -270,8 +291,7 @@ impl Backend for Cpu {
         check_len("gather_rows", "output", out.len(), rows.len() * row_len)?;
         for (i, &r) in rows.iter().enumerate() {
             check_len("gather_rows", "source", src.len(), (r + 1) * row_len)?;
-            out[i * row_len..(i + 1) * row_len]
-                .copy_from_slice(&src[r * row_len..(r + 1) * row_len]);
+            out[i * row_len..(i + 1) * row_len].copy_from_slice(&src[r * row_len..(r + 1) * row_len]);
         }
         Ok(())
     }
@@ -294,13 +314,7 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn read_row(
-        &self,
-        t: &Vec<f32>,
-        row: usize,
-        row_len: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<(), KernelError> {
+    fn read_row(&self, t: &Vec<f32>, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
         check_len("read_row", "tensor", t.len(), (row + 1) * row_len)?;
         out.clear();
         out.extend_from_slice(&t[row * row_len..(row + 1) * row_len]);
@@ -315,7 +329,7 @@ mod tests {
     const TOL: f32 = 1e-5;
 
     fn backend() -> Cpu {
-        Cpu::new(2).expect("pool")
+        Cpu::new(2, Activations::F32).expect("pool")
     }
 
     /// Attention written out the slow, obvious way: per head, softmax over visible positions.
@@ -327,7 +341,10 @@ mod tests {
                 let kvh = h * s.n_kv_head / s.n_head;
                 let qv = &q[(t * s.n_head + h) * hd..][..hd];
                 let scores: Vec<f32> = (0..=first + t)
-                    .map(|p| qv.iter().zip(&k[p * kvl + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt())
+                    .map(|p| {
+                        qv.iter().zip(&k[p * kvl + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>()
+                            / (hd as f32).sqrt()
+                    })
                     .collect();
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();

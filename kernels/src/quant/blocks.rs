@@ -161,7 +161,7 @@ fn signed<const N: usize>(b: [u8; N]) -> [i8; N] {
 /// `half`'s CPU feature check on every call. NaN payloads are kept without setting the quiet
 /// bit, as numpy's software conversion does.
 #[inline(always)]
-fn f16_bits_to_f32(h: u16) -> f32 {
+pub fn f16_bits_to_f32(h: u16) -> f32 {
     const EXP_MASK: u32 = 0x7c00 << 13;
     // 2^-14, the value of the smallest f16 normal, as the bias for renormalising subnormals.
     const MAGIC: f32 = f32::from_bits(113 << 23);

@@ -1,0 +1,207 @@
+//! The public engine API: load a GGUF model and generate or score tokens.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use realm_kernels::cpu::{Activations, Cpu};
+
+use crate::chat::{ChatError, ChatTemplate};
+use crate::gguf::{GgufError, GgufFile};
+use crate::model::{Llama, LlamaConfig, Logits, ModelError, SeqStep};
+use crate::sampler::{Sampler, SamplerError, SamplingParams};
+use crate::stop::StopMatcher;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 activations, weights dequantized exactly as they are used: the reference path.
+    Exact,
+    /// 8-bit activations with integer dot products against the quantized weights (formats
+    /// without an integer kernel yet take the exact path).
+    Fast,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// CPU threads; 0 means one per available core.
+    pub threads: usize,
+    pub precision: Precision,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { threads: 0, precision: Precision::Exact }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error(transparent)]
+    Kernel(#[from] realm_kernels::KernelError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {context} tokens")]
+    ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks, reference comparisons).
+    pub ignore_eos: bool,
+}
+
+/// One generated token and the text it released (possibly empty while a UTF-8 sequence or a
+/// possible stop string is incomplete).
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub id: u32,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+pub struct Engine {
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+    model: Llama<Cpu>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, EngineError> {
+        let file = GgufFile::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let chat_template = ChatTemplate::from_gguf(&file, &tokenizer)?;
+        let activations = match options.precision {
+            Precision::Exact => Activations::F32,
+            Precision::Fast => Activations::Q8,
+        };
+        let model = Llama::load(&file, Cpu::new(options.threads, activations)?)?;
+        Ok(Self { tokenizer, chat_template, model })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.model.config
+    }
+
+    pub fn threads(&self) -> usize {
+        self.model.backend().threads()
+    }
+
+    /// Tokens for a prompt: special tokens parsed, BOS added when the model asks for it.
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        if let Some(bos) = self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos()) {
+            ids.push(bos);
+        }
+        ids.extend(self.tokenizer.encode(text, true));
+        ids
+    }
+
+    /// Logits after every token of `tokens` (row after row, `vocab_size` each), from a fresh
+    /// sequence: scoring and teacher forcing.
+    pub fn score(&self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut cache = self.model.new_cache();
+        let mut step = [SeqStep { cache: &mut cache, tokens, logits: Logits::All }];
+        let mut out = self.model.forward(&mut step)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Generates after `prompt`, calling `on_token` for each token; `on_token` returning false
+    /// cancels.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Generation, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let context = self.model.config.context_length;
+        if prompt.len() + params.max_tokens > context {
+            return Err(EngineError::ContextExceeded { prompt: prompt.len(), max_tokens: params.max_tokens, context });
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut sampler = Sampler::new(params.sampling.clone(), vocab)?;
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut decoder = self.tokenizer.stream_decoder();
+        let mut cache = self.model.new_cache();
+        let mut history = prompt.to_vec();
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        let mut finish_reason = FinishReason::Length;
+
+        let start = Instant::now();
+        let mut step_tokens = prompt.to_vec();
+        let mut prefill_time = Duration::ZERO;
+        while ids.len() < params.max_tokens {
+            let mut step = [SeqStep { cache: &mut cache, tokens: &step_tokens, logits: Logits::Last }];
+            let mut logits = self.model.forward(&mut step)?.pop().unwrap_or_default();
+            if ids.is_empty() {
+                prefill_time = start.elapsed();
+            }
+            let id = sampler.sample(&mut logits, &history)?;
+            ids.push(id);
+            history.push(id);
+            if !params.ignore_eos && self.tokenizer.is_eog(id) {
+                finish_reason = FinishReason::Stop;
+                break;
+            }
+            let released = stops.push(&decoder.push(id));
+            text.push_str(&released.text);
+            if !on_token(&TokenEvent { id, text: released.text }) {
+                finish_reason = FinishReason::Cancelled;
+                break;
+            }
+            if released.stopped {
+                finish_reason = FinishReason::Stop;
+                break;
+            }
+            step_tokens.clear();
+            step_tokens.push(id);
+        }
+        if finish_reason == FinishReason::Length {
+            let rest = stops.push(&decoder.finish()).text + &stops.finish();
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                on_token(&TokenEvent { id: ids.last().copied().unwrap_or_default(), text: rest });
+            }
+        }
+        let decode_time = start.elapsed().saturating_sub(prefill_time);
+        Ok(Generation { ids, text, finish_reason, prompt_tokens: prompt.len(), prefill_time, decode_time })
+    }
+}

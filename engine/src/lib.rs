@@ -1,0 +1,13 @@
+//! Realm engine: reads GGUF models (memory-mapped), tokenizes with the vocabulary stored in
+//! the file, renders chat templates, runs the llama-family forward pass over a KV cache
+//! through a [`realm_kernels::Backend`], and samples tokens.
+
+pub mod chat;
+pub mod engine;
+pub mod gguf;
+pub mod model;
+pub mod sampler;
+pub mod stop;
+pub mod tokenizer;
+
+pub use engine::{Engine, EngineError, EngineOptions, FinishReason, GenerateParams, Generation, Precision, TokenEvent};

@@ -1,0 +1,231 @@
+//! The llama forward pass: token embedding, per layer RMSNorm → GQA attention with RoPE over
+//! a KV cache → residual → RMSNorm → SwiGLU FFN → residual, final norm and output head (tied
+//! to the embedding when `output.weight` is absent).
+//!
+//! One call runs one step over many sequences at once: their tokens are stacked into one
+//! activation matrix so every weight is read once per step, whatever the batch holds.
+
+use realm_kernels::{AttentionShape, Backend, QTensor, Rope};
+
+use super::{LlamaConfig, ModelError};
+use crate::gguf::GgufFile;
+
+struct Layer<W> {
+    attn_norm: W,
+    wq: W,
+    wk: W,
+    wv: W,
+    wo: W,
+    ffn_norm: W,
+    w_gate: W,
+    w_up: W,
+    w_down: W,
+}
+
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    backend: B,
+    token_embd: B::Weight,
+    layers: Vec<Layer<B::Weight>>,
+    output_norm: B::Weight,
+    output: B::Weight,
+    rope: Rope,
+}
+
+/// One sequence's keys and values for every layer, rows `0..len` valid.
+pub struct KvCache<B: Backend> {
+    k: Vec<B::Tensor>,
+    v: Vec<B::Tensor>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets positions from `len` on (a shared prefix can be kept).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// Which logits a sequence wants back from a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only after its last token (generation).
+    Last,
+    /// After every token of the step (scoring, teacher forcing).
+    All,
+}
+
+/// One sequence's part of a step: new tokens appended after what its cache holds.
+pub struct SeqStep<'a, B: Backend> {
+    pub cache: &'a mut KvCache<B>,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+fn load<B: Backend>(backend: &B, f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<B::Weight, ModelError> {
+    let t: QTensor = f.qtensor(name)?;
+    if t.rows != rows || t.cols != cols {
+        return Err(ModelError::TensorShape {
+            name: name.to_string(),
+            expected: format!("{rows} x {cols}"),
+            found: format!("{} x {}", t.rows, t.cols),
+        });
+    }
+    Ok(backend.load_weight(&t)?)
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn load(f: &GgufFile, backend: B) -> Result<Self, ModelError> {
+        let c = LlamaConfig::from_gguf(f)?;
+        let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let name = |t: &str| format!("blk.{i}.{t}.weight");
+            layers.push(Layer {
+                attn_norm: load(&backend, f, &name("attn_norm"), 1, dim)?,
+                wq: load(&backend, f, &name("attn_q"), dim, dim)?,
+                wk: load(&backend, f, &name("attn_k"), kv_dim, dim)?,
+                wv: load(&backend, f, &name("attn_v"), kv_dim, dim)?,
+                wo: load(&backend, f, &name("attn_output"), dim, dim)?,
+                ffn_norm: load(&backend, f, &name("ffn_norm"), 1, dim)?,
+                w_gate: load(&backend, f, &name("ffn_gate"), ffn, dim)?,
+                w_up: load(&backend, f, &name("ffn_up"), ffn, dim)?,
+                w_down: load(&backend, f, &name("ffn_down"), dim, ffn)?,
+            });
+        }
+        let token_embd = load(&backend, f, "token_embd.weight", c.vocab_size, dim)?;
+        let output_name = if f.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+        let output = load(&backend, f, output_name, c.vocab_size, dim)?;
+        let output_norm = load(&backend, f, "output_norm.weight", 1, dim)?;
+        let rope = Rope { layout: c.rope_layout, freq_base: c.rope_freq_base, n_rot: c.n_rot };
+        Ok(Self { config: c, backend, token_embd, layers, output_norm, output, rope })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        let n = self.config.n_layer;
+        KvCache {
+            k: (0..n).map(|_| self.backend.zeros(0)).collect(),
+            v: (0..n).map(|_| self.backend.zeros(0)).collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs one step over every sequence in `steps` and returns, per sequence, its logits
+    /// (`vocab_size` floats per requested row, row after row).
+    pub fn forward(&self, steps: &mut [SeqStep<'_, B>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        let b = &self.backend;
+        let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for s in steps.iter() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::EmptyStep);
+            }
+            if s.cache.len + s.tokens.len() > c.context_length {
+                return Err(ModelError::ContextFull {
+                    tokens: s.tokens.len(),
+                    cached: s.cache.len,
+                    context: c.context_length,
+                });
+            }
+            for (i, &id) in s.tokens.iter().enumerate() {
+                if id as usize >= c.vocab_size {
+                    return Err(ModelError::BadToken { id, vocab: c.vocab_size });
+                }
+                ids.push(id);
+                positions.push((s.cache.len + i) as u32);
+            }
+        }
+        let n = ids.len();
+        let mut x = b.zeros(n * dim);
+        let mut xn = b.zeros(n * dim);
+        let mut q = b.zeros(n * dim);
+        let mut k = b.zeros(n * kv_dim);
+        let mut v = b.zeros(n * kv_dim);
+        let mut att = b.zeros(n * dim);
+        let mut proj = b.zeros(n * dim);
+        let mut gate = b.zeros(n * ffn);
+        let mut up = b.zeros(n * ffn);
+        b.embed(&self.token_embd, &ids, &mut x)?;
+        let shape = AttentionShape { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: c.head_dim };
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn)?;
+            b.matmul(&layer.wq, &xn, n, &mut q)?;
+            b.matmul(&layer.wk, &xn, n, &mut k)?;
+            b.matmul(&layer.wv, &xn, n, &mut v)?;
+            b.rope(&mut q, c.head_dim, &positions, &self.rope)?;
+            b.rope(&mut k, c.head_dim, &positions, &self.rope)?;
+            let mut row = 0;
+            for s in steps.iter_mut() {
+                let t = s.tokens.len();
+                let start = s.cache.len;
+                b.kv_write(&mut s.cache.k[li], kv_dim, start, &k, row, t)?;
+                b.kv_write(&mut s.cache.v[li], kv_dim, start, &v, row, t)?;
+                b.attention(&q, row, t, start, &s.cache.k[li], &s.cache.v[li], shape, &mut att)?;
+                row += t;
+            }
+            b.matmul(&layer.wo, &att, n, &mut proj)?;
+            b.add(&mut x, &proj, n * dim)?;
+
+            b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn)?;
+            b.matmul(&layer.w_gate, &xn, n, &mut gate)?;
+            b.matmul(&layer.w_up, &xn, n, &mut up)?;
+            b.silu_mul(&mut gate, &up, n * ffn)?;
+            b.matmul(&layer.w_down, &gate, n, &mut proj)?;
+            b.add(&mut x, &proj, n * dim)?;
+        }
+        for s in steps.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+
+        // Only the rows whose logits are wanted go through the output head.
+        let mut wanted = Vec::new();
+        let mut row = 0;
+        for s in steps.iter() {
+            let t = s.tokens.len();
+            match s.logits {
+                Logits::Last => wanted.push(row + t - 1),
+                Logits::All => wanted.extend(row..row + t),
+            }
+            row += t;
+        }
+        let mut gathered = b.zeros(wanted.len() * dim);
+        b.gather_rows(&x, &wanted, dim, &mut gathered)?;
+        b.rms_norm(&gathered, &self.output_norm, c.rms_eps, &mut xn)?;
+        let mut logits = b.zeros(wanted.len() * c.vocab_size);
+        b.matmul(&self.output, &xn, wanted.len(), &mut logits)?;
+
+        let mut host = Vec::with_capacity(c.vocab_size);
+        let mut out = Vec::with_capacity(steps.len());
+        let mut next = 0;
+        for s in steps.iter() {
+            let rows = match s.logits {
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+            };
+            let mut seq = Vec::with_capacity(rows * c.vocab_size);
+            for r in next..next + rows {
+                b.read_row(&logits, r, c.vocab_size, &mut host)?;
+                seq.extend_from_slice(&host);
+            }
+            next += rows;
+            out.push(seq);
+        }
+        Ok(out)
+    }
+}

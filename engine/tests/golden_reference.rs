@@ -1,0 +1,152 @@
+//! The exact CPU path against `shared/golden/reference-f64.jsonl`: a float64 forward pass of
+//! the default model's exactly dequantized weights (see shared/golden/README.md).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use realm_engine::sampler::SamplingParams;
+use realm_engine::{Engine, EngineOptions, GenerateParams, Precision};
+use serde_json::Value;
+
+const STEPS: usize = 48;
+
+/// How close a precision must come to the float64 reference.
+struct Tolerance {
+    /// Largest allowed difference of any checked logit.
+    logit: f32,
+    /// Greedy ids must agree up to the first step whose reference margin is below this.
+    margin: f64,
+}
+
+/// f32 activations against a float64 pass of the same weights.
+const EXACT: Tolerance = Tolerance { logit: 0.05, margin: 0.1 };
+/// 8-bit activations sit about 0.5-0.7 logits from the exact pass on this 4-bit model.
+const FAST: Tolerance = Tolerance { logit: 1.0, margin: 2.0 };
+
+fn engine(precision: Precision) -> &'static Engine {
+    static EXACT_ENGINE: OnceLock<Engine> = OnceLock::new();
+    static FAST_ENGINE: OnceLock<Engine> = OnceLock::new();
+    let cell = match precision {
+        Precision::Exact => &EXACT_ENGINE,
+        Precision::Fast => &FAST_ENGINE,
+    };
+    cell.get_or_init(|| {
+        let options = EngineOptions { precision, ..EngineOptions::default() };
+        Engine::load(&common::default_model_path(), &options).expect("load default model")
+    })
+}
+
+fn reference(id: &str) -> Value {
+    common::golden_lines("reference-f64.jsonl")
+        .into_iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no reference entry {id}"))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// `[[id, logit], ...]`
+fn pairs(v: &Value) -> Vec<(u32, f32)> {
+    v.as_array()
+        .expect("pairs")
+        .iter()
+        .map(|p| (p[0].as_u64().expect("id") as u32, p[1].as_f64().expect("logit") as f32))
+        .collect()
+}
+
+fn check_prompt(id: &str, precision: Precision) {
+    let tol = match precision {
+        Precision::Exact => EXACT,
+        Precision::Fast => FAST,
+    };
+    let engine = engine(precision);
+    let r = reference(id);
+    let prompt = ids(&r["prompt_ids"]);
+    let gen_ref = ids(&r["gen_ids"]);
+    let margins: Vec<f64> =
+        r["margins"].as_array().expect("margins").iter().map(|m| m.as_f64().expect("margin")).collect();
+    assert_eq!(gen_ref.len(), STEPS);
+    let vocab = engine.config().vocab_size;
+    let mut failures = Vec::new();
+
+    // The prompt encodes to the reference's ids (raw prompts; chat prompts are pre-rendered).
+    let text = r["prompt"].as_str().expect("prompt");
+    let encoded = engine.encode_prompt(text);
+    if encoded != prompt {
+        failures.push(format!("prompt tokenizes to {encoded:?}, reference {prompt:?}"));
+    }
+
+    // Teacher forcing: one pass over prompt + reference continuation gives the logits at every
+    // step; row prompt.len() - 1 + s is the distribution for generated token s.
+    let mut forced = prompt.clone();
+    forced.extend_from_slice(&gen_ref);
+    let logits = engine.score(&forced).expect("score");
+    let row = |s: usize| &logits[(prompt.len() - 1 + s) * vocab..(prompt.len() + s) * vocab];
+
+    for (tok, want) in pairs(&r["top10_after_prompt"]) {
+        let got = row(0)[tok as usize];
+        if (got - want).abs() > tol.logit {
+            failures.push(format!("after prompt: token {tok} logit {got:.4}, reference {want:.4}"));
+        }
+    }
+    for (s, top5) in r["steps_top5"].as_array().expect("steps_top5").iter().enumerate() {
+        for (tok, want) in pairs(top5) {
+            let got = row(s)[tok as usize];
+            if (got - want).abs() > tol.logit {
+                failures.push(format!("teacher-forced step {s}: token {tok} logit {got:.4}, reference {want:.4}"));
+            }
+        }
+    }
+
+    // Free-running greedy decoding agrees up to the first near-tie.
+    let agree = margins.iter().position(|&m| m < tol.margin).unwrap_or(STEPS);
+    let params =
+        GenerateParams { max_tokens: STEPS, sampling: SamplingParams::greedy(), stop: Vec::new(), ignore_eos: true };
+    let generation = engine.generate(&prompt, &params, |_| true).expect("generate");
+    if generation.ids[..agree] != gen_ref[..agree] {
+        failures.push(format!(
+            "greedy ids differ before the first near-tie (step {agree}):\n  got {:?}\n  ref {:?}",
+            &generation.ids[..agree],
+            &gen_ref[..agree]
+        ));
+    }
+    assert!(failures.is_empty(), "{id} ({precision:?}): {} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+macro_rules! golden_prompts {
+    ($($exact:ident, $fast:ident => $id:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $exact() {
+                check_prompt($id, Precision::Exact);
+            }
+            #[test]
+            fn $fast() {
+                check_prompt($id, Precision::Fast);
+            }
+        )*
+
+        #[test]
+        fn every_reference_prompt_has_a_test() {
+            let covered = [$($id),*];
+            for r in common::golden_lines("reference-f64.jsonl") {
+                let id = r["id"].as_str().expect("id");
+                assert!(covered.contains(&id), "reference prompt {id} has no test");
+            }
+        }
+    };
+}
+
+golden_prompts! {
+    exact_raw_1, fast_raw_1 => "raw-1",
+    exact_raw_3, fast_raw_3 => "raw-3",
+    exact_raw_4, fast_raw_4 => "raw-4",
+    exact_raw_5, fast_raw_5 => "raw-5",
+    exact_chat_1, fast_chat_1 => "chat-1",
+    exact_chat_2, fast_chat_2 => "chat-2",
+    exact_chat_4, fast_chat_4 => "chat-4",
+    exact_chat_6, fast_chat_6 => "chat-6",
+}

