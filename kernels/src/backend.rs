@@ -42,11 +42,7 @@ pub struct SharedBytes {
 
 impl SharedBytes {
     /// A window of `owner`; `None` when the range is not inside it.
-    pub fn new(
-        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
-        start: usize,
-        len: usize,
-    ) -> Option<Self> {
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Option<Self> {
         let end = start.checked_add(len)?;
         ((*owner).as_ref().len() >= end).then_some(Self { owner, start, len })
     }
@@ -68,22 +64,12 @@ pub struct QTensor {
 }
 
 impl QTensor {
-    pub fn new(
-        ty: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: SharedBytes,
-    ) -> Result<Self, QuantError> {
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: SharedBytes) -> Result<Self, QuantError> {
         let elements = (rows as u64).saturating_mul(cols as u64);
         let row_bytes = ty.byte_size(cols as u64)?.unwrap_or(u64::MAX);
         let expected = ty.byte_size(elements)?.unwrap_or(u64::MAX);
         if bytes.len as u64 != expected {
-            return Err(QuantError::WrongByteLength {
-                ty,
-                elements,
-                expected,
-                got: bytes.len as u64,
-            });
+            return Err(QuantError::WrongByteLength { ty, elements, expected, got: bytes.len as u64 });
         }
         Ok(Self { ty, rows, cols, bytes, row_bytes: row_bytes as usize })
     }
@@ -112,6 +98,18 @@ pub struct Rope {
     pub n_rot: usize,
 }
 
+/// What the activations multiplied by a weight look like, so a backend can choose how far it
+/// may quantize them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs {
+    /// RMS-normalised rows (attention and FFN input projections, the output head) and
+    /// attention outputs (convex mixes of value rows): a narrow range 8 bits represent well.
+    Normalized,
+    /// Heavy-tailed products such as SwiGLU's output, where a few huge values would crush a
+    /// block's 8-bit scale; kept at full precision.
+    HeavyTailed,
+}
+
 /// Shape of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -129,17 +127,12 @@ pub trait Backend: Send {
 
     fn kind(&self) -> BackendKind;
 
-    fn load_weight(&self, w: &QTensor) -> Result<Self::Weight, KernelError>;
+    fn load_weight(&self, w: &QTensor, inputs: Inputs) -> Result<Self::Weight, KernelError>;
 
     fn zeros(&self, len: usize) -> Self::Tensor;
 
     /// `out[i] = table[ids[i]]` (rows dequantized).
-    fn embed(
-        &self,
-        table: &Self::Weight,
-        ids: &[u32],
-        out: &mut Self::Tensor,
-    ) -> Result<(), KernelError>;
+    fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Tensor) -> Result<(), KernelError>;
 
     /// RMSNorm of each row of `x` times `weight`.
     fn rms_norm(
@@ -151,22 +144,10 @@ pub trait Backend: Send {
     ) -> Result<(), KernelError>;
 
     /// `out[n, w.rows] = x[n, w.cols] · wᵀ` for the first `n` rows of `x`.
-    fn matmul(
-        &self,
-        w: &Self::Weight,
-        x: &Self::Tensor,
-        n: usize,
-        out: &mut Self::Tensor,
-    ) -> Result<(), KernelError>;
+    fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, n: usize, out: &mut Self::Tensor) -> Result<(), KernelError>;
 
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
-    fn rope(
-        &self,
-        x: &mut Self::Tensor,
-        head_dim: usize,
-        positions: &[u32],
-        rope: &Rope,
-    ) -> Result<(), KernelError>;
+    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;
 
     /// Copies `n` rows of `src` starting at `src_row` into `cache` at rows `dst_row..`,
     /// growing the cache when needed.
@@ -206,22 +187,11 @@ pub trait Backend: Send {
     ) -> Result<(), KernelError>;
 
     /// `gate = silu(gate) * up`, element-wise over the first `len` elements.
-    fn silu_mul(
-        &self,
-        gate: &mut Self::Tensor,
-        up: &Self::Tensor,
-        len: usize,
-    ) -> Result<(), KernelError>;
+    fn silu_mul(&self, gate: &mut Self::Tensor, up: &Self::Tensor, len: usize) -> Result<(), KernelError>;
 
     /// `x += y` over the first `len` elements.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor, len: usize) -> Result<(), KernelError>;
 
     /// Copies row `row` (of `row_len` elements) of `t` to host memory.
-    fn read_row(
-        &self,
-        t: &Self::Tensor,
-        row: usize,
-        row_len: usize,
-        out: &mut Vec<f32>,
-    ) -> Result<(), KernelError>;
+    fn read_row(&self, t: &Self::Tensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError>;
 }

@@ -7,6 +7,6 @@ pub mod cpu;
 pub mod quant;
 
 pub use backend::{
-    AttentionShape, Backend, BackendKind, KernelError, QTensor, Rope, RopeLayout, SharedBytes,
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope, RopeLayout, SharedBytes,
 };
 pub use quant::{GgmlType, QuantError};

@@ -5,7 +5,7 @@
 //! One call runs one step over many sequences at once: their tokens are stacked into one
 //! activation matrix so every weight is read once per step, whatever the batch holds.
 
-use realm_kernels::{AttentionShape, Backend, QTensor, Rope};
+use realm_kernels::{AttentionShape, Backend, Inputs, QTensor, Rope};
 
 use super::{LlamaConfig, ModelError};
 use crate::gguf::GgufFile;
@@ -71,7 +71,13 @@ pub struct SeqStep<'a, B: Backend> {
     pub logits: Logits,
 }
 
-fn load<B: Backend>(backend: &B, f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<B::Weight, ModelError> {
+fn load<B: Backend>(
+    backend: &B,
+    f: &GgufFile,
+    name: &str,
+    (rows, cols): (usize, usize),
+    inputs: Inputs,
+) -> Result<B::Weight, ModelError> {
     let t: QTensor = f.qtensor(name)?;
     if t.rows != rows || t.cols != cols {
         return Err(ModelError::TensorShape {
@@ -80,7 +86,7 @@ fn load<B: Backend>(backend: &B, f: &GgufFile, name: &str, rows: usize, cols: us
             found: format!("{} x {}", t.rows, t.cols),
         });
     }
-    Ok(backend.load_weight(&t)?)
+    Ok(backend.load_weight(&t, inputs)?)
 }
 
 impl<B: Backend> Llama<B> {
@@ -91,21 +97,21 @@ impl<B: Backend> Llama<B> {
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             layers.push(Layer {
-                attn_norm: load(&backend, f, &name("attn_norm"), 1, dim)?,
-                wq: load(&backend, f, &name("attn_q"), dim, dim)?,
-                wk: load(&backend, f, &name("attn_k"), kv_dim, dim)?,
-                wv: load(&backend, f, &name("attn_v"), kv_dim, dim)?,
-                wo: load(&backend, f, &name("attn_output"), dim, dim)?,
-                ffn_norm: load(&backend, f, &name("ffn_norm"), 1, dim)?,
-                w_gate: load(&backend, f, &name("ffn_gate"), ffn, dim)?,
-                w_up: load(&backend, f, &name("ffn_up"), ffn, dim)?,
-                w_down: load(&backend, f, &name("ffn_down"), dim, ffn)?,
+                attn_norm: load(&backend, f, &name("attn_norm"), (1, dim), Inputs::Normalized)?,
+                wq: load(&backend, f, &name("attn_q"), (dim, dim), Inputs::Normalized)?,
+                wk: load(&backend, f, &name("attn_k"), (kv_dim, dim), Inputs::Normalized)?,
+                wv: load(&backend, f, &name("attn_v"), (kv_dim, dim), Inputs::Normalized)?,
+                wo: load(&backend, f, &name("attn_output"), (dim, dim), Inputs::Normalized)?,
+                ffn_norm: load(&backend, f, &name("ffn_norm"), (1, dim), Inputs::Normalized)?,
+                w_gate: load(&backend, f, &name("ffn_gate"), (ffn, dim), Inputs::Normalized)?,
+                w_up: load(&backend, f, &name("ffn_up"), (ffn, dim), Inputs::Normalized)?,
+                w_down: load(&backend, f, &name("ffn_down"), (dim, ffn), Inputs::HeavyTailed)?,
             });
         }
-        let token_embd = load(&backend, f, "token_embd.weight", c.vocab_size, dim)?;
+        let token_embd = load(&backend, f, "token_embd.weight", (c.vocab_size, dim), Inputs::Normalized)?;
         let output_name = if f.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
-        let output = load(&backend, f, output_name, c.vocab_size, dim)?;
-        let output_norm = load(&backend, f, "output_norm.weight", 1, dim)?;
+        let output = load(&backend, f, output_name, (c.vocab_size, dim), Inputs::Normalized)?;
+        let output_norm = load(&backend, f, "output_norm.weight", (1, dim), Inputs::Normalized)?;
         let rope = Rope { layout: c.rope_layout, freq_base: c.rope_freq_base, n_rot: c.n_rot };
         Ok(Self { config: c, backend, token_embd, layers, output_norm, output, rope })
     }

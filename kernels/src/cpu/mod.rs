@@ -7,7 +7,7 @@ mod q8;
 
 use rayon::prelude::*;
 
-use crate::backend::{AttentionShape, Backend, BackendKind, KernelError, QTensor, Rope};
+use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope};
 use crate::quant::dequantize_row;
 
 pub use ops::{dot, rms_norm_row, rope_row, silu};
@@ -18,6 +18,7 @@ pub use q8::Isa;
 pub struct CpuWeight {
     pub q: QTensor,
     dense: Option<Vec<f32>>,
+    inputs: Inputs,
 }
 
 /// Vectors this short are kept dequantized: they are norm weights, read whole every step.
@@ -68,15 +69,8 @@ impl Cpu {
                 for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
                     let row = w.q.row(chunk * ROWS_PER_TASK + j);
                     for (t, o) in dst_row.iter_mut().enumerate() {
-                        let blocks = t * nb..(t + 1) * nb;
-                        *o = q8::dot(
-                            isa,
-                            ty,
-                            row,
-                            &acts.d[blocks.clone()],
-                            &acts.sum[blocks],
-                            &acts.q[t * cols..(t + 1) * cols],
-                        );
+                        let (d, sum) = (&acts.d[2 * t * nb..2 * (t + 1) * nb], &acts.sum[t * nb..(t + 1) * nb]);
+                        *o = q8::dot(isa, ty, row, d, sum, &acts.q[t * cols..(t + 1) * cols]);
                     }
                 }
             })
@@ -126,7 +120,7 @@ impl Backend for Cpu {
         BackendKind::Cpu
     }
 
-    fn load_weight(&self, w: &QTensor) -> Result<CpuWeight, KernelError> {
+    fn load_weight(&self, w: &QTensor, inputs: Inputs) -> Result<CpuWeight, KernelError> {
         let dense = if w.rows == 1 && w.cols <= DENSE_MAX {
             let mut v = vec![0.0; w.cols];
             dequantize_row(w.ty, w.row(0), &mut v)?;
@@ -134,7 +128,7 @@ impl Backend for Cpu {
         } else {
             None
         };
-        Ok(CpuWeight { q: w.clone(), dense })
+        Ok(CpuWeight { q: w.clone(), dense, inputs })
     }
 
     fn zeros(&self, len: usize) -> Vec<f32> {
@@ -175,7 +169,11 @@ impl Backend for Cpu {
         // Results are computed as [rows, n] so each task owns whole weight rows, then
         // transposed into [n, rows].
         let mut out_t = vec![0.0f32; rows * n];
-        if self.activations == Activations::Q8 && q8::supported(w.q.ty) && cols.is_multiple_of(q8::QB) {
+        if self.activations == Activations::Q8
+            && w.inputs == Inputs::Normalized
+            && q8::supported(w.q.ty)
+            && cols.is_multiple_of(q8::QB)
+        {
             self.matmul_q8(w, x, n, &mut out_t);
         } else {
             self.matmul_f32(w, x, n, &mut out_t)?;
@@ -395,7 +393,7 @@ mod tests {
         let q = QTensor::new(crate::GgmlType::F32, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes"))
             .expect("tensor");
         let b = backend();
-        let weight = b.load_weight(&q).expect("load");
+        let weight = b.load_weight(&q, Inputs::Normalized).expect("load");
         for n in [1, 3] {
             let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.05).cos()).collect();
             let mut out = vec![0.0; n * rows];
@@ -416,7 +414,7 @@ mod tests {
         let q = QTensor::new(crate::GgmlType::F32, 2, 32, crate::SharedBytes::new(owner, 0, 256).expect("bytes"))
             .expect("tensor");
         let b = backend();
-        let w = b.load_weight(&q).expect("load");
+        let w = b.load_weight(&q, Inputs::Normalized).expect("load");
         let mut out = vec![0.0; 32];
         assert!(b.embed(&w, &[2], &mut out).is_err());
         assert!(b.embed(&w, &[1], &mut out).is_ok());
