@@ -32,9 +32,15 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/realm/models"))
 }
 
-/// `--model` resolution: `default` means the cached default model, pulled when absent.
+/// `--model` resolution: `default` means the cached default model, pulled when absent. A
+/// cached copy whose hash was checked before (and which has not changed since) is used without
+/// hashing it again: 98 MB of sha256 on every start would dominate a cold start.
 pub fn resolve(model: &str) -> Result<PathBuf> {
     if model == "default" {
+        let target = cache_dir()?.join(FILE_NAME);
+        if verified_before(&target) {
+            return Ok(target);
+        }
         return pull();
     }
     let path = PathBuf::from(model);
@@ -58,6 +64,25 @@ fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The marker written beside a verified model: the hash, size and modification time it had.
+fn marker_path(path: &Path) -> PathBuf {
+    path.with_extension("gguf.verified")
+}
+
+fn fingerprint(path: &Path) -> Option<String> {
+    let meta = fs::metadata(path).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some(format!("{SHA256} {} {mtime}\n", meta.len()))
+}
+
+fn verified_before(path: &Path) -> bool {
+    match (fingerprint(path), fs::read_to_string(marker_path(path))) {
+        (Some(now), Ok(recorded)) => now == recorded,
+        _ => false,
+    }
+}
+
+/// Checks size and sha256, and records that it did.
 fn verify(path: &Path) -> Result<()> {
     let size = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
     if size != SIZE {
@@ -70,13 +95,18 @@ fn verify(path: &Path) -> Result<()> {
     Ok(())
 }
 
+fn record_verified(path: &Path) -> Result<()> {
+    let print = fingerprint(path).context("reading the model's size and modification time")?;
+    fs::write(marker_path(path), print).with_context(|| format!("writing {}", marker_path(path).display()))
+}
+
 /// Makes sure the default model is in the cache and returns its path. Idempotent: a cached
 /// file is verified (size, then sha256) and reused; a damaged one is fetched again.
 pub fn pull() -> Result<PathBuf> {
     let dir = cache_dir()?;
     let target = dir.join(FILE_NAME);
     if target.is_file() {
-        match verify(&target) {
+        match verify(&target).and_then(|()| record_verified(&target)) {
             Ok(()) => {
                 eprintln!("realm: default model present at {} (sha256 verified)", target.display());
                 return Ok(target);
@@ -134,6 +164,7 @@ fn fetch_into(work: &Path, target: &Path) -> Result<()> {
     verify(&partial)?;
     // Same directory, so the rename is atomic: a reader sees no file or the whole file.
     fs::rename(&partial, target).with_context(|| format!("moving the model to {}", target.display()))?;
+    record_verified(target)?;
     eprintln!("realm: default model ready at {}", target.display());
     Ok(())
 }

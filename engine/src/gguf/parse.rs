@@ -287,7 +287,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or_else(|| c.err(&field("dims"), at, format!("element count of {dims:?} overflows")))?;
-        if dims[0] % ggml_type.block_size() != 0 {
+        if !dims[0].is_multiple_of(ggml_type.block_size()) {
             return Err(c.err(
                 &field("dims"),
                 at,
@@ -302,10 +302,10 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
             .byte_size(elements)
             .map_err(|e| c.err(&field("dims"), at, e.to_string()))?
             .ok_or_else(|| c.err(&field("dims"), at, "byte size overflows"))?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(c.err(
                 &field("offset"),
-                offset_at as usize,
+                offset_at,
                 format!("offset {offset} is not a multiple of the alignment {alignment}"),
             ));
         }
@@ -315,7 +315,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
             .ok_or_else(|| {
                 c.err(
                     &field("offset"),
-                    offset_at as usize,
+                    offset_at,
                     format!("{byte_size} bytes at data offset {offset} run past the end of the {file_len}-byte file"),
                 )
             })?;
