@@ -13,8 +13,6 @@ pub enum KernelError {
     Quant(#[from] QuantError),
     #[error("{op}: {reason}")]
     Shape { op: &'static str, reason: String },
-    #[error("backend {backend} is not compiled into this binary (enable the `{feature}` feature)")]
-    BackendNotCompiled { backend: &'static str, feature: &'static str },
 }
 
 /// Which implementation runs the ops.
