@@ -108,9 +108,7 @@ fn run_cli(cli: Cli) -> Result<()> {
             let path = default_model::resolve(&model)?;
             let file = GgufFile::open(&path)?;
             let tok = Tokenizer::from_gguf(&file)?;
-            let mut ids: Vec<u32> = tok.bos_id().filter(|_| tok.add_bos()).into_iter().collect();
-            ids.extend(tok.encode(&text, true));
-            println!("{}", serde_json::to_string(&ids)?);
+            println!("{}", serde_json::to_string(&tok.encode_prompt(&text))?);
             Ok(())
         }
     }

@@ -123,12 +123,7 @@ impl Engine {
 
     /// Tokens for a prompt: special tokens parsed, BOS added when the model asks for it.
     pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::new();
-        if let Some(bos) = self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos()) {
-            ids.push(bos);
-        }
-        ids.extend(self.tokenizer.encode(text, true));
-        ids
+        self.tokenizer.encode_prompt(text)
     }
 
     /// Logits after every token of `tokens` (row after row, `vocab_size` each), from a fresh

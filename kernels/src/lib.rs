@@ -6,7 +6,5 @@ pub mod backend;
 pub mod cpu;
 pub mod quant;
 
-pub use backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope, RopeLayout, SharedBytes,
-};
+pub use backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope, RopeLayout, SharedBytes};
 pub use quant::{GgmlType, QuantError};

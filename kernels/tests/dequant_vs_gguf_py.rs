@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use realm_kernels::GgmlType;
 use realm_kernels::quant::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, dequantize_row,
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
+    dequantize_row,
 };
 
 /// Blocks per format (for scalar formats, 64 blocks of 256 elements).
@@ -63,9 +63,7 @@ impl Rng {
 fn input(ty: GgmlType, scale_offsets: &[usize]) -> Vec<u8> {
     let mut rng = Rng(0x5eed ^ u64::from(ty.id()));
     let block_bytes = if ty.block_size() == 1 { 256 } else { 1 } * ty.type_size() as usize;
-    let mut bytes: Vec<u8> = (0..BLOCKS * block_bytes)
-        .map(|_| rng.next() as u8)
-        .collect();
+    let mut bytes: Vec<u8> = (0..BLOCKS * block_bytes).map(|_| rng.next() as u8).collect();
     for block in bytes.chunks_exact_mut(block_bytes) {
         for &at in scale_offsets {
             block[at..at + 2].copy_from_slice(&rng.scale_f16());
@@ -106,13 +104,9 @@ fn compute_reference() -> Result<HashMap<GgmlType, Vec<f32>>, String> {
     for (ty, offsets) in cases() {
         let inp = dir.path().join(format!("{ty}.in"));
         std::fs::write(&inp, input(ty, &offsets)).map_err(|e| format!("{}: {e}", inp.display()))?;
-        cmd.arg(ty.name())
-            .arg(inp)
-            .arg(dir.path().join(format!("{ty}.out")));
+        cmd.arg(ty.name()).arg(inp).arg(dir.path().join(format!("{ty}.out")));
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    let out = cmd.output().map_err(|e| format!("running {}: {e}", python.display()))?;
     if !out.status.success() {
         return Err(format!(
             "scripts/quant_reference.py failed ({}); run scripts/setup.sh if `gguf` is missing:\n{}",
@@ -124,10 +118,7 @@ fn compute_reference() -> Result<HashMap<GgmlType, Vec<f32>>, String> {
     for (ty, _) in cases() {
         let path = dir.path().join(format!("{ty}.out"));
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let values = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         map.insert(ty, values);
     }
     Ok(map)
@@ -153,11 +144,7 @@ fn check(ty: GgmlType) {
         .filter(|(_, (g, w))| !(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan())))
         .map(|(i, (g, w))| {
             let block = i / ty.block_size() as usize;
-            format!(
-                "  [{i}] (block {block}): got {g:e} ({:#010x}), want {w:e} ({:#010x})",
-                g.to_bits(),
-                w.to_bits()
-            )
+            format!("  [{i}] (block {block}): got {g:e} ({:#010x}), want {w:e} ({:#010x})", g.to_bits(), w.to_bits())
         })
         .collect();
     assert!(
@@ -202,16 +189,10 @@ fn rows_split_anywhere_on_block_boundaries_agree() {
         dequantize_row(ty, &src, &mut whole).expect("whole");
         let mut pieces = vec![0.0f32; whole.len()];
         let row_blocks = 3;
-        for (s, d) in src
-            .chunks(row_blocks * size)
-            .zip(pieces.chunks_mut(row_blocks * qk))
-        {
+        for (s, d) in src.chunks(row_blocks * size).zip(pieces.chunks_mut(row_blocks * qk)) {
             dequantize_row(ty, s, d).expect("row");
         }
-        let same = whole
-            .iter()
-            .zip(&pieces)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = whole.iter().zip(&pieces).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{ty}");
     }
 }

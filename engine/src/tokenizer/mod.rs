@@ -254,6 +254,13 @@ impl Tokenizer {
         })
     }
 
+    /// A prompt's tokens: BOS first when the model asks for it, special tokens parsed.
+    pub fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.bos_id().filter(|_| self.add_bos()).into_iter().collect();
+        ids.extend(self.encode(text, true));
+        ids
+    }
+
     /// Encodes text without adding BOS (see [`Tokenizer::add_bos`]). With `parse_special`,
     /// the texts of CONTROL and UNKNOWN tokens (`<|im_start|>`) become those tokens;
     /// USER_DEFINED tokens are matched either way, as in llama.cpp.

@@ -343,12 +343,7 @@ impl BlockQ8_0 {
 
 /// `out[i] = dl[g] * q[i] - ml[g]` for each group `g` of `G` elements.
 #[inline(always)]
-fn scale_min<const G: usize, const N: usize>(
-    out: &mut [f32; QK_K],
-    q: &[u8; QK_K],
-    dl: &[f32; N],
-    ml: &[f32; N],
-) {
+fn scale_min<const G: usize, const N: usize>(out: &mut [f32; QK_K], q: &[u8; QK_K], dl: &[f32; N], ml: &[f32; N]) {
     // Converting first, in its own loop, measured 2x faster than one fused loop: with the
     // subtraction in it, LLVM vectorised across groups with strided loads.
     for (o, &q) in out.iter_mut().zip(q) {
@@ -475,13 +470,7 @@ impl BlockQ4K {
 impl BlockQ5K {
     #[inline]
     pub fn from_bytes(b: &[u8; 176]) -> Self {
-        Self {
-            d: half(b, 0),
-            dmin: half(b, 2),
-            scales: field(b, 4),
-            qh: field(b, 16),
-            qs: field(b, 48),
-        }
+        Self { d: half(b, 0), dmin: half(b, 2), scales: field(b, 4), qh: field(b, 16), qs: field(b, 48) }
     }
 
     #[inline]

@@ -1,8 +1,7 @@
 //! Row dequantization: checks lengths once, then runs a per-type block loop.
 
 use super::blocks::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, QK, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, QK, QK_K,
 };
 use super::{GgmlType, QuantError};
 use half::f16;
@@ -32,9 +31,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
         }
     };
     let elements = dst.len() as u64;
-    let expected = ty
-        .byte_size(elements)?
-        .ok_or(QuantError::TooLarge { ty, elements })?;
+    let expected = ty.byte_size(elements)?.ok_or(QuantError::TooLarge { ty, elements })?;
     let got = src.len() as u64;
     if got != expected {
         return Err(QuantError::WrongByteLength { ty, elements, expected, got });
@@ -46,11 +43,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 /// Runs `f` on each `S`-byte block of `src` and its `Q` outputs. Fixed-size arrays let the
 /// block code index without bounds checks.
 #[inline(always)]
-fn for_each_block<const S: usize, const Q: usize>(
-    src: &[u8],
-    dst: &mut [f32],
-    f: impl Fn(&[u8; S], &mut [f32; Q]),
-) {
+fn for_each_block<const S: usize, const Q: usize>(src: &[u8], dst: &mut [f32], f: impl Fn(&[u8; S], &mut [f32; Q])) {
     for (s, d) in src.chunks_exact(S).zip(dst.chunks_exact_mut(Q)) {
         // chunks_exact yields exactly S and Q items, so both conversions succeed.
         if let (Ok(s), Ok(d)) = (s.try_into(), d.try_into()) {
@@ -67,10 +60,7 @@ fn for_each_scalar<const W: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; 
     let split = dst.len() / LANES * LANES;
     let (dst_main, dst_tail) = dst.split_at_mut(split);
     let (src_main, src_tail) = src.split_at(split * W);
-    for (s, d) in src_main
-        .chunks_exact(LANES * W)
-        .zip(dst_main.chunks_exact_mut(LANES))
-    {
+    for (s, d) in src_main.chunks_exact(LANES * W).zip(dst_main.chunks_exact_mut(LANES)) {
         for (c, o) in s.chunks_exact(W).zip(d.iter_mut()) {
             let mut b = [0; W];
             b.copy_from_slice(c);
@@ -232,8 +222,7 @@ mod tests {
     fn unsupported_types_are_errors() {
         for ty in [GgmlType::Q8_1, GgmlType::Q8K, GgmlType::Iq4Xs, GgmlType::I8, GgmlType::F64] {
             let (qk, size) = sizes(ty);
-            let err =
-                dequantize_row(ty, &vec![0; size], &mut vec![0.0; qk]).expect_err("unsupported");
+            let err = dequantize_row(ty, &vec![0; size], &mut vec![0.0; qk]).expect_err("unsupported");
             assert!(matches!(err, QuantError::Unsupported { .. }), "{ty}: {err}");
         }
     }
@@ -243,17 +232,9 @@ mod tests {
         // 19 elements: one vector chunk of 16 plus a tail of 3.
         let want: Vec<f32> = (0..19).map(|i| i as f32 - 9.5).collect();
         let f32_bytes: Vec<u8> = want.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let f16_bytes: Vec<u8> = want
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect();
-        let bf16_bytes: Vec<u8> = want
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-            .collect();
-        for (ty, src) in
-            [(GgmlType::F32, f32_bytes), (GgmlType::F16, f16_bytes), (GgmlType::Bf16, bf16_bytes)]
-        {
+        let f16_bytes: Vec<u8> = want.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = want.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        for (ty, src) in [(GgmlType::F32, f32_bytes), (GgmlType::F16, f16_bytes), (GgmlType::Bf16, bf16_bytes)] {
             let mut got = vec![0.0; want.len()];
             dequantize_row(ty, &src, &mut got).expect("dequantize");
             assert_eq!(got, want, "{ty}");

@@ -5,8 +5,8 @@ mod dequant;
 mod types;
 
 pub use blocks::{
-    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
-    BlockQ8_0, BlockQ8K, K_SCALE_SIZE, QK, QK_K, f16_bits_to_f32,
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K,
+    K_SCALE_SIZE, QK, QK_K, f16_bits_to_f32,
 };
 pub use dequant::dequantize_row;
 pub use types::GgmlType;

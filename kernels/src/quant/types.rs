@@ -81,11 +81,7 @@ impl GgmlType {
 
     /// The type for a `ggml_type` id as stored in a GGUF tensor info.
     pub fn from_id(id: u32) -> Result<Self, QuantError> {
-        TABLE
-            .iter()
-            .find(|r| r.1 == id)
-            .map(|r| r.0)
-            .ok_or(QuantError::UnknownType { id })
+        TABLE.iter().find(|r| r.1 == id).map(|r| r.0).ok_or(QuantError::UnknownType { id })
     }
 
     /// The `ggml_type` id.
