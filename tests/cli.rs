@@ -46,7 +46,10 @@ fn greedy_run_prints_the_reference_continuation() {
     for r in golden("reference-f64.jsonl") {
         let margins = r["margins"].as_array().expect("margins");
         let agree = margins.iter().position(|m| m.as_f64().expect("margin") < EXACT_MARGIN).unwrap_or(margins.len());
-        let expected = tok.decode(&ids(&r["gen_ids"])[..agree]);
+        // The reference runs past end-of-generation tokens; `realm run` stops at the first.
+        let gen_ids = ids(&r["gen_ids"]);
+        let end = gen_ids[..agree].iter().position(|&id| tok.is_eog(id)).unwrap_or(agree);
+        let expected = tok.decode(&gen_ids[..end]);
         let prompt = r["prompt"].as_str().expect("prompt");
         let out =
             stdout_of(&["run", "--model", "default", "--temperature", "0", "--max-tokens", "48", "--prompt", prompt]);
