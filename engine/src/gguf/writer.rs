@@ -144,7 +144,7 @@ impl<'a> GgufWriter<'a> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&e| e <= i64::MAX as u64 && dims.iter().all(|&d| d <= i64::MAX as u64))
             .ok_or_else(|| invalid(format!("element count of {dims:?} overflows")))?;
-        if dims[0] % ggml_type.block_size() != 0 {
+        if !dims[0].is_multiple_of(ggml_type.block_size()) {
             return Err(invalid(format!(
                 "row length {} is not a multiple of the {ggml_type} block size {}",
                 dims[0],
