@@ -108,6 +108,21 @@ pub enum Inputs {
     HeavyTailed,
 }
 
+/// One sequence's part of a batched step: rows `row..row + n` of the step's activations,
+/// whose first token sits at position `first_pos` of the sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqRows {
+    pub row: usize,
+    pub n: usize,
+    pub first_pos: usize,
+}
+
+/// One layer's cached keys and values for one sequence, a row per position.
+pub struct KvLayer<T> {
+    pub k: T,
+    pub v: T,
+}
+
 /// Shape of one attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
@@ -147,30 +162,25 @@ pub trait Backend: Send {
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
     fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;
 
-    /// Copies `n` rows of `src` starting at `src_row` into `cache` at rows `dst_row..`,
-    /// growing the cache when needed.
+    /// Appends a sequence's new keys and values: rows `rows.row..rows.row + rows.n` of `k`
+    /// and `v` (each `row_len` long) go to cache rows `rows.first_pos..`, growing the cache
+    /// when needed.
     fn kv_write(
         &self,
-        cache: &mut Self::Tensor,
+        cache: &mut KvLayer<Self::Tensor>,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        rows: SeqRows,
         row_len: usize,
-        dst_row: usize,
-        src: &Self::Tensor,
-        src_row: usize,
-        n: usize,
     ) -> Result<(), KernelError>;
 
-    /// Causal attention for `n` query rows of `q` starting at `q_row`, whose first token sits at
-    /// position `first_pos` of the sequence cached in `k`/`v` (which hold positions
-    /// `0..first_pos + n`). Writes the same rows of `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// Causal attention for one sequence's query rows of `q` against its cache, which holds
+    /// positions `0..rows.first_pos + rows.n`. Writes the same rows of `out`.
     fn attention(
         &self,
         q: &Self::Tensor,
-        q_row: usize,
-        n: usize,
-        first_pos: usize,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
+        cache: &KvLayer<Self::Tensor>,
+        rows: SeqRows,
         shape: AttentionShape,
         out: &mut Self::Tensor,
     ) -> Result<(), KernelError>;

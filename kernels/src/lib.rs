@@ -6,5 +6,7 @@ pub mod backend;
 pub mod cpu;
 pub mod quant;
 
-pub use backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope, RopeLayout, SharedBytes};
+pub use backend::{
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows, SharedBytes,
+};
 pub use quant::{GgmlType, QuantError};

@@ -5,7 +5,7 @@
 //! One call runs one step over many sequences at once: their tokens are stacked into one
 //! activation matrix so every weight is read once per step, whatever the batch holds.
 
-use realm_kernels::{AttentionShape, Backend, Inputs, QTensor, Rope};
+use realm_kernels::{AttentionShape, Backend, Inputs, KvLayer, QTensor, Rope, SeqRows};
 
 use super::{LlamaConfig, ModelError};
 use crate::gguf::GgufFile;
@@ -34,8 +34,7 @@ pub struct Llama<B: Backend> {
 
 /// One sequence's keys and values for every layer, rows `0..len` valid.
 pub struct KvCache<B: Backend> {
-    k: Vec<B::Tensor>,
-    v: Vec<B::Tensor>,
+    layers: Vec<KvLayer<B::Tensor>>,
     len: usize,
 }
 
@@ -123,8 +122,7 @@ impl<B: Backend> Llama<B> {
     pub fn new_cache(&self) -> KvCache<B> {
         let n = self.config.n_layer;
         KvCache {
-            k: (0..n).map(|_| self.backend.zeros(0)).collect(),
-            v: (0..n).map(|_| self.backend.zeros(0)).collect(),
+            layers: (0..n).map(|_| KvLayer { k: self.backend.zeros(0), v: self.backend.zeros(0) }).collect(),
             len: 0,
         }
     }
@@ -180,9 +178,9 @@ impl<B: Backend> Llama<B> {
             for s in steps.iter_mut() {
                 let t = s.tokens.len();
                 let start = s.cache.len;
-                b.kv_write(&mut s.cache.k[li], kv_dim, start, &k, row, t)?;
-                b.kv_write(&mut s.cache.v[li], kv_dim, start, &v, row, t)?;
-                b.attention(&q, row, t, start, &s.cache.k[li], &s.cache.v[li], shape, &mut att)?;
+                let rows = SeqRows { row, n: t, first_pos: start };
+                b.kv_write(&mut s.cache.layers[li], &k, &v, rows, kv_dim)?;
+                b.attention(&q, &s.cache.layers[li], rows, shape, &mut att)?;
                 row += t;
             }
             b.matmul(&layer.wo, &att, n, &mut proj)?;

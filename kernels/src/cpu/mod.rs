@@ -7,7 +7,7 @@ mod q8;
 
 use rayon::prelude::*;
 
-use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, QTensor, Rope};
+use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
 
 pub use ops::{dot, rms_norm_row, rope_row, silu};
@@ -204,33 +204,35 @@ impl Backend for Cpu {
 
     fn kv_write(
         &self,
-        cache: &mut Vec<f32>,
+        cache: &mut KvLayer<Vec<f32>>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        rows: SeqRows,
         row_len: usize,
-        dst_row: usize,
-        src: &Vec<f32>,
-        src_row: usize,
-        n: usize,
     ) -> Result<(), KernelError> {
-        check_len("kv_write", "source", src.len(), (src_row + n) * row_len)?;
-        let end = (dst_row + n) * row_len;
-        if cache.len() < end {
-            cache.resize(end, 0.0);
+        let SeqRows { row, n, first_pos } = rows;
+        let src = row * row_len..(row + n) * row_len;
+        let dst = first_pos * row_len..(first_pos + n) * row_len;
+        for (cached, new) in [(&mut cache.k, k), (&mut cache.v, v)] {
+            check_len("kv_write", "source", new.len(), src.end)?;
+            if cached.len() < dst.end {
+                cached.resize(dst.end, 0.0);
+            }
+            cached[dst.clone()].copy_from_slice(&new[src.clone()]);
         }
-        cache[dst_row * row_len..end].copy_from_slice(&src[src_row * row_len..(src_row + n) * row_len]);
         Ok(())
     }
 
     fn attention(
         &self,
         q: &Vec<f32>,
-        q_row: usize,
-        n: usize,
-        first_pos: usize,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
+        cache: &KvLayer<Vec<f32>>,
+        rows: SeqRows,
         shape: AttentionShape,
         out: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
+        let SeqRows { row: q_row, n, first_pos } = rows;
+        let (k, v) = (&cache.k, &cache.v);
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
@@ -367,7 +369,9 @@ mod tests {
         let k: Vec<f32> = (0..ctx * 8).map(|i| f(i, 1.3)).collect();
         let v: Vec<f32> = (0..ctx * 8).map(|i| f(i, 0.4)).collect();
         let mut out = vec![0.0; n * 24];
-        backend().attention(&q, 0, n, first, &k, &v, shape, &mut out).expect("attention");
+        let cache = KvLayer { k: k.clone(), v: v.clone() };
+        let rows = SeqRows { row: 0, n, first_pos: first };
+        backend().attention(&q, &cache, rows, shape, &mut out).expect("attention");
         let want = naive_attention(&q, &k, &v, n, first, shape);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < TOL, "{a} vs {b}");
@@ -378,7 +382,9 @@ mod tests {
     fn attention_rejects_short_caches() {
         let shape = AttentionShape { n_head: 2, n_kv_head: 1, head_dim: 2 };
         let mut out = vec![0.0; 4];
-        let err = backend().attention(&vec![0.0; 4], 0, 1, 5, &vec![0.0; 2], &vec![0.0; 2], shape, &mut out);
+        let cache = KvLayer { k: vec![0.0; 2], v: vec![0.0; 2] };
+        let rows = SeqRows { row: 0, n: 1, first_pos: 5 };
+        let err = backend().attention(&vec![0.0; 4], &cache, rows, shape, &mut out);
         assert!(matches!(err, Err(KernelError::Shape { op: "attention", .. })));
     }
 
