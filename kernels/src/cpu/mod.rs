@@ -3,12 +3,13 @@
 //! cache. The fast quantized path of issue #3 builds on the same seam.
 
 mod ops;
+mod q16;
 mod q8;
 
 use rayon::prelude::*;
 
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
-use crate::quant::dequantize_row;
+use crate::quant::{GgmlType, dequantize_row};
 
 pub use ops::{dot, rms_norm_row, rope_row, silu};
 pub use q8::Isa;
@@ -57,36 +58,44 @@ impl Cpu {
         self.activations
     }
 
-    /// The 8-bit path: quantize the inputs once, then integer dots per weight row.
-    fn matmul_q8(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) {
+    /// The integer paths: quantize the inputs once, then integer dots per weight row.
+    fn matmul_quantized<A: QuantizedActs>(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) {
         let cols = w.q.cols;
-        let nb = cols / q8::QB;
-        let mut acts = q8::Q8Acts::default();
+        let mut acts = A::default();
         acts.quantize(x, n, cols);
         let (ty, isa) = (w.q.ty, self.isa);
+        let rows_per_task = self.rows_per_task(w.q.rows);
         self.pool.install(|| {
-            out_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(chunk, dst)| {
+            out_t.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(chunk, dst)| {
                 for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                    let row = w.q.row(chunk * ROWS_PER_TASK + j);
+                    let row = w.q.row(chunk * rows_per_task + j);
                     for (t, o) in dst_row.iter_mut().enumerate() {
-                        let (d, sum) = (&acts.d[2 * t * nb..2 * (t + 1) * nb], &acts.sum[t * nb..(t + 1) * nb]);
-                        *o = q8::dot(isa, ty, row, d, sum, &acts.q[t * cols..(t + 1) * cols]);
+                        *o = acts.dot(isa, ty, row, t, cols);
                     }
                 }
             })
         });
     }
 
+    /// Few enough tasks that scheduling stays cheap next to a small decode matmul, enough that
+    /// no thread waits long on the last one.
+    fn rows_per_task(&self, rows: usize) -> usize {
+        const TASKS_PER_THREAD: usize = 4;
+        const MIN_ROWS: usize = 16;
+        rows.div_ceil(self.threads() * TASKS_PER_THREAD).max(MIN_ROWS)
+    }
+
     /// The exact path: each task dequantizes a run of weight rows once and uses each row for
     /// all `n` inputs.
     fn matmul_f32(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) -> Result<(), KernelError> {
         let cols = w.q.cols;
+        let rows_per_task = self.rows_per_task(w.q.rows);
         self.pool.install(|| {
-            out_t.par_chunks_mut(ROWS_PER_TASK * n).enumerate().try_for_each_init(
+            out_t.par_chunks_mut(rows_per_task * n).enumerate().try_for_each_init(
                 || vec![0.0f32; cols],
                 |scratch, (chunk, dst)| {
                     for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                        dequantize_row(w.q.ty, w.q.row(chunk * ROWS_PER_TASK + j), scratch)?;
+                        dequantize_row(w.q.ty, w.q.row(chunk * rows_per_task + j), scratch)?;
                         for (t, d) in dst_row.iter_mut().enumerate() {
                             *d = dot(scratch, &x[t * cols..(t + 1) * cols]);
                         }
@@ -98,8 +107,35 @@ impl Cpu {
     }
 }
 
-/// Weight rows per parallel task: enough to amortise scheduling, few enough to balance.
-const ROWS_PER_TASK: usize = 16;
+/// Activations quantized for integer dot products against quantized weight rows.
+trait QuantizedActs: Default + Sync {
+    fn quantize(&mut self, x: &[f32], n: usize, cols: usize);
+    /// Weight row `row` times activation row `t`.
+    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32;
+}
+
+impl QuantizedActs for q8::Q8Acts {
+    fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        q8::Q8Acts::quantize(self, x, n, cols);
+    }
+
+    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
+        let (scales, blocks) = (cols / q8::QA, cols / q8::QB);
+        let d = &self.d[t * scales..(t + 1) * scales];
+        q8::dot(isa, ty, row, d, &self.sum[t * blocks..(t + 1) * blocks], &self.q[t * cols..(t + 1) * cols])
+    }
+}
+
+impl QuantizedActs for q16::Q16Acts {
+    fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        q16::Q16Acts::quantize(self, x, n, cols);
+    }
+
+    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
+        let blocks = t * (cols / q8::QB)..(t + 1) * (cols / q8::QB);
+        q16::dot(isa, ty, row, &self.d[blocks.clone()], &self.sum[blocks], &self.q[t * cols..(t + 1) * cols])
+    }
+}
 
 fn shape_err(op: &'static str, reason: String) -> KernelError {
     KernelError::Shape { op, reason }
@@ -169,14 +205,11 @@ impl Backend for Cpu {
         // Results are computed as [rows, n] so each task owns whole weight rows, then
         // transposed into [n, rows].
         let mut out_t = vec![0.0f32; rows * n];
-        if self.activations == Activations::Q8
-            && w.inputs == Inputs::Normalized
-            && q8::supported(w.q.ty)
-            && cols.is_multiple_of(q8::QB)
-        {
-            self.matmul_q8(w, x, n, &mut out_t);
-        } else {
-            self.matmul_f32(w, x, n, &mut out_t)?;
+        let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && cols.is_multiple_of(q8::QB);
+        match (integer, w.inputs) {
+            (true, Inputs::Normalized) => self.matmul_quantized::<q8::Q8Acts>(w, x, n, &mut out_t),
+            (true, Inputs::HeavyTailed) => self.matmul_quantized::<q16::Q16Acts>(w, x, n, &mut out_t),
+            (false, _) => self.matmul_f32(w, x, n, &mut out_t)?,
         }
         for r in 0..rows {
             for t in 0..n {

@@ -92,13 +92,13 @@ pub fn dot(isa: Isa, ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -
 }
 
 #[inline(always)]
-fn half(lo: u8, hi: u8) -> f32 {
+pub(super) fn half(lo: u8, hi: u8) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([lo, hi]))
 }
 
 /// Where a block's quants start, what is subtracted from each, and whether a minimum follows
 /// the scale.
-fn layout(ty: GgmlType) -> (usize, i32, bool) {
+pub(super) fn layout(ty: GgmlType) -> (usize, i32, bool) {
     match ty {
         GgmlType::Q4_0 => (2, 8, false),
         GgmlType::Q4_1 => (4, 0, true),
@@ -193,7 +193,7 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(in crate::cpu) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -201,8 +201,11 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx2::hsum as hsum_avx2;
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::quant::dequantize_row;
     use half::f16;
@@ -213,18 +216,18 @@ mod tests {
     /// The SIMD twin sums the same integers; only the f32 accumulation order differs.
     const SIMD_TOL: f32 = 1e-5;
 
-    struct Rng(u64);
+    pub struct Rng(pub u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub fn next(&mut self) -> u64 {
             self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             self.0 >> 33
         }
-        fn f(&mut self) -> f32 {
+        pub fn f(&mut self) -> f32 {
             (self.next() % 2001) as f32 / 1000.0 - 1.0
         }
     }
 
-    fn random_row(ty: GgmlType, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    pub fn random_row(ty: GgmlType, cols: usize, rng: &mut Rng) -> Vec<u8> {
         let nb = cols / QB;
         let size = ty.type_size() as usize;
         let mut out = vec![0u8; nb * size];
