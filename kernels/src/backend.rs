@@ -157,7 +157,18 @@ pub trait Backend: Send {
     ) -> Result<(), KernelError>;
 
     /// `out[n, w.rows] = x[n, w.cols] · wᵀ` for the first `n` rows of `x`.
-    fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, n: usize, out: &mut Self::Tensor) -> Result<(), KernelError>;
+    fn matmul(&self, w: &Self::Weight, x: &Self::Tensor, n: usize, out: &mut Self::Tensor) -> Result<(), KernelError> {
+        self.matmuls(x, n, &mut [(w, out)])
+    }
+
+    /// Several matmuls of the same input (Q, K and V; gate and up) as one call, so the input
+    /// is prepared once and the work is spread as one piece.
+    fn matmuls(
+        &self,
+        x: &Self::Tensor,
+        n: usize,
+        jobs: &mut [(&Self::Weight, &mut Self::Tensor)],
+    ) -> Result<(), KernelError>;
 
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
     fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;

@@ -169,9 +169,7 @@ impl<B: Backend> Llama<B> {
 
         for (li, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn)?;
-            b.matmul(&layer.wq, &xn, n, &mut q)?;
-            b.matmul(&layer.wk, &xn, n, &mut k)?;
-            b.matmul(&layer.wv, &xn, n, &mut v)?;
+            b.matmuls(&xn, n, &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)])?;
             b.rope(&mut q, c.head_dim, &positions, &self.rope)?;
             b.rope(&mut k, c.head_dim, &positions, &self.rope)?;
             let mut row = 0;
@@ -187,8 +185,7 @@ impl<B: Backend> Llama<B> {
             b.add(&mut x, &proj, n * dim)?;
 
             b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn)?;
-            b.matmul(&layer.w_gate, &xn, n, &mut gate)?;
-            b.matmul(&layer.w_up, &xn, n, &mut up)?;
+            b.matmuls(&xn, n, &mut [(&layer.w_gate, &mut gate), (&layer.w_up, &mut up)])?;
             b.silu_mul(&mut gate, &up, n * ffn)?;
             b.matmul(&layer.w_down, &gate, n, &mut proj)?;
             b.add(&mut x, &proj, n * dim)?;

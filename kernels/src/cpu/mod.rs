@@ -9,7 +9,7 @@ mod q8;
 use rayon::prelude::*;
 
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
-use crate::quant::{GgmlType, dequantize_row};
+use crate::quant::dequantize_row;
 
 pub use ops::{dot, rms_norm_row, rope_row, silu};
 pub use q8::Isa;
@@ -58,25 +58,6 @@ impl Cpu {
         self.activations
     }
 
-    /// The integer paths: quantize the inputs once, then integer dots per weight row.
-    fn matmul_quantized<A: QuantizedActs>(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) {
-        let cols = w.q.cols;
-        let mut acts = A::default();
-        acts.quantize(x, n, cols);
-        let (ty, isa) = (w.q.ty, self.isa);
-        let rows_per_task = self.rows_per_task(w.q.rows);
-        self.pool.install(|| {
-            out_t.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(chunk, dst)| {
-                for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                    let row = w.q.row(chunk * rows_per_task + j);
-                    for (t, o) in dst_row.iter_mut().enumerate() {
-                        *o = acts.dot(isa, ty, row, t, cols);
-                    }
-                }
-            })
-        });
-    }
-
     /// Few enough tasks that scheduling stays cheap next to a small decode matmul, enough that
     /// no thread waits long on the last one.
     fn rows_per_task(&self, rows: usize) -> usize {
@@ -85,55 +66,66 @@ impl Cpu {
         rows.div_ceil(self.threads() * TASKS_PER_THREAD).max(MIN_ROWS)
     }
 
-    /// The exact path: each task dequantizes a run of weight rows once and uses each row for
-    /// all `n` inputs.
-    fn matmul_f32(&self, w: &CpuWeight, x: &[f32], n: usize, out_t: &mut [f32]) -> Result<(), KernelError> {
-        let cols = w.q.cols;
-        let rows_per_task = self.rows_per_task(w.q.rows);
-        self.pool.install(|| {
-            out_t.par_chunks_mut(rows_per_task * n).enumerate().try_for_each_init(
-                || vec![0.0f32; cols],
-                |scratch, (chunk, dst)| {
-                    for (j, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                        dequantize_row(w.q.ty, w.q.row(chunk * rows_per_task + j), scratch)?;
-                        for (t, d) in dst_row.iter_mut().enumerate() {
-                            *d = dot(scratch, &x[t * cols..(t + 1) * cols]);
-                        }
-                    }
-                    Ok(())
-                },
-            )
-        })
+    /// How `w` meets this backend's activations.
+    fn row_kernel(&self, w: &CpuWeight) -> RowKernel {
+        let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && w.q.cols.is_multiple_of(q8::QB);
+        match (integer, w.inputs) {
+            (true, Inputs::Normalized) => RowKernel::Q8,
+            (true, Inputs::HeavyTailed) => RowKernel::Q16,
+            (false, _) => RowKernel::F32,
+        }
     }
 }
 
-/// Activations quantized for integer dot products against quantized weight rows.
-trait QuantizedActs: Default + Sync {
-    fn quantize(&mut self, x: &[f32], n: usize, cols: usize);
-    /// Weight row `row` times activation row `t`.
-    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32;
+/// How a weight row is multiplied with the activations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowKernel {
+    /// Dequantize the row, f32 dot products (exact).
+    F32,
+    Q8,
+    Q16,
 }
 
-impl QuantizedActs for q8::Q8Acts {
-    fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
-        q8::Q8Acts::quantize(self, x, n, cols);
-    }
-
-    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
-        let (scales, blocks) = (cols / q8::QA, cols / q8::QB);
-        let d = &self.d[t * scales..(t + 1) * scales];
-        q8::dot(isa, ty, row, d, &self.sum[t * blocks..(t + 1) * blocks], &self.q[t * cols..(t + 1) * cols])
-    }
+/// The step's activations in every form some weight of the call needs, made once.
+struct StepActs<'a> {
+    x: &'a [f32],
+    cols: usize,
+    q8: q8::Q8Acts,
+    q16: q16::Q16Acts,
 }
 
-impl QuantizedActs for q16::Q16Acts {
-    fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
-        q16::Q16Acts::quantize(self, x, n, cols);
-    }
-
-    fn dot(&self, isa: q8::Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
-        let blocks = t * (cols / q8::QB)..(t + 1) * (cols / q8::QB);
-        q16::dot(isa, ty, row, &self.d[blocks.clone()], &self.sum[blocks], &self.q[t * cols..(t + 1) * cols])
+impl StepActs<'_> {
+    /// Row `r` of `w` times every activation row, into `dst` (one value per activation row).
+    fn row_times_all(
+        &self,
+        isa: q8::Isa,
+        kernel: RowKernel,
+        w: &QTensor,
+        r: usize,
+        scratch: &mut [f32],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let cols = self.cols;
+        let row = w.row(r);
+        match kernel {
+            RowKernel::F32 => {
+                dequantize_row(w.ty, row, scratch)?;
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = dot(scratch, &self.x[t * cols..(t + 1) * cols]);
+                }
+            }
+            RowKernel::Q8 => {
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = self.q8.dot_row(isa, w.ty, row, t, cols);
+                }
+            }
+            RowKernel::Q16 => {
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = self.q16.dot_row(isa, w.ty, row, t, cols);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -194,26 +186,62 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
-        let (rows, cols) = (w.q.rows, w.q.cols);
+    fn matmuls(&self, x: &Vec<f32>, n: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) -> Result<(), KernelError> {
+        let Some(cols) = jobs.first().map(|(w, _)| w.q.cols) else { return Ok(()) };
         check_len("matmul", "input", x.len(), n * cols)?;
-        check_len("matmul", "output", out.len(), n * rows)?;
+        for (w, out) in jobs.iter() {
+            if w.q.cols != cols {
+                return Err(shape_err(
+                    "matmul",
+                    format!("weights sharing an input have {} and {cols} columns", w.q.cols),
+                ));
+            }
+            check_len("matmul", "output", out.len(), n * w.q.rows)?;
+        }
         if n == 0 {
             return Ok(());
         }
         let x = &x[..n * cols];
-        // Results are computed as [rows, n] so each task owns whole weight rows, then
-        // transposed into [n, rows].
-        let mut out_t = vec![0.0f32; rows * n];
-        let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && cols.is_multiple_of(q8::QB);
-        match (integer, w.inputs) {
-            (true, Inputs::Normalized) => self.matmul_quantized::<q8::Q8Acts>(w, x, n, &mut out_t),
-            (true, Inputs::HeavyTailed) => self.matmul_quantized::<q16::Q16Acts>(w, x, n, &mut out_t),
-            (false, _) => self.matmul_f32(w, x, n, &mut out_t)?,
+        let kernels: Vec<RowKernel> = jobs.iter().map(|(w, _)| self.row_kernel(w)).collect();
+        let mut acts = StepActs { x, cols, q8: q8::Q8Acts::default(), q16: q16::Q16Acts::default() };
+        if kernels.contains(&RowKernel::Q8) {
+            acts.q8.quantize(x, n, cols);
         }
-        for r in 0..rows {
-            for t in 0..n {
-                out[t * rows + r] = out_t[r * n + t];
+        if kernels.contains(&RowKernel::Q16) {
+            acts.q16.quantize(x, n, cols);
+        }
+        // Results are computed as [rows, n] so each task owns whole weight rows, then
+        // transposed into [n, rows]. One parallel region covers every weight of the call.
+        let total_rows: usize = jobs.iter().map(|(w, _)| w.q.rows).sum();
+        let rows_per_task = self.rows_per_task(total_rows);
+        let mut out_t: Vec<Vec<f32>> = jobs.iter().map(|(w, _)| vec![0.0f32; w.q.rows * n]).collect();
+        let mut tasks = Vec::new();
+        for (j, buf) in out_t.iter_mut().enumerate() {
+            for (c, chunk) in buf.chunks_mut(rows_per_task * n).enumerate() {
+                tasks.push((j, c * rows_per_task, chunk));
+            }
+        }
+        let isa = self.isa;
+        let acts = &acts;
+        let kernels = &kernels;
+        let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
+        self.pool.install(|| {
+            tasks.into_par_iter().try_for_each_init(
+                || vec![0.0f32; cols],
+                |scratch, (j, first_row, dst)| {
+                    for (i, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                        acts.row_times_all(isa, kernels[j], weights[j], first_row + i, scratch, dst_row)?;
+                    }
+                    Ok::<(), KernelError>(())
+                },
+            )
+        })?;
+        for ((w, out), buf) in jobs.iter_mut().zip(&out_t) {
+            let rows = w.q.rows;
+            for r in 0..rows {
+                for t in 0..n {
+                    out[t * rows + r] = buf[r * n + t];
+                }
             }
         }
         Ok(())

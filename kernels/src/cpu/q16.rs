@@ -38,6 +38,12 @@ impl Q16Acts {
             self.sum[b] = d * isum as f32;
         }
     }
+
+    /// Weight row `row` (of `cols` elements) times activation row `t`.
+    pub fn dot_row(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
+        let blocks = t * (cols / QB)..(t + 1) * (cols / QB);
+        dot(isa, ty, row, &self.d[blocks.clone()], &self.sum[blocks], &self.q[t * cols..(t + 1) * cols])
+    }
 }
 
 /// One weight row times one activation row; lengths that disagree give NaN.

@@ -49,6 +49,13 @@ impl Q8Acts {
             self.sum[h / 2] += d * isum as f32;
         }
     }
+
+    /// Weight row `row` (of `cols` elements) times activation row `t`.
+    pub fn dot_row(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
+        let (scales, blocks) = (cols / QA, cols / QB);
+        let d = &self.d[t * scales..(t + 1) * scales];
+        dot(isa, ty, row, d, &self.sum[t * blocks..(t + 1) * blocks], &self.q[t * cols..(t + 1) * cols])
+    }
 }
 
 /// Whether `ty` has an integer kernel here.
@@ -67,7 +74,10 @@ pub enum Isa {
 impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             return Isa::Avx2;
         }
         Isa::Baseline
@@ -85,8 +95,8 @@ pub fn dot(isa: Isa, ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -
     match isa {
         Isa::Baseline => scalar::dot(ty, w, d, sum, q),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2 and FMA at run time, and
-        // the lengths were checked above.
+        // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
+        // time, and the type and lengths were checked above.
         Isa::Avx2 => unsafe { avx2::dot(ty, w, d, sum, q) },
     }
 }
@@ -140,42 +150,82 @@ mod scalar {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QB, half, layout};
+    use super::{GgmlType, QB};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
 
     /// # Safety
-    /// AVX2 and FMA must be available; `w`, `d` and `sum` must cover `q.len() / QB` blocks.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available; `w`, `d` and `sum` must cover `q.len() / QB`
+    /// blocks of `ty`, a type [`super::supported`] accepts.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot_blocks::<Q4_0>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0>(w, d, sum, q),
+            }
+        }
+    }
+
+    /// One instantiation per format, so the block loop carries no format branches.
+    ///
+    /// # Safety
+    /// As [`dot`], with `TY` naming the weight format.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_blocks<const TY: u8>(w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
         let nb = q.len() / QB;
-        let size = ty.type_size() as usize;
-        let (at, offset, has_min) = layout(ty);
+        let (size, at) = match TY {
+            Q4_0 => (18, 2),
+            Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
         let mask = _mm_set1_epi8(0x0F);
-        let offset = _mm256_set1_epi8(offset as i8);
+        let eight = _mm256_set1_epi8(8);
         let ones = _mm256_set1_epi16(1);
+        // Spreads two adjacent activation scales over the lanes of the two halves.
+        let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
         let mut acc = _mm256_setzero_ps();
         let mut min_acc = 0.0f32;
-        for b in 0..nb {
-            let wb = &w[b * size..(b + 1) * size];
-            // SAFETY: `q` holds `nb * QB` bytes, so 32 bytes at `b * QB` are in bounds.
-            let x = unsafe { _mm256_loadu_si256(q.as_ptr().add(b * QB).cast()) };
-            let wv = if ty == GgmlType::Q8_0 {
+        for (b, &block_sum) in sum.iter().enumerate().take(nb) {
+            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w`, `nb * QB`
+            // quants in `q` and `2 * nb` scales in `d`.
+            let (wb, x, dx) = unsafe {
+                let wb = w.as_ptr().add(b * size);
+                let x = _mm256_loadu_si256(q.as_ptr().add(b * QB).cast());
+                let dx = _mm_castsi128_ps(_mm_loadl_epi64(d.as_ptr().add(2 * b).cast()));
+                (wb, x, dx)
+            };
+            // The block's f16 scale (and Q4_1's f16 minimum right after it), through F16C.
+            // SAFETY: every block starts with at least 4 bytes.
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { wb.cast::<i32>().read_unaligned() }));
+            let products = if TY == Q8_0 {
                 // SAFETY: a Q8_0 block holds 32 quant bytes from `at`.
-                unsafe { _mm256_loadu_si256(wb.as_ptr().add(at).cast()) }
+                let wv = unsafe { _mm256_loadu_si256(wb.add(at).cast()) };
+                signed_dot(wv, x, ones)
             } else {
                 // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
-                let raw = unsafe { _mm_loadu_si128(wb.as_ptr().add(at).cast()) };
+                let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                _mm256_sub_epi8(_mm256_set_m128i(hi, lo), offset)
+                let nibbles = _mm256_set_m128i(hi, lo);
+                if TY == Q4_1 {
+                    // Unsigned weights feed `maddubs` directly.
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, x), ones)
+                } else {
+                    signed_dot(_mm256_sub_epi8(nibbles, eight), x, ones)
+                }
             };
             // Lanes 0..4 sum elements 0..16 and lanes 4..8 elements 16..32: each half gets
             // its own activation scale.
-            let products = _mm256_cvtepi32_ps(signed_dot(wv, x, ones));
-            let dw = half(wb[0], wb[1]);
-            let scales = _mm256_set_m128(_mm_set1_ps(dw * d[2 * b + 1]), _mm_set1_ps(dw * d[2 * b]));
-            acc = _mm256_fmadd_ps(scales, products, acc);
-            if has_min {
-                min_acc += half(wb[2], wb[3]) * sum[b];
+            let scales =
+                _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), halves));
+            acc = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), acc);
+            if TY == Q4_1 {
+                min_acc += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * block_sum;
             }
         }
         hsum(acc) + min_acc

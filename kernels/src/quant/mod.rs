@@ -1,7 +1,8 @@
-//! GGML block formats and their reference dequantization.
+//! GGML block formats, their reference dequantization, and reference quantization.
 
 mod blocks;
 mod dequant;
+mod quantize;
 mod types;
 
 pub use blocks::{
@@ -9,6 +10,7 @@ pub use blocks::{
     K_SCALE_SIZE, QK, QK_K, f16_bits_to_f32,
 };
 pub use dequant::dequantize_row;
+pub use quantize::{quantize_row, quantize_row_parallel};
 pub use types::GgmlType;
 
 /// Errors from quantized data handling.
@@ -24,4 +26,8 @@ pub enum QuantError {
     WrongByteLength { ty: GgmlType, elements: u64, expected: u64, got: u64 },
     #[error("{ty}: the byte size of {elements} elements overflows u64")]
     TooLarge { ty: GgmlType, elements: u64 },
+    #[error("{ty}: element {index} is {value}; only finite values can be quantized")]
+    NonFinite { ty: GgmlType, index: u64, value: f32 },
+    #[error("{ty}: block {block} (largest magnitude {max_abs:e}) does not fit: its 16-bit scale or value overflows")]
+    Overflow { ty: GgmlType, block: u64, max_abs: f32 },
 }
