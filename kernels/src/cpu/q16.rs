@@ -56,8 +56,8 @@ pub fn dot(isa: Isa, ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) 
     match isa {
         Isa::Baseline => scalar::dot(ty, w, d, sum, q),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2 and FMA at run time, and
-        // the lengths were checked above.
+        // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
+        // time, and the type and lengths were checked above.
         Isa::Avx2 => unsafe { avx2::dot(ty, w, d, sum, q) },
     }
 }
@@ -96,46 +96,69 @@ mod scalar {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, QB, half, layout};
+    use super::{GgmlType, QB};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
 
     /// # Safety
-    /// AVX2 and FMA must be available; `w`, `d` and `sum` must cover `q.len() / QB` blocks.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available; `w`, `d` and `sum` must cover `q.len() / QB`
+    /// blocks of `ty`, a type [`super::super::q8::supported`] accepts.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot_blocks::<Q4_0>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0>(w, d, sum, q),
+            }
+        }
+    }
+
+    /// One instantiation per format, so the block loop carries no format branches.
+    ///
+    /// # Safety
+    /// As [`dot`], with `TY` naming the weight format.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_blocks<const TY: u8>(w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
         let nb = q.len() / QB;
-        let size = ty.type_size() as usize;
-        let (at, offset, has_min) = layout(ty);
+        let (size, at) = match TY {
+            Q4_0 => (18, 2),
+            Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
         let mask = _mm_set1_epi8(0x0F);
-        let offset = _mm256_set1_epi16(offset as i16);
+        let eight = _mm256_set1_epi16(8);
         let mut acc = _mm256_setzero_ps();
         let mut min_acc = 0.0f32;
-        for b in 0..nb {
-            let wb = &w[b * size..(b + 1) * size];
-            // SAFETY: `q` holds `nb * QB` values, so 32 at `b * QB` are in bounds.
-            let (x_lo, x_hi) = unsafe {
+        for (b, (&dx, &block_sum)) in d.iter().zip(sum).enumerate().take(nb) {
+            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w` and `nb * QB`
+            // values in `q`; every block starts with its f16 scale (and Q4_1's minimum).
+            let (wb, x_lo, x_hi, dm) = unsafe {
+                let wb = w.as_ptr().add(b * size);
                 let p = q.as_ptr().add(b * QB);
-                (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()))
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned()));
+                (wb, _mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()), dm)
             };
-            let (w_lo, w_hi) = if ty == GgmlType::Q8_0 {
+            let (w_lo, w_hi) = if TY == Q8_0 {
                 // SAFETY: a Q8_0 block holds 32 quant bytes from `at`.
-                let (a, b) = unsafe {
-                    let p = wb.as_ptr().add(at);
-                    (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast()))
-                };
+                let (a, b) = unsafe { (_mm_loadu_si128(wb.add(at).cast()), _mm_loadu_si128(wb.add(at + 16).cast())) };
                 (_mm256_cvtepi8_epi16(a), _mm256_cvtepi8_epi16(b))
             } else {
                 // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
-                let raw = unsafe { _mm_loadu_si128(wb.as_ptr().add(at).cast()) };
+                let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
                 let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
                 let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-                (_mm256_sub_epi16(lo, offset), _mm256_sub_epi16(hi, offset))
+                if TY == Q4_0 { (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)) } else { (lo, hi) }
             };
             // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
             let products = _mm256_add_epi32(_mm256_madd_epi16(w_lo, x_lo), _mm256_madd_epi16(w_hi, x_hi));
-            let scale = _mm256_set1_ps(half(wb[0], wb[1]) * d[b]);
+            let scale = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_set1_ps(dx));
             acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc);
-            if has_min {
-                min_acc += half(wb[2], wb[3]) * sum[b];
+            if TY == Q4_1 {
+                min_acc += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * block_sum;
             }
         }
         super::super::q8::hsum_avx2(acc) + min_acc
