@@ -3,10 +3,11 @@
 //! cache. The fast quantized path of issue #3 builds on the same seam.
 
 mod ops;
+mod pool;
 mod q16;
 mod q8;
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
@@ -35,7 +36,7 @@ pub enum Activations {
 }
 
 pub struct Cpu {
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
     activations: Activations,
     isa: q8::Isa,
 }
@@ -43,15 +44,17 @@ pub struct Cpu {
 impl Cpu {
     /// A backend running on `threads` threads (0 means one per available core).
     pub fn new(threads: usize, activations: Activations) -> Result<Self, KernelError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let pool =
+            pool::Pool::new(threads).map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
         Ok(Self { pool, activations, isa: q8::Isa::detect() })
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     pub fn activations(&self) -> Activations {
@@ -222,20 +225,23 @@ impl Backend for Cpu {
             }
         }
         let isa = self.isa;
-        let acts = &acts;
-        let kernels = &kernels;
         let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
-        self.pool.install(|| {
-            tasks.into_par_iter().try_for_each_init(
-                || vec![0.0f32; cols],
-                |scratch, (j, first_row, dst)| {
-                    for (i, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                        acts.row_times_all(isa, kernels[j], weights[j], first_row + i, scratch, dst_row)?;
-                    }
-                    Ok::<(), KernelError>(())
-                },
-            )
-        })?;
+        let tasks: Vec<Mutex<Option<(usize, usize, &mut [f32])>>> =
+            tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let failure = Mutex::new(None);
+        self.pool.run(tasks.len(), &|i| {
+            let Some((j, first_row, dst)) = tasks[i].lock().ok().and_then(|mut t| t.take()) else { return };
+            let mut scratch = vec![0.0f32; if kernels[j] == RowKernel::F32 { cols } else { 0 }];
+            for (r, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                if let Err(e) = acts.row_times_all(isa, kernels[j], weights[j], first_row + r, &mut scratch, dst_row) {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
         for ((w, out), buf) in jobs.iter_mut().zip(&out_t) {
             let rows = w.q.rows;
             for r in 0..rows {
@@ -308,36 +314,33 @@ impl Backend for Cpu {
         let group = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
         let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
-        self.pool.install(|| {
-            out_rows.par_chunks_mut(head_dim).enumerate().for_each_init(
-                || Vec::with_capacity(n_ctx),
-                |scores: &mut Vec<f32>, (i, o)| {
-                    let (t, h) = (i / n_head, i % n_head);
-                    let kvh = h / group;
-                    let qv = &q[(q_row + t) * q_len + h * head_dim..][..head_dim];
-                    let visible = first_pos + t + 1;
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for p in 0..visible {
-                        let s = dot(qv, &k[p * kv_len + kvh * head_dim..][..head_dim]) * scale;
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    let mut sum = 0.0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    o.fill(0.0);
-                    for (p, &s) in scores.iter().enumerate() {
-                        let w = s / sum;
-                        let vv = &v[p * kv_len + kvh * head_dim..][..head_dim];
-                        for (oe, &ve) in o.iter_mut().zip(vv) {
-                            *oe += w * ve;
-                        }
-                    }
-                },
-            )
+        let heads: Vec<Mutex<&mut [f32]>> = out_rows.chunks_mut(head_dim).map(Mutex::new).collect();
+        self.pool.run(heads.len(), &|i| {
+            let Ok(mut o) = heads[i].lock() else { return };
+            let (t, h) = (i / n_head, i % n_head);
+            let kvh = h / group;
+            let qv = &q[(q_row + t) * q_len + h * head_dim..][..head_dim];
+            let visible = first_pos + t + 1;
+            let mut scores = Vec::with_capacity(visible);
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..visible {
+                let s = dot(qv, &k[p * kv_len + kvh * head_dim..][..head_dim]) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            o.fill(0.0);
+            for (p, &s) in scores.iter().enumerate() {
+                let w = s / sum;
+                let vv = &v[p * kv_len + kvh * head_dim..][..head_dim];
+                for (oe, &ve) in o.iter_mut().zip(vv) {
+                    *oe += w * ve;
+                }
+            }
         });
         Ok(())
     }

@@ -1,0 +1,202 @@
+//! A persistent thread pool for the forward pass. A decode step is a few hundred small
+//! parallel sections of tens of microseconds each; a general-purpose pool that parks its
+//! workers pays a futex wake-up per section, which at that size costs as much as the work.
+//! Here workers spin on a generation counter for a short while after each section (so the next
+//! one starts at once) and only then sleep on a condition variable, so an idle server burns no
+//! CPU.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps: longer than the gap between two sections
+/// of a step, far shorter than the gap between requests.
+const SPIN: Duration = Duration::from_micros(500);
+
+/// The section being run: a task function and how many tasks it has. The function is a
+/// lifetime-erased borrow of the caller's closure, valid while the caller waits in `run`.
+#[derive(Clone, Copy)]
+struct Section {
+    task: *const (dyn Fn(usize) + Sync),
+    tasks: usize,
+}
+
+// SAFETY: `task` points to a `Sync` closure, only called while `run` keeps it alive.
+unsafe impl Send for Section {}
+
+struct Shared {
+    /// Bumped once per section; workers compare it with the last one they joined.
+    generation: AtomicUsize,
+    section: Mutex<Option<Section>>,
+    /// Next task index to claim.
+    next: AtomicUsize,
+    /// Workers still inside the current section.
+    busy: AtomicUsize,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serialises callers: one section at a time.
+    entry: Mutex<()>,
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all: the caller's plus `threads - 1` workers.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            section: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for i in 1..threads.max(1) {
+            let shared = Arc::clone(&shared);
+            workers.push(std::thread::Builder::new().name(format!("realm-cpu-{i}")).spawn(move || worker(&shared))?);
+        }
+        Ok(Self { shared, workers, entry: Mutex::new(()) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `task(i)` for every `i` in `0..tasks`, spread over the pool, and returns when all
+    /// have finished. The calling thread works too.
+    pub fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        if tasks == 0 {
+            return;
+        }
+        if self.workers.is_empty() || tasks == 1 {
+            (0..tasks).for_each(task);
+            return;
+        }
+        let _one_at_a_time = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        // SAFETY: the erased borrow is only used by workers inside this section, and this
+        // function does not return before `busy` is back to zero, i.e. before every worker has
+        // left the section.
+        let erased = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(task)
+        };
+        {
+            // Publishing under the lock means a worker that found no new section while holding
+            // it is already waiting when the notification comes.
+            let mut section = s.section.lock().unwrap_or_else(|e| e.into_inner());
+            *section = Some(Section { task: erased, tasks });
+            s.next.store(0, Ordering::Relaxed);
+            s.busy.store(self.workers.len(), Ordering::Relaxed);
+            s.generation.fetch_add(1, Ordering::Release);
+        }
+        s.wake.notify_all();
+        claim_tasks(s, task, tasks);
+        while s.busy.load(Ordering::Acquire) != 0 {
+            std::hint::spin_loop();
+        }
+        *s.section.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn claim_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), tasks: usize) {
+    loop {
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            break;
+        }
+        task(i);
+    }
+}
+
+fn worker(s: &Shared) {
+    // Generation 0 is "no section yet": a worker that starts after the first section was
+    // published must still join it, or `run` would wait for it forever.
+    let mut seen = 0;
+    loop {
+        let spin_until = Instant::now() + SPIN;
+        while s.generation.load(Ordering::Acquire) == seen {
+            if s.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if Instant::now() < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            let guard = s.section.lock().unwrap_or_else(|e| e.into_inner());
+            if s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Relaxed) {
+                let _unused = s.wake.wait_timeout(guard, Duration::from_millis(100));
+            }
+        }
+        seen = s.generation.load(Ordering::Acquire);
+        let section = *s.section.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(section) = section {
+            // SAFETY: `run` keeps the closure alive until `busy` reaches zero, which this
+            // worker only allows after its last call.
+            let task = unsafe { &*section.task };
+            claim_tasks(s, task, section.tasks);
+        }
+        s.busy.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        {
+            let _guard = self.shared.section.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_exactly_once() {
+        for threads in [1, 2, 4] {
+            let pool = Pool::new(threads).expect("pool");
+            for tasks in [0, 1, 3, 100] {
+                let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(tasks, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "{threads} threads, {tasks} tasks");
+            }
+        }
+    }
+
+    #[test]
+    fn sections_after_a_sleep_still_run() {
+        let pool = Pool::new(2).expect("pool");
+        for _ in 0..3 {
+            let sum = AtomicUsize::new(0);
+            pool.run(10, &|i| {
+                sum.fetch_add(i, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 45);
+            std::thread::sleep(SPIN * 3);
+        }
+    }
+
+    #[test]
+    fn many_short_sections_in_a_row() {
+        let pool = Pool::new(3).expect("pool");
+        let total = AtomicUsize::new(0);
+        for _ in 0..2000 {
+            pool.run(7, &|_| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 14_000);
+    }
+}
