@@ -80,6 +80,10 @@ impl Cpu {
     }
 }
 
+/// A run of one weight's rows: which weight, its first row, and where its results go
+/// (`rows × n`, row-major).
+type RowTask<'a> = (usize, usize, &'a mut [f32]);
+
 /// How a weight row is multiplied with the activations.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RowKernel {
@@ -118,8 +122,15 @@ impl StepActs<'_> {
                 }
             }
             RowKernel::Q8 => {
-                for (t, d) in dst.iter_mut().enumerate() {
-                    *d = self.q8.dot_row(isa, w.ty, row, t, cols);
+                const TILE: usize = 4;
+                let done = dst.len() / TILE * TILE;
+                let mut tiles = dst.chunks_exact_mut(TILE);
+                for (i, tile) in (&mut tiles).enumerate() {
+                    tile.copy_from_slice(&self.q8.dot_rows::<TILE>(isa, w.ty, row, i * TILE, cols));
+                }
+                for (k, d) in tiles.into_remainder().iter_mut().enumerate() {
+                    let [r] = self.q8.dot_rows::<1>(isa, w.ty, row, done + k, cols);
+                    *d = r;
                 }
             }
             RowKernel::Q16 => {
@@ -226,8 +237,7 @@ impl Backend for Cpu {
         }
         let isa = self.isa;
         let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
-        let tasks: Vec<Mutex<Option<(usize, usize, &mut [f32])>>> =
-            tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let tasks: Vec<Mutex<Option<RowTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
         let failure = Mutex::new(None);
         self.pool.run(tasks.len(), &|i| {
             let Some((j, first_row, dst)) = tasks[i].lock().ok().and_then(|mut t| t.take()) else { return };

@@ -4,11 +4,20 @@
 //! Here workers spin on a generation counter for a short while after each section (so the next
 //! one starts at once) and only then sleep on a condition variable, so an idle server burns no
 //! CPU.
+//!
+//! Workers join a section only while it is open, and the caller waits only for those that
+//! joined: on a machine where other processes hold the cores (a throttled serverless vCPU, a
+//! busy host), a descheduled worker never holds a section up; the caller simply does its
+//! share of the tasks.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+const OPEN: usize = 1 << (usize::BITS - 1);
+/// Spins between yields, so a spinning thread gives its core to whoever waits for it.
+const SPINS_PER_YIELD: u32 = 64;
 
 /// How long an idle worker spins before it sleeps: longer than the gap between two sections
 /// of a step, far shorter than the gap between requests.
@@ -31,8 +40,8 @@ struct Shared {
     section: Mutex<Option<Section>>,
     /// Next task index to claim.
     next: AtomicUsize,
-    /// Workers still inside the current section.
-    busy: AtomicUsize,
+    /// [`OPEN`] while workers may join the current section, plus how many are inside it.
+    state: AtomicUsize,
     wake: Condvar,
     stop: AtomicBool,
 }
@@ -51,7 +60,7 @@ impl Pool {
             generation: AtomicUsize::new(0),
             section: Mutex::new(None),
             next: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
         });
@@ -79,9 +88,9 @@ impl Pool {
         }
         let _one_at_a_time = self.entry.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY: the erased borrow is only used by workers inside this section, and this
-        // function does not return before `busy` is back to zero, i.e. before every worker has
-        // left the section.
+        // SAFETY: the erased borrow is only used by workers that joined this section, and this
+        // function does not return before the section is closed and every worker that joined
+        // has left it.
         let erased = unsafe {
             std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(task)
         };
@@ -91,16 +100,40 @@ impl Pool {
             let mut section = s.section.lock().unwrap_or_else(|e| e.into_inner());
             *section = Some(Section { task: erased, tasks });
             s.next.store(0, Ordering::Relaxed);
-            s.busy.store(self.workers.len(), Ordering::Relaxed);
+            s.state.store(OPEN, Ordering::Relaxed);
             s.generation.fetch_add(1, Ordering::Release);
         }
         s.wake.notify_all();
         claim_tasks(s, task, tasks);
-        while s.busy.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        // Every task is claimed: late workers may no longer join; wait for those inside.
+        s.state.fetch_and(!OPEN, Ordering::AcqRel);
+        let mut spins = 0u32;
+        while s.state.load(Ordering::Acquire) != 0 {
+            pause(&mut spins);
         }
         *s.section.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
+}
+
+fn pause(spins: &mut u32) {
+    *spins += 1;
+    if spins.is_multiple_of(SPINS_PER_YIELD) {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Enters the open section, if it still is.
+fn join(s: &Shared) -> bool {
+    let mut state = s.state.load(Ordering::Acquire);
+    while state & OPEN != 0 {
+        match s.state.compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => state = now,
+        }
+    }
+    false
 }
 
 fn claim_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), tasks: usize) {
@@ -114,17 +147,17 @@ fn claim_tasks(s: &Shared, task: &(dyn Fn(usize) + Sync), tasks: usize) {
 }
 
 fn worker(s: &Shared) {
-    // Generation 0 is "no section yet": a worker that starts after the first section was
-    // published must still join it, or `run` would wait for it forever.
+    // Generation 0 is "no section yet".
     let mut seen = 0;
     loop {
         let spin_until = Instant::now() + SPIN;
+        let mut spins = 0u32;
         while s.generation.load(Ordering::Acquire) == seen {
             if s.stop.load(Ordering::Relaxed) {
                 return;
             }
             if Instant::now() < spin_until {
-                std::hint::spin_loop();
+                pause(&mut spins);
                 continue;
             }
             let guard = s.section.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,14 +166,18 @@ fn worker(s: &Shared) {
             }
         }
         seen = s.generation.load(Ordering::Acquire);
+        if !join(s) {
+            continue;
+        }
+        // Joined: the caller keeps this section (and its closure) until this worker leaves.
         let section = *s.section.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(section) = section {
-            // SAFETY: `run` keeps the closure alive until `busy` reaches zero, which this
-            // worker only allows after its last call.
+            // SAFETY: `run` keeps the closure alive until every worker that joined has left,
+            // which this worker does only after its last call.
             let task = unsafe { &*section.task };
             claim_tasks(s, task, section.tasks);
         }
-        s.busy.fetch_sub(1, Ordering::Release);
+        s.state.fetch_sub(1, Ordering::Release);
     }
 }
 

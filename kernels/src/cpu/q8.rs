@@ -50,11 +50,14 @@ impl Q8Acts {
         }
     }
 
-    /// Weight row `row` (of `cols` elements) times activation row `t`.
-    pub fn dot_row(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
+    /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`: the weight
+    /// blocks are unpacked once for all `N` (the tile that makes prefill matrix-matrix).
+    pub fn dot_rows<const N: usize>(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> [f32; N] {
         let (scales, blocks) = (cols / QA, cols / QB);
-        let d = &self.d[t * scales..(t + 1) * scales];
-        dot(isa, ty, row, d, &self.sum[t * blocks..(t + 1) * blocks], &self.q[t * cols..(t + 1) * cols])
+        let d = std::array::from_fn(|k| &self.d[(t + k) * scales..(t + k + 1) * scales]);
+        let sum = std::array::from_fn(|k| &self.sum[(t + k) * blocks..(t + k + 1) * blocks]);
+        let q = std::array::from_fn(|k| &self.q[(t + k) * cols..(t + k + 1) * cols]);
+        dot_many(isa, ty, row, d, sum, q)
     }
 }
 
@@ -86,18 +89,33 @@ impl Isa {
 
 /// One weight row (`w`, encoded) times one activation row (scales `d`, block sums `sum`,
 /// quants `q`). Lengths that do not describe the same number of blocks give NaN.
+#[cfg(test)]
 pub fn dot(isa: Isa, ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
-    let nb = q.len() / QB;
+    let [r] = dot_many(isa, ty, w, [d], [sum], [q]);
+    r
+}
+
+/// One weight row times `N` activation rows of the same length.
+pub fn dot_many<const N: usize>(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    d: [&[f32]; N],
+    sum: [&[f32]; N],
+    q: [&[i8]; N],
+) -> [f32; N] {
+    let nb = q.first().map_or(0, |q| q.len() / QB);
     let size = ty.type_size() as usize;
-    if !supported(ty) || w.len() < nb * size || d.len() < nb * 2 || sum.len() < nb {
-        return f32::NAN;
+    let fits = (0..N).all(|k| q[k].len() == nb * QB && d[k].len() >= 2 * nb && sum[k].len() >= nb);
+    if !supported(ty) || w.len() < nb * size || !fits {
+        return [f32::NAN; N];
     }
     match isa {
-        Isa::Baseline => scalar::dot(ty, w, d, sum, q),
+        Isa::Baseline => std::array::from_fn(|k| scalar::dot(ty, w, d[k], sum[k], q[k])),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 => unsafe { avx2::dot(ty, w, d, sum, q) },
+        Isa::Avx2 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
     }
 }
 
@@ -157,27 +175,40 @@ mod avx2 {
     const Q8_0: u8 = 2;
 
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `w`, `d` and `sum` must cover `q.len() / QB`
-    /// blocks of `ty`, a type [`super::supported`] accepts.
+    /// AVX2, FMA and F16C must be available; every `q[k]` holds the same whole number of
+    /// blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
+    /// [`super::supported`] accepts.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
+    pub unsafe fn dot_many<const N: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i8]; N],
+    ) -> [f32; N] {
         // SAFETY: forwarded from the caller.
         unsafe {
             match ty {
-                GgmlType::Q4_0 => dot_blocks::<Q4_0>(w, d, sum, q),
-                GgmlType::Q4_1 => dot_blocks::<Q4_1>(w, d, sum, q),
-                _ => dot_blocks::<Q8_0>(w, d, sum, q),
+                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
             }
         }
     }
 
-    /// One instantiation per format, so the block loop carries no format branches.
+    /// One instantiation per format and tile width, so the block loop carries no format
+    /// branches and each weight block is unpacked once for `N` activation rows.
     ///
     /// # Safety
-    /// As [`dot`], with `TY` naming the weight format.
+    /// As [`dot_many`], with `TY` naming the weight format.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_blocks<const TY: u8>(w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
-        let nb = q.len() / QB;
+    unsafe fn dot_blocks<const TY: u8, const N: usize>(
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i8]; N],
+    ) -> [f32; N] {
+        let nb = q.first().map_or(0, |q| q.len() / QB);
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
@@ -188,24 +219,23 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         // Spreads two adjacent activation scales over the lanes of the two halves.
         let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-        let mut acc = _mm256_setzero_ps();
-        let mut min_acc = 0.0f32;
-        for (b, &block_sum) in sum.iter().enumerate().take(nb) {
-            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w`, `nb * QB`
-            // quants in `q` and `2 * nb` scales in `d`.
-            let (wb, x, dx) = unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut min_acc = [0.0f32; N];
+        // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
+        #[allow(clippy::needless_range_loop)]
+        for b in 0..nb {
+            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w`; every block
+            // starts with its f16 scale (and Q4_1's f16 minimum right after it).
+            let (wb, dm) = unsafe {
                 let wb = w.as_ptr().add(b * size);
-                let x = _mm256_loadu_si256(q.as_ptr().add(b * QB).cast());
-                let dx = _mm_castsi128_ps(_mm_loadl_epi64(d.as_ptr().add(2 * b).cast()));
-                (wb, x, dx)
+                (wb, _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned())))
             };
-            // The block's f16 scale (and Q4_1's f16 minimum right after it), through F16C.
-            // SAFETY: every block starts with at least 4 bytes.
-            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe { wb.cast::<i32>().read_unaligned() }));
-            let products = if TY == Q8_0 {
+            // The weights as unsigned bytes plus, for signed formats, their signs: `maddubs`
+            // wants one unsigned operand, so each activation takes the weight's sign instead.
+            let (weights, signs) = if TY == Q8_0 {
                 // SAFETY: a Q8_0 block holds 32 quant bytes from `at`.
                 let wv = unsafe { _mm256_loadu_si256(wb.add(at).cast()) };
-                signed_dot(wv, x, ones)
+                (_mm256_sign_epi8(wv, wv), wv)
             } else {
                 // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
                 let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
@@ -213,32 +243,37 @@ mod avx2 {
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 let nibbles = _mm256_set_m128i(hi, lo);
                 if TY == Q4_1 {
-                    // Unsigned weights feed `maddubs` directly.
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, x), ones)
+                    (nibbles, nibbles)
                 } else {
-                    signed_dot(_mm256_sub_epi8(nibbles, eight), x, ones)
+                    let centred = _mm256_sub_epi8(nibbles, eight);
+                    (_mm256_sign_epi8(centred, centred), centred)
                 }
             };
-            // Lanes 0..4 sum elements 0..16 and lanes 4..8 elements 16..32: each half gets
-            // its own activation scale.
-            let scales =
-                _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), halves));
-            acc = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), acc);
-            if TY == Q4_1 {
-                min_acc += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * block_sum;
+            let dw = _mm256_broadcastss_ps(dm);
+            for k in 0..N {
+                // SAFETY: `q[k]` holds `nb * QB` quants and `d[k]` `2 * nb` scales.
+                let (x, dx) = unsafe {
+                    (
+                        _mm256_loadu_si256(q[k].as_ptr().add(b * QB).cast()),
+                        _mm_castsi128_ps(_mm_loadl_epi64(d[k].as_ptr().add(2 * b).cast())),
+                    )
+                };
+                let x = if TY == Q4_1 { x } else { _mm256_sign_epi8(x, signs) };
+                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, x), ones);
+                // Lanes 0..4 sum elements 0..16 and lanes 4..8 elements 16..32: each half gets
+                // its own activation scale.
+                let scales = _mm256_mul_ps(dw, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), halves));
+                acc[k] = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), acc[k]);
+                if TY == Q4_1 {
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sum[k][b];
+                }
             }
         }
-        hsum(acc) + min_acc
-    }
-
-    /// Eight partial sums of `a · b` over signed bytes. `maddubs` wants one unsigned operand,
-    /// so the sign of `a` moves onto `b` (|a| ≤ 128 and |b| ≤ 127 keep the i16 pair sums exact).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn signed_dot(a: __m256i, b: __m256i, ones: __m256i) -> __m256i {
-        let abs_a = _mm256_sign_epi8(a, a);
-        let signed_b = _mm256_sign_epi8(b, a);
-        _mm256_madd_epi16(_mm256_maddubs_epi16(abs_a, signed_b), ones)
+        let mut out = [0.0f32; N];
+        for k in 0..N {
+            out[k] = hsum(acc[k]) + min_acc[k];
+        }
+        out
     }
 
     #[inline]
