@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
 
-pub use ops::{dot, rms_norm_row, rope_row, silu};
+pub use ops::{axpy, dot, rms_norm_row, rope_row, silu};
 pub use q8::Isa;
 
 /// A weight on the CPU: the quantized rows, plus an f32 copy for small 1-D tensors (norm
@@ -346,10 +346,7 @@ impl Backend for Cpu {
             o.fill(0.0);
             for (p, &s) in scores.iter().enumerate() {
                 let w = s / sum;
-                let vv = &v[p * kv_len + kvh * head_dim..][..head_dim];
-                for (oe, &ve) in o.iter_mut().zip(vv) {
-                    *oe += w * ve;
-                }
+                axpy(w, &v[p * kv_len + kvh * head_dim..][..head_dim], &mut o);
             }
         });
         Ok(())
