@@ -6,6 +6,7 @@ mod ops;
 mod pool;
 mod q16;
 mod q8;
+mod topology;
 
 use std::sync::Mutex;
 
@@ -14,6 +15,7 @@ use crate::quant::dequantize_row;
 
 pub use ops::{axpy, dot, rms_norm_row, rope_row, silu};
 pub use q8::Isa;
+pub use topology::physical_cores;
 
 /// A weight on the CPU: the quantized rows, plus an f32 copy for small 1-D tensors (norm
 /// weights) that are read whole on every call.
@@ -42,10 +44,10 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    /// A backend running on `threads` threads (0 means one per available core).
+    /// A backend running on `threads` threads (0 means one per physical core).
     pub fn new(threads: usize, activations: Activations) -> Result<Self, KernelError> {
         let threads = match threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => physical_cores(),
             n => n,
         };
         let pool =
