@@ -1,6 +1,9 @@
 //! `realm`: the command-line front of the Realm engine.
 
+mod bench;
 mod default_model;
+mod membw;
+mod quantize;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +39,12 @@ enum Cmd {
         model: String,
         text: String,
     },
+    /// Measure prefill and decode speed, time to first token, peak memory and the decode
+    /// bandwidth floor.
+    Bench(bench::BenchArgs),
+    /// Convert a GGUF model's weight matrices to another format (like llama.cpp's
+    /// `llama-quantize --pure`).
+    Quantize(quantize::QuantizeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,7 +90,7 @@ struct RunArgs {
     /// exact: f32 activations (the reference path); fast: 8-bit activations, integer dots.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
     precision: PrecisionArg,
-    /// CPU threads (0: one per available core).
+    /// CPU threads (0: one per physical core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Print one JSON object with the generated ids and text instead of streaming.
@@ -102,6 +111,8 @@ fn main() -> ExitCode {
 fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Run(args) => run(args),
+        Cmd::Bench(args) => bench::run(args),
+        Cmd::Quantize(args) => quantize::run(args),
         Cmd::Pull => default_model::pull().map(|_| ()),
         Cmd::Inspect { file } => inspect(&file),
         Cmd::Tokenize { model, text } => {

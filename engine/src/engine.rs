@@ -24,7 +24,7 @@ pub enum Precision {
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// CPU threads; 0 means one per available core.
+    /// CPU threads; 0 means one per physical core.
     pub threads: usize,
     pub precision: Precision,
 }
@@ -119,6 +119,14 @@ impl Engine {
 
     pub fn threads(&self) -> usize {
         self.model.backend().threads()
+    }
+
+    /// Bytes the KV cache holds per position of a sequence, keys and values of every layer;
+    /// a decode step at context `n` reads `n` times this. The CPU backend caches f32 rows
+    /// (keep this in step with its `kv_write` when that changes).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let c = &self.model.config;
+        2 * c.n_layer * c.kv_dim() * size_of::<f32>()
     }
 
     /// Tokens for a prompt: special tokens parsed, BOS added when the model asks for it.

@@ -1,0 +1,99 @@
+//! A memory read-bandwidth probe: several threads stream-read disjoint parts of a buffer much
+//! larger than the last-level cache, summing the words so the loads cannot be skipped.
+//! `realm bench` divides the bytes a decode step reads by this to get its time floor.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+/// What the probe measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadBandwidth {
+    /// Bytes per second of the fastest pass.
+    pub bytes_per_s: f64,
+    /// Bytes per second of the median pass (the host's other tenants move this).
+    pub median_bytes_per_s: f64,
+    pub buffer_bytes: usize,
+    pub threads: usize,
+    pub passes: usize,
+}
+
+/// Reads a `bytes`-long buffer `passes` times on `threads` threads and keeps the fastest pass.
+pub fn measure(bytes: usize, threads: usize, passes: usize) -> Result<ReadBandwidth> {
+    let threads = threads.max(1);
+    let words = bytes / size_of::<u64>();
+    if words < threads || passes == 0 {
+        bail!("bandwidth probe: {bytes} bytes in {passes} passes over {threads} threads is no measurement");
+    }
+    let mut buf: Vec<u64> = Vec::new();
+    if buf.try_reserve_exact(words).is_err() {
+        bail!("bandwidth probe: cannot allocate a {bytes}-byte buffer");
+    }
+    // Written with distinct non-zero words, by the threads that will read them: untouched
+    // pages all map the one zero page, which would be read from cache.
+    buf.resize(words, 0);
+    let chunk = words.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (t, part) in buf.chunks_mut(chunk).enumerate() {
+            s.spawn(move || {
+                let base = (t * chunk) as u64;
+                for (i, w) in part.iter_mut().enumerate() {
+                    *w = (base + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                }
+            });
+        }
+    });
+
+    let mut times = Vec::with_capacity(passes);
+    for _ in 0..passes {
+        let start = Instant::now();
+        let total = std::thread::scope(|s| {
+            let handles: Vec<_> = buf.chunks(chunk).map(|part| s.spawn(move || sum_words(part))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        black_box(total);
+        times.push(start.elapsed().as_secs_f64().max(1e-9));
+    }
+    times.sort_by(f64::total_cmp);
+    let read = (words * size_of::<u64>()) as f64;
+    Ok(ReadBandwidth {
+        bytes_per_s: read / times[0],
+        median_bytes_per_s: read / times[times.len() / 2],
+        buffer_bytes: bytes,
+        threads,
+        passes,
+    })
+}
+
+/// Wrapping sum with eight independent lanes, so the loop vectorises and is load-bound.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut blocks = words.chunks_exact(acc.len());
+    for block in &mut blocks {
+        for (a, &w) in acc.iter_mut().zip(block) {
+            *a = a.wrapping_add(w);
+        }
+    }
+    let tail = blocks.remainder().iter().fold(0u64, |a, &w| a.wrapping_add(w));
+    acc.iter().fold(tail, |a, &w| a.wrapping_add(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_every_word() {
+        let words: Vec<u64> = (1..=21).collect();
+        assert_eq!(sum_words(&words), 231);
+    }
+
+    #[test]
+    fn small_probe_reports_a_positive_rate() -> Result<()> {
+        let bw = measure(1 << 20, 2, 2)?;
+        assert!(bw.bytes_per_s.is_finite() && bw.bytes_per_s > 0.0);
+        assert!(bw.median_bytes_per_s > 0.0 && bw.median_bytes_per_s <= bw.bytes_per_s);
+        Ok(())
+    }
+}
