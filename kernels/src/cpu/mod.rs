@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
 
-pub use ops::{axpy, dot, rms_norm_row, rope_row, silu};
+pub use ops::{axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
 pub use q8::Isa;
 pub use topology::physical_cores;
 
@@ -230,15 +230,23 @@ impl Backend for Cpu {
         // transposed into [n, rows]. One parallel region covers every weight of the call.
         let total_rows: usize = jobs.iter().map(|(w, _)| w.q.rows).sum();
         let rows_per_task = self.rows_per_task(total_rows);
-        let mut out_t: Vec<Vec<f32>> = jobs.iter().map(|(w, _)| vec![0.0f32; w.q.rows * n]).collect();
+        // With one activation row, [rows, n] is [n, rows]: tasks write the outputs directly
+        // (decode allocates nothing per weight).
+        let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
+        let mut out_t: Vec<Vec<f32>> =
+            if n == 1 { Vec::new() } else { jobs.iter().map(|(w, _)| vec![0.0f32; w.q.rows * n]).collect() };
         let mut tasks = Vec::new();
-        for (j, buf) in out_t.iter_mut().enumerate() {
+        let targets: Vec<&mut [f32]> = if n == 1 {
+            jobs.iter_mut().map(|(w, out)| &mut out[..w.q.rows]).collect()
+        } else {
+            out_t.iter_mut().map(|b| b.as_mut_slice()).collect()
+        };
+        for (j, buf) in targets.into_iter().enumerate() {
             for (c, chunk) in buf.chunks_mut(rows_per_task * n).enumerate() {
                 tasks.push((j, c * rows_per_task, chunk));
             }
         }
         let isa = self.isa;
-        let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
         let tasks: Vec<Mutex<Option<RowTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
         let failure = Mutex::new(None);
         self.pool.run(tasks.len(), &|i| {
@@ -273,9 +281,12 @@ impl Backend for Cpu {
         if !row_len.is_multiple_of(head_dim) {
             return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
+        // One set of angles per position serves every head of the row.
+        let mut angles = Vec::with_capacity(rope.n_rot / 2);
         for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
+            rope_angles(pos, rope, &mut angles);
             for head in row.chunks_exact_mut(head_dim) {
-                rope_row(head, pos, rope);
+                rope_apply(head, &angles, rope.layout);
             }
         }
         Ok(())

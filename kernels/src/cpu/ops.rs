@@ -72,15 +72,23 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Rotates one head in place. Angles are computed in f64 so long positions keep precision.
-pub fn rope_row(head: &mut [f32], pos: u32, rope: &Rope) {
+/// The cosines and sines RoPE turns the pairs of a head by at one position, pair by pair.
+/// Angles are computed in f64 so long positions keep precision.
+pub fn rope_angles(pos: u32, rope: &Rope, out: &mut Vec<(f32, f32)>) {
     let n_rot = rope.n_rot;
-    let half = n_rot / 2;
-    for i in 0..half {
+    out.clear();
+    out.extend((0..n_rot / 2).map(|i| {
         let theta = f64::from(pos) * f64::from(rope.freq_base).powf(-2.0 * i as f64 / n_rot as f64);
         let (sin, cos) = theta.sin_cos();
-        let (sin, cos) = (sin as f32, cos as f32);
-        let (a, b) = match rope.layout {
+        (cos as f32, sin as f32)
+    }));
+}
+
+/// Rotates one head in place by precomputed angles (see [`rope_angles`]).
+pub fn rope_apply(head: &mut [f32], angles: &[(f32, f32)], layout: RopeLayout) {
+    let half = angles.len();
+    for (i, &(cos, sin)) in angles.iter().enumerate() {
+        let (a, b) = match layout {
             RopeLayout::Normal => (2 * i, 2 * i + 1),
             RopeLayout::Neox => (i, i + half),
         };
@@ -88,6 +96,13 @@ pub fn rope_row(head: &mut [f32], pos: u32, rope: &Rope) {
         head[a] = x0 * cos - x1 * sin;
         head[b] = x0 * sin + x1 * cos;
     }
+}
+
+/// Rotates one head in place.
+pub fn rope_row(head: &mut [f32], pos: u32, rope: &Rope) {
+    let mut angles = Vec::with_capacity(rope.n_rot / 2);
+    rope_angles(pos, rope, &mut angles);
+    rope_apply(head, &angles, rope.layout);
 }
 
 #[cfg(test)]
