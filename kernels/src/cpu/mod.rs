@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
 
-pub use ops::{axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
+pub use ops::{HeadRows, attend_head, axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
 pub use q8::Isa;
 pub use topology::physical_cores;
 
@@ -263,10 +263,15 @@ impl Backend for Cpu {
             return Err(e);
         }
         for ((w, out), buf) in jobs.iter_mut().zip(&out_t) {
+            // Blocks of rows keep both sides of the transpose in cache.
+            const BLOCK: usize = 16;
             let rows = w.q.rows;
-            for r in 0..rows {
+            for r0 in (0..rows).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(rows);
                 for t in 0..n {
-                    out[t * rows + r] = buf[r * n + t];
+                    for r in r0..r1 {
+                        out[t * rows + r] = buf[r * n + t];
+                    }
                 }
             }
         }
@@ -344,23 +349,8 @@ impl Backend for Cpu {
             let kvh = h / group;
             let qv = &q[(q_row + t) * q_len + h * head_dim..][..head_dim];
             let visible = first_pos + t + 1;
-            let mut scores = Vec::with_capacity(visible);
-            let mut max = f32::NEG_INFINITY;
-            for p in 0..visible {
-                let s = dot(qv, &k[p * kv_len + kvh * head_dim..][..head_dim]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (p, &s) in scores.iter().enumerate() {
-                let w = s / sum;
-                axpy(w, &v[p * kv_len + kvh * head_dim..][..head_dim], &mut o);
-            }
+            let kv = HeadRows { k, v, stride: kv_len, offset: kvh * head_dim, len: head_dim };
+            attend_head(qv, &kv, visible, scale, &mut o);
         });
         Ok(())
     }

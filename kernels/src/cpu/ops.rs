@@ -60,6 +60,55 @@ fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
     }
 }
 
+/// One KV head's rows in a cache: position `p`'s key is `k[p * stride + offset..][..len]`.
+pub struct HeadRows<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub stride: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Softmax attention of one query head over positions `0..visible`, into `out`. Dispatches
+/// once per head, so the per-position dot products and sums inline into the AVX2 code.
+pub fn attend_head(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were detected just above.
+        unsafe { attend_head_avx2(q, kv, visible, scale, out) };
+        return;
+    }
+    attend_head_body(q, kv, visible, scale, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_head_avx2(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
+    attend_head_body(q, kv, visible, scale, out);
+}
+
+#[inline(always)]
+fn attend_head_body(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
+    // The caller checked that both caches hold `visible` rows.
+    let row = |p: usize| p * kv.stride + kv.offset..p * kv.stride + kv.offset + kv.len;
+    let mut scores = Vec::with_capacity(visible);
+    let mut max = f32::NEG_INFINITY;
+    for p in 0..visible {
+        let s = dot_body(q, &kv.k[row(p)]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0.0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (p, &s) in scores.iter().enumerate() {
+        axpy_body(s / sum, &kv.v[row(p)], out);
+    }
+}
+
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ss: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     let scale = (1.0 / (ss / x.len() as f64 + f64::from(eps)).sqrt()) as f32;
