@@ -95,6 +95,25 @@ enum RowKernel {
     Q16,
 }
 
+/// Activation rows per tile of the integer kernels: each weight block is unpacked once per
+/// tile. Measured best of 1, 4 and 8 for prefill on the default model.
+const TILE: usize = 4;
+
+/// Fills `dst` (one value per activation row) a tile of rows at a time, then the remainder
+/// row by row.
+fn tiled(dst: &mut [f32], mut tile: impl FnMut(usize, &mut [f32; TILE]), mut one: impl FnMut(usize) -> f32) {
+    let done = dst.len() / TILE * TILE;
+    let mut tiles = dst.chunks_exact_mut(TILE);
+    for (i, chunk) in (&mut tiles).enumerate() {
+        if let Ok(chunk) = <&mut [f32; TILE]>::try_from(chunk) {
+            tile(i * TILE, chunk);
+        }
+    }
+    for (k, d) in tiles.into_remainder().iter_mut().enumerate() {
+        *d = one(done + k);
+    }
+}
+
 /// The step's activations in every form some weight of the call needs, made once.
 struct StepActs<'a> {
     x: &'a [f32],
@@ -123,23 +142,22 @@ impl StepActs<'_> {
                     *d = dot(scratch, &self.x[t * cols..(t + 1) * cols]);
                 }
             }
-            RowKernel::Q8 => {
-                const TILE: usize = 4;
-                let done = dst.len() / TILE * TILE;
-                let mut tiles = dst.chunks_exact_mut(TILE);
-                for (i, tile) in (&mut tiles).enumerate() {
-                    tile.copy_from_slice(&self.q8.dot_rows::<TILE>(isa, w.ty, row, i * TILE, cols));
-                }
-                for (k, d) in tiles.into_remainder().iter_mut().enumerate() {
-                    let [r] = self.q8.dot_rows::<1>(isa, w.ty, row, done + k, cols);
-                    *d = r;
-                }
-            }
-            RowKernel::Q16 => {
-                for (t, d) in dst.iter_mut().enumerate() {
-                    *d = self.q16.dot_row(isa, w.ty, row, t, cols);
-                }
-            }
+            RowKernel::Q8 => tiled(
+                dst,
+                |t, out: &mut [f32; TILE]| *out = self.q8.dot_rows(isa, w.ty, row, t, cols),
+                |t| {
+                    let [r] = self.q8.dot_rows::<1>(isa, w.ty, row, t, cols);
+                    r
+                },
+            ),
+            RowKernel::Q16 => tiled(
+                dst,
+                |t, out: &mut [f32; TILE]| *out = self.q16.dot_rows(isa, w.ty, row, t, cols),
+                |t| {
+                    let [r] = self.q16.dot_rows::<1>(isa, w.ty, row, t, cols);
+                    r
+                },
+            ),
         }
         Ok(())
     }

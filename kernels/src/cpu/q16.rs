@@ -39,26 +39,45 @@ impl Q16Acts {
         }
     }
 
-    /// Weight row `row` (of `cols` elements) times activation row `t`.
-    pub fn dot_row(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> f32 {
-        let blocks = t * (cols / QB)..(t + 1) * (cols / QB);
-        dot(isa, ty, row, &self.d[blocks.clone()], &self.sum[blocks], &self.q[t * cols..(t + 1) * cols])
+    /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`, each weight
+    /// block unpacked once for all `N`.
+    pub fn dot_rows<const N: usize>(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> [f32; N] {
+        let blocks = cols / QB;
+        let d = std::array::from_fn(|k| &self.d[(t + k) * blocks..(t + k + 1) * blocks]);
+        let sum = std::array::from_fn(|k| &self.sum[(t + k) * blocks..(t + k + 1) * blocks]);
+        let q = std::array::from_fn(|k| &self.q[(t + k) * cols..(t + k + 1) * cols]);
+        dot_many(isa, ty, row, d, sum, q)
     }
 }
 
 /// One weight row times one activation row; lengths that disagree give NaN.
+#[cfg(test)]
 pub fn dot(isa: Isa, ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
-    let nb = q.len() / QB;
+    let [r] = dot_many(isa, ty, w, [d], [sum], [q]);
+    r
+}
+
+/// One weight row times `N` activation rows of the same length.
+pub fn dot_many<const N: usize>(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    d: [&[f32]; N],
+    sum: [&[f32]; N],
+    q: [&[i16]; N],
+) -> [f32; N] {
+    let nb = q.first().map_or(0, |q| q.len() / QB);
     let size = ty.type_size() as usize;
-    if !super::q8::supported(ty) || w.len() < nb * size || d.len() < nb || sum.len() < nb {
-        return f32::NAN;
+    let fits = (0..N).all(|k| q[k].len() == nb * QB && d[k].len() >= nb && sum[k].len() >= nb);
+    if !super::q8::supported(ty) || w.len() < nb * size || !fits {
+        return [f32::NAN; N];
     }
     match isa {
-        Isa::Baseline => scalar::dot(ty, w, d, sum, q),
+        Isa::Baseline => std::array::from_fn(|k| scalar::dot(ty, w, d[k], sum[k], q[k])),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 => unsafe { avx2::dot(ty, w, d, sum, q) },
+        Isa::Avx2 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
     }
 }
 
@@ -103,27 +122,40 @@ mod avx2 {
     const Q8_0: u8 = 2;
 
     /// # Safety
-    /// AVX2, FMA and F16C must be available; `w`, `d` and `sum` must cover `q.len() / QB`
-    /// blocks of `ty`, a type [`super::super::q8::supported`] accepts.
+    /// AVX2, FMA and F16C must be available; every `q[k]` holds the same whole number of
+    /// blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
+    /// [`super::super::q8::supported`] accepts.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
+    pub unsafe fn dot_many<const N: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i16]; N],
+    ) -> [f32; N] {
         // SAFETY: forwarded from the caller.
         unsafe {
             match ty {
-                GgmlType::Q4_0 => dot_blocks::<Q4_0>(w, d, sum, q),
-                GgmlType::Q4_1 => dot_blocks::<Q4_1>(w, d, sum, q),
-                _ => dot_blocks::<Q8_0>(w, d, sum, q),
+                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
             }
         }
     }
 
-    /// One instantiation per format, so the block loop carries no format branches.
+    /// One instantiation per format and tile width, so the block loop carries no format
+    /// branches and each weight block is widened once for `N` activation rows.
     ///
     /// # Safety
-    /// As [`dot`], with `TY` naming the weight format.
+    /// As [`dot_many`], with `TY` naming the weight format.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_blocks<const TY: u8>(w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
-        let nb = q.len() / QB;
+    unsafe fn dot_blocks<const TY: u8, const N: usize>(
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i16]; N],
+    ) -> [f32; N] {
+        let nb = q.first().map_or(0, |q| q.len() / QB);
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
@@ -131,16 +163,16 @@ mod avx2 {
         };
         let mask = _mm_set1_epi8(0x0F);
         let eight = _mm256_set1_epi16(8);
-        let mut acc = _mm256_setzero_ps();
-        let mut min_acc = 0.0f32;
-        for (b, (&dx, &block_sum)) in d.iter().zip(sum).enumerate().take(nb) {
-            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w` and `nb * QB`
-            // values in `q`; every block starts with its f16 scale (and Q4_1's minimum).
-            let (wb, x_lo, x_hi, dm) = unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut min_acc = [0.0f32; N];
+        // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
+        #[allow(clippy::needless_range_loop)]
+        for b in 0..nb {
+            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w`; every block
+            // starts with its f16 scale (and Q4_1's minimum).
+            let (wb, dm) = unsafe {
                 let wb = w.as_ptr().add(b * size);
-                let p = q.as_ptr().add(b * QB);
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned()));
-                (wb, _mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()), dm)
+                (wb, _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned())))
             };
             let (w_lo, w_hi) = if TY == Q8_0 {
                 // SAFETY: a Q8_0 block holds 32 quant bytes from `at`.
@@ -153,15 +185,27 @@ mod avx2 {
                 let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
                 if TY == Q4_0 { (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)) } else { (lo, hi) }
             };
-            // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
-            let products = _mm256_add_epi32(_mm256_madd_epi16(w_lo, x_lo), _mm256_madd_epi16(w_hi, x_hi));
-            let scale = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_set1_ps(dx));
-            acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc);
-            if TY == Q4_1 {
-                min_acc += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * block_sum;
+            let dw = _mm256_broadcastss_ps(dm);
+            for k in 0..N {
+                // SAFETY: `q[k]` holds `nb * QB` values.
+                let (x_lo, x_hi) = unsafe {
+                    let p = q[k].as_ptr().add(b * QB);
+                    (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()))
+                };
+                // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
+                let products = _mm256_add_epi32(_mm256_madd_epi16(w_lo, x_lo), _mm256_madd_epi16(w_hi, x_hi));
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[k][b]));
+                acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc[k]);
+                if TY == Q4_1 {
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sum[k][b];
+                }
             }
         }
-        super::super::q8::hsum_avx2(acc) + min_acc
+        let mut out = [0.0f32; N];
+        for k in 0..N {
+            out[k] = super::super::q8::hsum_avx2(acc[k]) + min_acc[k];
+        }
+        out
     }
 }
 
