@@ -194,10 +194,12 @@ mod avx2 {
                 };
                 // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
                 let products = _mm256_add_epi32(_mm256_madd_epi16(w_lo, x_lo), _mm256_madd_epi16(w_hi, x_hi));
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[k][b]));
+                // SAFETY: `d[k]` covers `nb` blocks.
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(unsafe { *d[k].get_unchecked(b) }));
                 acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc[k]);
                 if TY == Q4_1 {
-                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sum[k][b];
+                    // SAFETY: `sum[k]` covers `nb` blocks.
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
                 }
             }
         }

@@ -265,7 +265,8 @@ mod avx2 {
                 let scales = _mm256_mul_ps(dw, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), halves));
                 acc[k] = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), acc[k]);
                 if TY == Q4_1 {
-                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sum[k][b];
+                    // SAFETY: `sum[k]` covers `nb` blocks.
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
                 }
             }
         }
