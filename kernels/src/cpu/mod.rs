@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
 use crate::quant::dequantize_row;
 
-pub use ops::{HeadRows, attend_head, axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
+pub use ops::{
+    HeadRows, attend_partial, axpy, dot, merge_partials, rms_norm_row, rope_angles, rope_apply, rope_row, silu,
+};
 pub use q8::Isa;
 pub use topology::physical_cores;
 
@@ -94,6 +96,10 @@ enum RowKernel {
     Q8,
     Q16,
 }
+
+/// Positions per attention task: long enough to amortise a task, short enough that one
+/// decode step's attention spreads over every thread.
+const ATTENTION_CHUNK: usize = 128;
 
 /// Activation rows per tile of the integer kernels: each weight block is unpacked once per
 /// tile. Measured best of 1, 4 and 8 for prefill on the default model.
@@ -359,17 +365,48 @@ impl Backend for Cpu {
         check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
         let group = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
-        let heads: Vec<Mutex<&mut [f32]>> = out_rows.chunks_mut(head_dim).map(Mutex::new).collect();
-        self.pool.run(heads.len(), &|i| {
-            let Ok(mut o) = heads[i].lock() else { return };
-            let (t, h) = (i / n_head, i % n_head);
-            let kvh = h / group;
-            let qv = &q[(q_row + t) * q_len + h * head_dim..][..head_dim];
+        // One task per (token, KV head, run of positions): the query heads sharing a KV head
+        // read its keys and values once, and long contexts split over every thread
+        // (flash-decoding); partial softmaxes are merged afterwards.
+        let part_len = group * (head_dim + 2);
+        let chunks_of = |t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
+        let mut tasks = Vec::new();
+        for t in 0..n {
+            for g in 0..n_kv_head {
+                for c in 0..chunks_of(t) {
+                    tasks.push((t, g, c));
+                }
+            }
+        }
+        let mut partials = vec![0.0f32; tasks.len() * part_len];
+        let slots: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(part_len).map(Mutex::new).collect();
+        self.pool.run(tasks.len(), &|i| {
+            let Ok(mut part) = slots[i].lock() else { return };
+            let (t, g, c) = tasks[i];
             let visible = first_pos + t + 1;
-            let kv = HeadRows { k, v, stride: kv_len, offset: kvh * head_dim, len: head_dim };
-            attend_head(qv, &kv, visible, scale, &mut o);
+            let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
+            let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
+            let kv = HeadRows { k, v, stride: kv_len, offset: g * head_dim, len: head_dim };
+            attend_partial(qg, &kv, positions, scale, &mut part);
         });
+        let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
+        let mut first = 0;
+        for t in 0..n {
+            let chunks = chunks_of(t);
+            for g in 0..n_kv_head {
+                let parts = &partials[(first + g * chunks) * part_len..(first + (g + 1) * chunks) * part_len];
+                for j in 0..group {
+                    let h = g * group + j;
+                    merge_partials(
+                        parts,
+                        part_len,
+                        j * (head_dim + 2),
+                        &mut out_rows[t * q_len + h * head_dim..][..head_dim],
+                    );
+                }
+            }
+            first += n_kv_head * chunks;
+        }
         Ok(())
     }
 
@@ -453,8 +490,14 @@ mod tests {
 
     #[test]
     fn gqa_attention_matches_the_naive_form() {
+        // Short, and long enough to be split into several runs of positions and merged.
+        for (first, n) in [(3, 2), (ATTENTION_CHUNK * 2 + 5, 3)] {
+            gqa_attention_case(first, n);
+        }
+    }
+
+    fn gqa_attention_case(first: usize, n: usize) {
         let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 4 };
-        let (first, n) = (3, 2);
         let ctx = first + n;
         let f = |i: usize, m: f32| ((i as f32) * m).sin();
         let q: Vec<f32> = (0..n * 24).map(|i| f(i, 0.7)).collect();

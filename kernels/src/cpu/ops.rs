@@ -1,5 +1,7 @@
 //! Scalar building blocks of the CPU backend, written so the compiler vectorises them.
 
+use std::ops::Range;
+
 use crate::backend::{Rope, RopeLayout};
 
 /// Dot product with eight independent accumulators (vectorisable, and less rounding drift
@@ -69,43 +71,79 @@ pub struct HeadRows<'a> {
     pub len: usize,
 }
 
-/// Softmax attention of one query head over positions `0..visible`, into `out`. Dispatches
-/// once per head, so the per-position dot products and sums inline into the AVX2 code.
-pub fn attend_head(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
+/// Softmax attention of a group of query heads (`q`: heads back to back) sharing one KV head,
+/// over `positions`, as partial results to merge with [`merge_partials`]: per head, the
+/// running maximum score, the sum of `exp(score - max)`, and the value rows weighted by those
+/// exponentials (`head_dim + 2` floats per head in `out`). Dispatches once per call, so the
+/// per-position dot products inline into the AVX2 code.
+pub fn attend_partial(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were detected just above.
-        unsafe { attend_head_avx2(q, kv, visible, scale, out) };
+        unsafe { attend_partial_avx2(q, kv, positions, scale, out) };
         return;
     }
-    attend_head_body(q, kv, visible, scale, out);
+    attend_partial_body(q, kv, positions, scale, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_head_avx2(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
-    attend_head_body(q, kv, visible, scale, out);
+fn attend_partial_avx2(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
+    attend_partial_body(q, kv, positions, scale, out);
 }
 
 #[inline(always)]
-fn attend_head_body(q: &[f32], kv: &HeadRows<'_>, visible: usize, scale: f32, out: &mut [f32]) {
-    // The caller checked that both caches hold `visible` rows.
-    let row = |p: usize| p * kv.stride + kv.offset..p * kv.stride + kv.offset + kv.len;
-    let mut scores = Vec::with_capacity(visible);
-    let mut max = f32::NEG_INFINITY;
-    for p in 0..visible {
-        let s = dot_body(q, &kv.k[row(p)]) * scale;
-        max = max.max(s);
-        scores.push(s);
+fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
+    let hd = kv.len;
+    let group = q.len() / hd;
+    let len = positions.len();
+    // The caller checked that both caches hold every position asked for.
+    let row = |p: usize| p * kv.stride + kv.offset..p * kv.stride + kv.offset + hd;
+    // Heads outermost: one head's query and output stay in registers while the run of keys
+    // and values (a few tens of KB) stays in cache for the next head of the group.
+    let mut scores = vec![0.0f32; group * len];
+    for h in 0..group {
+        let qh = &q[h * hd..(h + 1) * hd];
+        for (s, p) in scores[h * len..(h + 1) * len].iter_mut().zip(positions.clone()) {
+            *s = dot_body(qh, &kv.k[row(p)]) * scale;
+        }
     }
-    let mut sum = 0.0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    for h in 0..group {
+        let s = &mut scores[h * len..(h + 1) * len];
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let part = &mut out[h * (hd + 2)..(h + 1) * (hd + 2)];
+        part[0] = max;
+        part[1] = sum;
+        part[2..].fill(0.0);
     }
+    for h in 0..group {
+        let acc = &mut out[h * (hd + 2) + 2..(h + 1) * (hd + 2)];
+        for (&w, p) in scores[h * len..(h + 1) * len].iter().zip(positions.clone()) {
+            axpy_body(w, &kv.v[row(p)], acc);
+        }
+    }
+}
+
+/// Merges one head's partial softmaxes (at `offset` in each `part_len`-long record of
+/// `parts`, laid out as [`attend_partial`] writes them) into its attention output.
+pub fn merge_partials(parts: &[f32], part_len: usize, offset: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let records = || parts.chunks_exact(part_len).map(|r| &r[offset..offset + hd + 2]);
+    let max = records().map(|r| r[0]).fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0f32;
     out.fill(0.0);
-    for (p, &s) in scores.iter().enumerate() {
-        axpy_body(s / sum, &kv.v[row(p)], out);
+    for r in records() {
+        let w = (r[0] - max).exp();
+        total += r[1] * w;
+        axpy_body(w, &r[2..], out);
+    }
+    for o in out.iter_mut() {
+        *o /= total;
     }
 }
 
