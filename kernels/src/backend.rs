@@ -74,7 +74,12 @@ impl QTensor {
 
     /// The encoded bytes of row `r` (`r < rows`).
     pub fn row(&self, r: usize) -> &[u8] {
-        &self.bytes.as_slice()[r * self.row_bytes..(r + 1) * self.row_bytes]
+        self.rows(r..r + 1)
+    }
+
+    /// The encoded bytes of consecutive rows (within `0..rows`).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> &[u8] {
+        &self.bytes.as_slice()[rows.start * self.row_bytes..rows.end * self.row_bytes]
     }
 }
 

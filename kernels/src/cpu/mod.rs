@@ -275,6 +275,17 @@ impl Backend for Cpu {
         let failure = Mutex::new(None);
         self.pool.run(tasks.len(), &|i| {
             let Some((j, first_row, dst)) = tasks[i].lock().ok().and_then(|mut t| t.take()) else { return };
+            if n == 1 && kernels[j] != RowKernel::F32 {
+                // Decode: the whole run of rows goes to the kernel in one call.
+                let rows = weights[j].rows(first_row..first_row + dst.len());
+                match kernels[j] {
+                    RowKernel::Q8 => {
+                        q8::dot_rows_single(isa, weights[j].ty, rows, &acts.q8.d, &acts.q8.sum, &acts.q8.q, dst)
+                    }
+                    _ => q16::dot_rows_single(isa, weights[j].ty, rows, &acts.q16.d, &acts.q16.sum, &acts.q16.q, dst),
+                }
+                return;
+            }
             let mut scratch = vec![0.0f32; if kernels[j] == RowKernel::F32 { cols } else { 0 }];
             for (r, dst_row) in dst.chunks_exact_mut(n).enumerate() {
                 if let Err(e) = acts.row_times_all(isa, kernels[j], weights[j], first_row + r, &mut scratch, dst_row) {

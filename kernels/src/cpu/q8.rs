@@ -119,6 +119,29 @@ pub fn dot_many<const N: usize>(
     }
 }
 
+/// Consecutive weight rows (`rows`, encoded back to back) times one activation row, one
+/// result per row into `out`: the decode shape, with the row loop inside the kernel.
+pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i8], out: &mut [f32]) {
+    let nb = q.len() / QB;
+    let row_bytes = nb * ty.type_size() as usize;
+    if !supported(ty) || q.len() != nb * QB || d.len() < 2 * nb || sum.len() < nb || rows.len() != out.len() * row_bytes
+    {
+        out.fill(f32::NAN);
+        return;
+    }
+    match isa {
+        Isa::Baseline => {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes.max(1))) {
+                *o = scalar::dot(ty, row, d, sum, q);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
+        // time, and the type and lengths were checked above.
+        Isa::Avx2 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
+    }
+}
+
 #[inline(always)]
 pub(super) fn half(lo: u8, hi: u8) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([lo, hi]))
@@ -196,11 +219,31 @@ mod avx2 {
         }
     }
 
+    /// # Safety
+    /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_single(ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i8], out: &mut [f32]) {
+        let row_bytes = rows.len() / out.len().max(1);
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            // SAFETY: forwarded from the caller, row by row.
+            let [v] = unsafe {
+                match ty {
+                    GgmlType::Q4_0 => dot_blocks::<Q4_0, 1>(row, [d], [sum], [q]),
+                    GgmlType::Q4_1 => dot_blocks::<Q4_1, 1>(row, [d], [sum], [q]),
+                    _ => dot_blocks::<Q8_0, 1>(row, [d], [sum], [q]),
+                }
+            };
+            *o = v;
+        }
+    }
+
     /// One instantiation per format and tile width, so the block loop carries no format
     /// branches and each weight block is unpacked once for `N` activation rows.
     ///
     /// # Safety
     /// As [`dot_many`], with `TY` naming the weight format.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_blocks<const TY: u8, const N: usize>(
         w: &[u8],
@@ -350,6 +393,27 @@ pub(super) mod tests {
                 let simd = dot(Isa::detect(), ty, &w, &acts.d, &acts.sum, &acts.q);
                 assert!((simd - reference).abs() <= SIMD_TOL * reference.abs().max(1.0), "{ty}: {simd} vs {reference}");
                 assert!((reference - exact).abs() <= bound, "{ty}: {reference} vs {exact} (bound {bound})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_of_rows_matches_row_by_row() {
+        let (cols, rows) = (128, 7);
+        let mut rng = Rng(5);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let mut acts = Q8Acts::default();
+            acts.quantize(&x, 1, cols);
+            let row_bytes = w.len() / rows;
+            for isa in [Isa::Baseline, Isa::detect()] {
+                let mut out = vec![0.0; rows];
+                dot_rows_single(isa, ty, &w, &acts.d, &acts.sum, &acts.q, &mut out);
+                for (r, got) in out.iter().enumerate() {
+                    let want = dot(isa, ty, &w[r * row_bytes..(r + 1) * row_bytes], &acts.d, &acts.sum, &acts.q);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{ty} {isa:?} row {r}");
+                }
             }
         }
     }
