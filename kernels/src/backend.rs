@@ -101,16 +101,16 @@ pub struct Rope {
     pub n_rot: usize,
 }
 
-/// What the activations multiplied by a weight look like, so a backend can choose how far it
-/// may quantize them.
+/// How much rounding a weight's inputs tolerate, so a backend can choose how far it may
+/// quantize them (docs/precision.md has the measurements behind the split).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inputs {
-    /// RMS-normalised rows (attention and FFN input projections, the output head) and
-    /// attention outputs (convex mixes of value rows): a narrow range 8 bits represent well.
-    Normalized,
-    /// Heavy-tailed products such as SwiGLU's output, where a few huge values would crush a
-    /// block's 8-bit scale; kept at full precision.
-    HeavyTailed,
+    /// 8 bits are enough: FFN gate/up and the output head (RMS-normalised rows) and the
+    /// attention output projection (convex mixes of value rows).
+    Robust,
+    /// Keep more precision: Q, K and V, whose rounding errors softmax amplifies, and FFN down,
+    /// fed by SwiGLU's heavy-tailed products.
+    Sensitive,
 }
 
 /// One sequence's part of a batched step: rows `row..row + n` of the step's activations,

@@ -96,21 +96,21 @@ impl<B: Backend> Llama<B> {
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             layers.push(Layer {
-                attn_norm: load(&backend, f, &name("attn_norm"), (1, dim), Inputs::Normalized)?,
-                wq: load(&backend, f, &name("attn_q"), (dim, dim), Inputs::Normalized)?,
-                wk: load(&backend, f, &name("attn_k"), (kv_dim, dim), Inputs::Normalized)?,
-                wv: load(&backend, f, &name("attn_v"), (kv_dim, dim), Inputs::Normalized)?,
-                wo: load(&backend, f, &name("attn_output"), (dim, dim), Inputs::Normalized)?,
-                ffn_norm: load(&backend, f, &name("ffn_norm"), (1, dim), Inputs::Normalized)?,
-                w_gate: load(&backend, f, &name("ffn_gate"), (ffn, dim), Inputs::Normalized)?,
-                w_up: load(&backend, f, &name("ffn_up"), (ffn, dim), Inputs::Normalized)?,
-                w_down: load(&backend, f, &name("ffn_down"), (dim, ffn), Inputs::HeavyTailed)?,
+                attn_norm: load(&backend, f, &name("attn_norm"), (1, dim), Inputs::Robust)?,
+                wq: load(&backend, f, &name("attn_q"), (dim, dim), Inputs::Sensitive)?,
+                wk: load(&backend, f, &name("attn_k"), (kv_dim, dim), Inputs::Sensitive)?,
+                wv: load(&backend, f, &name("attn_v"), (kv_dim, dim), Inputs::Sensitive)?,
+                wo: load(&backend, f, &name("attn_output"), (dim, dim), Inputs::Robust)?,
+                ffn_norm: load(&backend, f, &name("ffn_norm"), (1, dim), Inputs::Robust)?,
+                w_gate: load(&backend, f, &name("ffn_gate"), (ffn, dim), Inputs::Robust)?,
+                w_up: load(&backend, f, &name("ffn_up"), (ffn, dim), Inputs::Robust)?,
+                w_down: load(&backend, f, &name("ffn_down"), (dim, ffn), Inputs::Sensitive)?,
             });
         }
-        let token_embd = load(&backend, f, "token_embd.weight", (c.vocab_size, dim), Inputs::Normalized)?;
+        let token_embd = load(&backend, f, "token_embd.weight", (c.vocab_size, dim), Inputs::Robust)?;
         let output_name = if f.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
-        let output = load(&backend, f, output_name, (c.vocab_size, dim), Inputs::Normalized)?;
-        let output_norm = load(&backend, f, "output_norm.weight", (1, dim), Inputs::Normalized)?;
+        let output = load(&backend, f, output_name, (c.vocab_size, dim), Inputs::Robust)?;
+        let output_norm = load(&backend, f, "output_norm.weight", (1, dim), Inputs::Robust)?;
         let rope = Rope { layout: c.rope_layout, freq_base: c.rope_freq_base, n_rot: c.n_rot };
         Ok(Self { config: c, backend, token_embd, layers, output_norm, output, rope })
     }

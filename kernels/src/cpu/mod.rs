@@ -77,8 +77,8 @@ impl Cpu {
     fn row_kernel(&self, w: &CpuWeight) -> RowKernel {
         let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && w.q.cols.is_multiple_of(q8::QB);
         match (integer, w.inputs) {
-            (true, Inputs::Normalized) => RowKernel::Q8,
-            (true, Inputs::HeavyTailed) => RowKernel::Q16,
+            (true, Inputs::Robust) => RowKernel::Q8,
+            (true, Inputs::Sensitive) => RowKernel::Q16,
             (false, _) => RowKernel::F32,
         }
     }
@@ -545,7 +545,7 @@ mod tests {
         let q = QTensor::new(crate::GgmlType::F32, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes"))
             .expect("tensor");
         let b = backend();
-        let weight = b.load_weight(&q, Inputs::Normalized).expect("load");
+        let weight = b.load_weight(&q, Inputs::Robust).expect("load");
         for n in [1, 3] {
             let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.05).cos()).collect();
             let mut out = vec![0.0; n * rows];
@@ -566,7 +566,7 @@ mod tests {
         let q = QTensor::new(crate::GgmlType::F32, 2, 32, crate::SharedBytes::new(owner, 0, 256).expect("bytes"))
             .expect("tensor");
         let b = backend();
-        let w = b.load_weight(&q, Inputs::Normalized).expect("load");
+        let w = b.load_weight(&q, Inputs::Robust).expect("load");
         let mut out = vec![0.0; 32];
         assert!(b.embed(&w, &[2], &mut out).is_err());
         assert!(b.embed(&w, &[1], &mut out).is_ok());

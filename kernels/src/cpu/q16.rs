@@ -1,6 +1,7 @@
-//! 16-bit activations for inputs whose range 8 bits cannot hold (heavy-tailed SwiGLU
-//! products): `x ≈ d·q` with one scale per 32 elements and `q` in ±32767, multiplied against the
-//! weights' quantized blocks with `i16` integer dot products. The rounding error is 1/256 of the
+//! 16-bit activations for inputs 8 bits serve badly (`Inputs::Sensitive`: Q/K/V, whose errors
+//! softmax amplifies, and FFN down's heavy-tailed SwiGLU products): `x ≈ d·q` with one scale per
+//! 32 elements and `q` in ±32767, multiplied against the weights' quantized blocks with `i16`
+//! integer dot products. The rounding error is 1/256 of the
 //! 8-bit path's, so these matmuls stay within f32 noise of the exact path while still reading
 //! only the quantized weights.
 
@@ -77,7 +78,7 @@ pub fn dot_many<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
     }
 }
 
@@ -104,7 +105,7 @@ pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
+        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
     }
 }
 

@@ -72,6 +72,10 @@ pub enum Isa {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus AVX-512 (BW, VL, VNNI): the 8-bit kernels take two blocks per instruction;
+    /// everything else runs the AVX2 code.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
@@ -81,6 +85,13 @@ impl Isa {
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512;
+            }
             return Isa::Avx2;
         }
         Isa::Baseline
@@ -116,6 +127,13 @@ pub fn dot_many<const N: usize>(
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
         Isa::Avx2 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` also means AVX2, FMA and F16C were detected, plus the AVX-512
+        // subsets the kernel uses; lengths as above. Odd block counts take the AVX2 code.
+        Isa::Avx512 if nb.is_multiple_of(2) => unsafe { avx512::dot_many(ty, w, d, sum, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for `Isa::Avx2`.
+        Isa::Avx512 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
     }
 }
 
@@ -139,6 +157,12 @@ pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f3
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
         Isa::Avx2 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_many`.
+        Isa::Avx512 if nb.is_multiple_of(2) => unsafe { avx512::dot_rows_single(ty, rows, d, sum, q, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for `Isa::Avx2`.
+        Isa::Avx512 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
     }
 }
 
@@ -331,6 +355,148 @@ mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{GgmlType, QB};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    /// # Safety
+    /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI must be available; every `q[k]` holds the same
+    /// even number of blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
+    /// [`super::supported`] accepts.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_many<const N: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i8]; N],
+    ) -> [f32; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_rows_single(ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i8], out: &mut [f32]) {
+        let row_bytes = rows.len() / out.len().max(1);
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            // SAFETY: forwarded from the caller, row by row.
+            let [v] = unsafe {
+                match ty {
+                    GgmlType::Q4_0 => dot_blocks::<Q4_0, 1>(row, [d], [sum], [q]),
+                    GgmlType::Q4_1 => dot_blocks::<Q4_1, 1>(row, [d], [sum], [q]),
+                    _ => dot_blocks::<Q8_0, 1>(row, [d], [sum], [q]),
+                }
+            };
+            *o = v;
+        }
+    }
+
+    /// Two weight blocks per step: 64 weights against 64 activations in one `dpbusd`.
+    ///
+    /// # Safety
+    /// As [`dot_many`], with `TY` naming the weight format.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn dot_blocks<const TY: u8, const N: usize>(
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i8]; N],
+    ) -> [f32; N] {
+        let nb = q.first().map_or(0, |q| q.len() / QB);
+        let (size, at) = match TY {
+            Q4_0 => (18, 2),
+            Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
+        let mask = _mm256_set1_epi8(0x0F);
+        let eight = _mm512_set1_epi8(8);
+        // Lane i of the products sums bytes 4i..4i+4: lanes 0..4, 4..8, 8..12, 12..16 are the
+        // four 16-element halves, each with its own activation scale.
+        let quarters = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut min_acc = [0.0f32; N];
+        // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
+        #[allow(clippy::needless_range_loop)]
+        for b in (0..nb).step_by(2) {
+            // SAFETY: the caller guarantees `nb` (even) blocks of `size` bytes in `w`; each
+            // starts with its f16 scale (and Q4_1's f16 minimum).
+            let (w0, w1, dm0, dm1) = unsafe {
+                let w0 = w.as_ptr().add(b * size);
+                let w1 = w0.add(size);
+                let dm0 = _mm_cvtph_ps(_mm_cvtsi32_si128(w0.cast::<i32>().read_unaligned()));
+                let dm1 = _mm_cvtph_ps(_mm_cvtsi32_si128(w1.cast::<i32>().read_unaligned()));
+                (w0, w1, dm0, dm1)
+            };
+            // Weights of both blocks as 64 bytes in element order: [b.lo, b.hi, b+1.lo, b+1.hi].
+            let weights = if TY == Q8_0 {
+                // SAFETY: each Q8_0 block holds 32 quant bytes from `at`.
+                unsafe {
+                    _mm512_inserti64x4(
+                        _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(at).cast())),
+                        _mm256_loadu_si256(w1.add(at).cast()),
+                        1,
+                    )
+                }
+            } else {
+                // SAFETY: each Q4 block holds 16 nibble bytes from `at`.
+                let raw =
+                    unsafe { _mm256_set_m128i(_mm_loadu_si128(w1.add(at).cast()), _mm_loadu_si128(w0.add(at).cast())) };
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let first = _mm256_permute2x128_si256(lo, hi, 0x20);
+                let second = _mm256_permute2x128_si256(lo, hi, 0x31);
+                let nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+                if TY == Q4_0 { _mm512_sub_epi8(nibbles, eight) } else { nibbles }
+            };
+            // `dpbusd` multiplies unsigned by signed bytes: signed weights give up their sign
+            // to the activations.
+            let (unsigned, negative) =
+                if TY == Q4_1 { (weights, 0) } else { (_mm512_abs_epi8(weights), _mm512_movepi8_mask(weights)) };
+            let dw = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_broadcastss_ps(dm0)),
+                _mm256_castps_pd(_mm256_broadcastss_ps(dm1)),
+                1,
+            ));
+            for k in 0..N {
+                // SAFETY: `q[k]` holds `nb * QB` quants and `d[k]` `2 * nb` scales.
+                let (x, dx) = unsafe {
+                    (_mm512_loadu_si512(q[k].as_ptr().add(b * QB).cast()), _mm_loadu_ps(d[k].as_ptr().add(2 * b)))
+                };
+                let x = if TY == Q4_1 { x } else { _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x) };
+                let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned, x);
+                let scales = _mm512_mul_ps(dw, _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(dx)));
+                acc[k] = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(products), acc[k]);
+                if TY == Q4_1 {
+                    // SAFETY: `sum[k]` covers `nb` blocks.
+                    let (s0, s1) = unsafe { (*sum[k].get_unchecked(b), *sum[k].get_unchecked(b + 1)) };
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm0)) * s0 + _mm_cvtss_f32(_mm_movehdup_ps(dm1)) * s1;
+                }
+            }
+        }
+        let mut out = [0.0f32; N];
+        for k in 0..N {
+            out[k] = _mm512_reduce_add_ps(acc[k]) + min_acc[k];
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 pub(super) use avx2::hsum as hsum_avx2;
 
 #[cfg(test)]
@@ -413,6 +579,25 @@ pub(super) mod tests {
                 for (r, got) in out.iter().enumerate() {
                     let want = dot(isa, ty, &w[r * row_bytes..(r + 1) * row_bytes], &acts.d, &acts.sum, &acts.q);
                     assert_eq!(got.to_bits(), want.to_bits(), "{ty} {isa:?} row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tile_of_activation_rows_matches_one_by_one() {
+        let cols = 192;
+        let mut rng = Rng(21);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w = random_row(ty, cols, &mut rng);
+            let x: Vec<f32> = (0..4 * cols).map(|_| rng.f()).collect();
+            let mut acts = Q8Acts::default();
+            acts.quantize(&x, 4, cols);
+            for isa in [Isa::Baseline, Isa::detect()] {
+                let tile: [f32; 4] = acts.dot_rows(isa, ty, &w, 0, cols);
+                for (t, got) in tile.iter().enumerate() {
+                    let [want] = acts.dot_rows::<1>(isa, ty, &w, t, cols);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{ty} {isa:?} row {t}");
                 }
             }
         }
