@@ -78,7 +78,11 @@ pub fn dot_many<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
+        Isa::Avx2 => unsafe { avx2::dot_many(ty, w, d, sum, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` means AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI were detected;
+        // lengths as above.
+        Isa::Avx512 => unsafe { avx512::dot_many(ty, w, d, sum, q) },
     }
 }
 
@@ -105,7 +109,10 @@ pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f3
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only constructed after detecting AVX2, FMA and F16C at run
         // time, and the type and lengths were checked above.
-        Isa::Avx2 | Isa::Avx512 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
+        Isa::Avx2 => unsafe { avx2::dot_rows_single(ty, rows, d, sum, q, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_many`.
+        Isa::Avx512 => unsafe { avx512::dot_rows_single(ty, rows, d, sum, q, out) },
     }
 }
 
@@ -254,6 +261,120 @@ mod avx2 {
         let mut out = [0.0f32; N];
         for k in 0..N {
             out[k] = super::super::q8::hsum_avx2(acc[k]) + min_acc[k];
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{GgmlType, QB};
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    /// # Safety
+    /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI must be available; every `q[k]` holds the same
+    /// whole number of blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
+    /// [`super::super::q8::supported`] accepts.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_many<const N: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i16]; N],
+    ) -> [f32; N] {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
+                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_rows_single(ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i16], out: &mut [f32]) {
+        let row_bytes = rows.len() / out.len().max(1);
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            // SAFETY: forwarded from the caller, row by row.
+            let [v] = unsafe {
+                match ty {
+                    GgmlType::Q4_0 => dot_blocks::<Q4_0, 1>(row, [d], [sum], [q]),
+                    GgmlType::Q4_1 => dot_blocks::<Q4_1, 1>(row, [d], [sum], [q]),
+                    _ => dot_blocks::<Q8_0, 1>(row, [d], [sum], [q]),
+                }
+            };
+            *o = v;
+        }
+    }
+
+    /// A whole block per step: its 32 weights widened to one 512-bit register of `i16`
+    /// against the block's 32 activations in one `dpwssd`.
+    ///
+    /// # Safety
+    /// As [`dot_many`], with `TY` naming the weight format.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn dot_blocks<const TY: u8, const N: usize>(
+        w: &[u8],
+        d: [&[f32]; N],
+        sum: [&[f32]; N],
+        q: [&[i16]; N],
+    ) -> [f32; N] {
+        let nb = q.first().map_or(0, |q| q.len() / QB);
+        let (size, at) = match TY {
+            Q4_0 => (18, 2),
+            Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let eight = _mm512_set1_epi16(8);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut min_acc = [0.0f32; N];
+        // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
+        #[allow(clippy::needless_range_loop)]
+        for b in 0..nb {
+            // SAFETY: the caller guarantees `nb` blocks of `size` bytes in `w`; every block
+            // starts with its f16 scale (and Q4_1's minimum).
+            let (wb, dm) = unsafe {
+                let wb = w.as_ptr().add(b * size);
+                (wb, _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned())))
+            };
+            let weights = if TY == Q8_0 {
+                // SAFETY: a Q8_0 block holds 32 quant bytes from `at`.
+                _mm512_cvtepi8_epi16(unsafe { _mm256_loadu_si256(wb.add(at).cast()) })
+            } else {
+                // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
+                let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
+                let nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+                let wide = _mm512_cvtepu8_epi16(nibbles);
+                if TY == Q4_0 { _mm512_sub_epi16(wide, eight) } else { wide }
+            };
+            let dw = _mm_cvtss_f32(dm);
+            for k in 0..N {
+                // SAFETY: `q[k]` holds `nb * QB` values, `d[k]` and `sum[k]` `nb`.
+                let (x, dx) = unsafe { (_mm512_loadu_si512(q[k].as_ptr().add(b * QB).cast()), *d[k].get_unchecked(b)) };
+                // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
+                let products = _mm512_dpwssd_epi32(_mm512_setzero_si512(), weights, x);
+                acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(dw * dx), _mm512_cvtepi32_ps(products), acc[k]);
+                if TY == Q4_1 {
+                    // SAFETY: as above.
+                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
+                }
+            }
+        }
+        let mut out = [0.0f32; N];
+        for k in 0..N {
+            out[k] = _mm512_reduce_add_ps(acc[k]) + min_acc[k];
         }
         out
     }
