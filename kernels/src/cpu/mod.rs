@@ -2,6 +2,57 @@
 //! are used (never copied whole), activations stay f32, and attention is plain softmax over the
 //! cache. The fast quantized path of issue #3 builds on the same seam.
 
+/// The entry points every SIMD module of the integer kernels exposes, around its
+/// `dot_blocks::<FORMAT, N>`: one instantiation per weight format, picked once per call.
+macro_rules! entry_points {
+    ($features:literal, $quant:ty) => {
+        const Q4_0: u8 = 0;
+        const Q4_1: u8 = 1;
+        const Q8_0: u8 = 2;
+
+        /// # Safety
+        /// The module's CPU features must be available; every `q[k]` holds the same whole
+        /// number of blocks (even, for kernels that take two at a time), which `w`, `d[k]` and
+        /// `sum[k]` cover, and `ty` is a format `q8::supported` accepts.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_many<const N: usize>(
+            ty: GgmlType,
+            w: &[u8],
+            d: [&[f32]; N],
+            sum: [&[f32]; N],
+            q: [&[$quant]; N],
+        ) -> [f32; N] {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                match ty {
+                    GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
+                    GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                    _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
+                }
+            }
+        }
+
+        /// # Safety
+        /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_rows_single(
+            ty: GgmlType,
+            rows: &[u8],
+            d: &[f32],
+            sum: &[f32],
+            q: &[$quant],
+            out: &mut [f32],
+        ) {
+            let row_bytes = rows.len() / out.len().max(1);
+            for (r, o) in out.iter_mut().enumerate() {
+                // SAFETY: forwarded from the caller, row by row.
+                let [v] = unsafe { dot_many::<1>(ty, &rows[r * row_bytes..(r + 1) * row_bytes], [d], [sum], [q]) };
+                *o = v;
+            }
+        }
+    };
+}
+
 mod ops;
 mod pool;
 mod q16;

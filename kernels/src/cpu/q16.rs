@@ -152,50 +152,7 @@ mod avx2 {
 
     use super::{GgmlType, QB};
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-
-    /// # Safety
-    /// AVX2, FMA and F16C must be available; every `q[k]` holds the same whole number of
-    /// blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
-    /// [`super::super::q8::supported`] accepts.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_many<const N: usize>(
-        ty: GgmlType,
-        w: &[u8],
-        d: [&[f32]; N],
-        sum: [&[f32]; N],
-        q: [&[i16]; N],
-    ) -> [f32; N] {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match ty {
-                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
-                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
-                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows_single(ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i16], out: &mut [f32]) {
-        let row_bytes = rows.len() / out.len().max(1);
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-            // SAFETY: forwarded from the caller, row by row.
-            let [v] = unsafe {
-                match ty {
-                    GgmlType::Q4_0 => dot_blocks::<Q4_0, 1>(row, [d], [sum], [q]),
-                    GgmlType::Q4_1 => dot_blocks::<Q4_1, 1>(row, [d], [sum], [q]),
-                    _ => dot_blocks::<Q8_0, 1>(row, [d], [sum], [q]),
-                }
-            };
-            *o = v;
-        }
-    }
+    entry_points!("avx2,fma,f16c", i16);
 
     /// One instantiation per format and tile width, so the block loop carries no format
     /// branches and each weight block is widened once for `N` activation rows.
@@ -272,50 +229,7 @@ mod avx512 {
 
     use super::{GgmlType, QB};
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-
-    /// # Safety
-    /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI must be available; every `q[k]` holds the same
-    /// whole number of blocks, which `w`, `d[k]` and `sum[k]` cover, and `ty` is a type
-    /// [`super::super::q8::supported`] accepts.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_many<const N: usize>(
-        ty: GgmlType,
-        w: &[u8],
-        d: [&[f32]; N],
-        sum: [&[f32]; N],
-        q: [&[i16]; N],
-    ) -> [f32; N] {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match ty {
-                GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
-                GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
-                _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As [`dot_many`] with `N = 1`, for each of the `out.len()` rows in `rows`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_rows_single(ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i16], out: &mut [f32]) {
-        let row_bytes = rows.len() / out.len().max(1);
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-            // SAFETY: forwarded from the caller, row by row.
-            let [v] = unsafe {
-                match ty {
-                    GgmlType::Q4_0 => dot_blocks::<Q4_0, 1>(row, [d], [sum], [q]),
-                    GgmlType::Q4_1 => dot_blocks::<Q4_1, 1>(row, [d], [sum], [q]),
-                    _ => dot_blocks::<Q8_0, 1>(row, [d], [sum], [q]),
-                }
-            };
-            *o = v;
-        }
-    }
+    entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", i16);
 
     /// A whole block per step: its 32 weights widened to one 512-bit register of `i16`
     /// against the block's 32 activations in one `dpwssd`.
