@@ -343,7 +343,8 @@ mod avx512 {
         // four 16-element halves, each with its own activation scale.
         let quarters = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         let mut acc = [_mm512_setzero_ps(); N];
-        let mut min_acc = [0.0f32; N];
+        // Q4_1's `Σ m·sum` runs two blocks per FMA in lanes 0 and 1.
+        let mut min_acc = [_mm_setzero_ps(); N];
         // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
         #[allow(clippy::needless_range_loop)]
         for b in (0..nb).step_by(2) {
@@ -386,6 +387,10 @@ mod avx512 {
                 _mm256_castps_pd(_mm256_broadcastss_ps(dm1)),
                 1,
             ));
+            let mins = {
+                let both = _mm_unpacklo_ps(dm0, dm1);
+                _mm_movehl_ps(both, both)
+            };
             for k in 0..N {
                 // SAFETY: `q[k]` holds `nb * QB` quants and `d[k]` `2 * nb` scales.
                 let (x, dx) = unsafe {
@@ -396,15 +401,15 @@ mod avx512 {
                 let scales = _mm512_mul_ps(dw, _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(dx)));
                 acc[k] = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(products), acc[k]);
                 if TY == Q4_1 {
-                    // SAFETY: `sum[k]` covers `nb` blocks.
-                    let (s0, s1) = unsafe { (*sum[k].get_unchecked(b), *sum[k].get_unchecked(b + 1)) };
-                    min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm0)) * s0 + _mm_cvtss_f32(_mm_movehdup_ps(dm1)) * s1;
+                    // SAFETY: `sum[k]` covers `nb` blocks, so `b + 1` is in it.
+                    let sums = unsafe { _mm_castsi128_ps(_mm_loadl_epi64(sum[k].as_ptr().add(b).cast())) };
+                    min_acc[k] = _mm_fmadd_ps(mins, sums, min_acc[k]);
                 }
             }
         }
         let mut out = [0.0f32; N];
         for k in 0..N {
-            out[k] = _mm512_reduce_add_ps(acc[k]) + min_acc[k];
+            out[k] = _mm512_reduce_add_ps(acc[k]) + _mm_cvtss_f32(_mm_hadd_ps(min_acc[k], min_acc[k]));
         }
         out
     }
