@@ -44,6 +44,8 @@ struct Shared {
     state: AtomicUsize,
     wake: Condvar,
     stop: AtomicBool,
+    /// A task panicked on a worker: the caller re-raises it rather than lose it.
+    panicked: AtomicBool,
 }
 
 pub struct Pool {
@@ -63,6 +65,7 @@ impl Pool {
             state: AtomicUsize::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
         });
         let mut workers = Vec::new();
         for i in 1..threads.max(1) {
@@ -104,7 +107,8 @@ impl Pool {
             s.generation.fetch_add(1, Ordering::Release);
         }
         s.wake.notify_all();
-        claim_tasks(s, task, tasks);
+        // A panic here must not unwind past workers still running `task`: it waits below.
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_tasks(s, task, tasks)));
         // Every task is claimed: late workers may no longer join; wait for those inside.
         s.state.fetch_and(!OPEN, Ordering::AcqRel);
         let mut spins = 0u32;
@@ -112,6 +116,13 @@ impl Pool {
             pause(&mut spins);
         }
         *s.section.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(panic) = mine {
+            s.panicked.store(false, Ordering::Release);
+            std::panic::resume_unwind(panic);
+        }
+        if s.panicked.swap(false, Ordering::AcqRel) {
+            panic!("a CPU kernel task panicked on a pool worker");
+        }
     }
 }
 
@@ -176,7 +187,11 @@ fn worker(s: &Shared) {
             // SAFETY: `run` keeps the closure alive until every worker that joined has left,
             // which this worker does only after its last call.
             let task = unsafe { &*section.task };
-            claim_tasks(s, task, section.tasks);
+            // A panicking task must still leave the section, or the caller would wait forever.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_tasks(s, task, section.tasks)));
+            if run.is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
         }
         s.state.fetch_sub(1, Ordering::Release);
     }
@@ -224,6 +239,26 @@ mod tests {
             assert_eq!(sum.load(Ordering::Relaxed), 45);
             std::thread::sleep(SPIN * 3);
         }
+    }
+
+    #[test]
+    fn a_panicking_task_is_raised_not_hung() {
+        let pool = Pool::new(2).expect("pool");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Enough tasks that the worker surely claims some of them.
+            pool.run(10_000, &|i| {
+                if i % 2 == 1 {
+                    panic!("task {i}");
+                }
+            });
+        }));
+        assert!(caught.is_err());
+        // The pool still works afterwards.
+        let sum = AtomicUsize::new(0);
+        pool.run(4, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 6);
     }
 
     #[test]
