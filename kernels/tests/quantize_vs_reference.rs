@@ -23,21 +23,7 @@ const SUPER_BLOCKS: usize = 96;
 const GGUF_PY_TYPES: [GgmlType; 7] =
     [GgmlType::F16, GgmlType::Bf16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 
-const ALL_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Bf16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+const ALL_TYPES: [GgmlType; 13] = realm_kernels::quant::ROW_FORMATS;
 
 /// SplitMix64: deterministic and dependency-free.
 struct Rng(u64);

@@ -142,21 +142,7 @@ mod tests {
 
     use super::*;
 
-    const SUPPORTED: [GgmlType; 13] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Bf16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2K,
-        GgmlType::Q3K,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
+    const SUPPORTED: [GgmlType; 13] = crate::quant::ROW_FORMATS;
 
     fn sizes(ty: GgmlType) -> (usize, usize) {
         (ty.block_size() as usize, ty.type_size() as usize)

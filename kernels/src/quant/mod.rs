@@ -11,7 +11,7 @@ pub use blocks::{
 };
 pub use dequant::dequantize_row;
 pub use quantize::{quantize_row, quantize_row_parallel};
-pub use types::GgmlType;
+pub use types::{GgmlType, ROW_FORMATS};
 
 /// Errors from quantized data handling.
 #[derive(Debug, thiserror::Error)]

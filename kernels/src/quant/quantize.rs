@@ -709,21 +709,7 @@ mod tests {
     use super::*;
     use crate::quant::dequantize_row;
 
-    const SUPPORTED: [GgmlType; 13] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Bf16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q2K,
-        GgmlType::Q3K,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
+    const SUPPORTED: [GgmlType; 13] = crate::quant::ROW_FORMATS;
 
     /// Relative RMS round-trip error, `|x - dequantize(quantize(x))| / |x|`, on normal
     /// weight-like rows (measured: F16 2.1e-4, BF16 1.7e-3, Q8_0 0.0051, Q6_K 0.017,

@@ -38,6 +38,24 @@ pub enum GgmlType {
     Tq2_0,
 }
 
+/// The formats Realm both dequantizes and quantizes row by row (`dequantize_row`,
+/// `quantize_row`).
+pub const ROW_FORMATS: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Bf16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
 /// (type, id, name, elements per block, bytes per block)
 const TABLE: &[(GgmlType, u32, &str, u64, u64)] = &[
     (GgmlType::F32, 0, "F32", 1, 4),
