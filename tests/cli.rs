@@ -1,24 +1,16 @@
 //! The `realm` binary end to end on the default model: what a user types, what they see.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
+mod common;
+
+use common::{default_model, realm, stdout_of};
 use realm_engine::gguf::GgufFile;
 use realm_engine::tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Greedy output must match the exact reference up to its first step with a margin below this.
 const EXACT_MARGIN: f64 = 0.1;
-
-fn realm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_realm")).args(args).output().expect("run realm")
-}
-
-fn stdout_of(args: &[&str]) -> String {
-    let out = realm(args);
-    assert!(out.status.success(), "realm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
 
 fn golden(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden").join(name);
@@ -28,15 +20,6 @@ fn golden(name: &str) -> Vec<Value> {
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
-/// The default model's path, through the CLI's own cache lookup (`realm pull` is idempotent).
-fn default_model() -> PathBuf {
-    let out = realm(&["pull"]);
-    assert!(out.status.success(), "realm pull failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let at = stderr.rfind(" at ").expect("pull names the path");
-    PathBuf::from(stderr[at + 4..].split_whitespace().next().expect("path"))
 }
 
 #[test]

@@ -3,43 +3,14 @@
 //! still answer the question.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+mod common;
+
+use common::{default_model, python, stderr_of_failure, stdout_of};
 use realm_engine::gguf::GgufFile;
 use realm_kernels::GgmlType;
-
-fn realm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_realm")).args(args).output().expect("run realm")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let out = realm(args);
-    assert!(out.status.success(), "realm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-fn fail(args: &[&str]) -> String {
-    let out = realm(args);
-    assert!(!out.status.success(), "realm {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The default model's path, through the CLI's own cache lookup (`realm pull` is idempotent).
-fn default_model() -> PathBuf {
-    let out = realm(&["pull"]);
-    assert!(out.status.success(), "realm pull failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let at = stderr.rfind(" at ").expect("pull names the path");
-    PathBuf::from(stderr[at + 4..].split_whitespace().next().expect("path"))
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("REALM_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    }
-}
 
 /// Tensor name to type name and `general.file_type`, as gguf-py's `GGUFReader` reads them.
 fn read_with_gguf_py(path: &Path) -> (BTreeMap<String, String>, u64) {
@@ -70,7 +41,7 @@ fn quantize_and_check(ty: &str, file_type: u64, expected: impl Fn(&str, &[u64]) 
     let out_path = dir.path().join(format!("model.{ty}.gguf"));
     let out_str = out_path.to_str().expect("UTF-8 path");
     let source = default_model();
-    let report = succeed(&["quantize", source.to_str().expect("UTF-8 path"), out_str, "--type", ty]);
+    let report = stdout_of(&["quantize", source.to_str().expect("UTF-8 path"), out_str, "--type", ty]);
 
     let src = GgufFile::open(&source).expect("open source");
     let q = GgufFile::open(&out_path).expect("the output loads");
@@ -101,7 +72,7 @@ fn quantize_and_check(ty: &str, file_type: u64, expected: impl Fn(&str, &[u64]) 
     assert_eq!(py_file_type, file_type);
 
     let prompt = "The capital of France is";
-    succeed(&["run", "--model", out_str, "--temperature", "0", "--max-tokens", "8", "--prompt", prompt])
+    stdout_of(&["run", "--model", out_str, "--temperature", "0", "--max-tokens", "8", "--prompt", prompt])
 }
 
 #[test]
@@ -127,7 +98,7 @@ fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
 fn unknown_type_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("x.gguf");
-    let err = fail(&["quantize", "default", out.to_str().expect("UTF-8"), "--type", "q9_9"]);
+    let err = stderr_of_failure(&["quantize", "default", out.to_str().expect("UTF-8"), "--type", "q9_9"]);
     assert!(err.contains("invalid value 'q9_9'") && err.contains("q4_k") && err.contains("q8_0"), "{err}");
     assert!(!out.exists());
 }
@@ -138,12 +109,24 @@ fn input_that_is_not_gguf_is_an_error_naming_the_file() {
     let input = dir.path().join("notes.txt");
     std::fs::write(&input, "not a model, just some text that is long enough\n").expect("write");
     let out = dir.path().join("x.gguf");
-    let err = fail(&["quantize", input.to_str().expect("UTF-8"), out.to_str().expect("UTF-8"), "--type", "q8_0"]);
+    let err = stderr_of_failure(&[
+        "quantize",
+        input.to_str().expect("UTF-8"),
+        out.to_str().expect("UTF-8"),
+        "--type",
+        "q8_0",
+    ]);
     assert!(err.contains(input.to_str().expect("UTF-8")) && err.contains("GGUF"), "{err}");
     assert!(!out.exists());
 
     let missing = dir.path().join("missing.gguf");
-    let err = fail(&["quantize", missing.to_str().expect("UTF-8"), out.to_str().expect("UTF-8"), "--type", "q8_0"]);
+    let err = stderr_of_failure(&[
+        "quantize",
+        missing.to_str().expect("UTF-8"),
+        out.to_str().expect("UTF-8"),
+        "--type",
+        "q8_0",
+    ]);
     assert!(err.contains(missing.to_str().expect("UTF-8")), "{err}");
 }
 
@@ -151,6 +134,6 @@ fn input_that_is_not_gguf_is_an_error_naming_the_file() {
 fn unwritable_output_is_an_error_naming_it_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("no/such/dir/x.gguf");
-    let err = fail(&["quantize", "default", out.to_str().expect("UTF-8"), "--type", "q8_0"]);
+    let err = stderr_of_failure(&["quantize", "default", out.to_str().expect("UTF-8"), "--type", "q8_0"]);
     assert!(err.contains(out.to_str().expect("UTF-8")), "{err}");
 }

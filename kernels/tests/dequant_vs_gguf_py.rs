@@ -3,9 +3,10 @@
 //!
 //! One Python process computes the reference for every format; each format is its own test.
 
+mod common;
+
 use std::collections::HashMap;
 use std::mem::offset_of;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -72,17 +73,6 @@ fn input(ty: GgmlType, scale_offsets: &[usize]) -> Vec<u8> {
     bytes
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("REALM_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join(".venv/bin/python"),
-    }
-}
-
 /// gguf-py's output for every case, keyed by type, or why it could not be computed.
 fn reference() -> &'static Result<HashMap<GgmlType, Vec<f32>>, String> {
     static REFERENCE: OnceLock<Result<HashMap<GgmlType, Vec<f32>>, String>> = OnceLock::new();
@@ -90,7 +80,7 @@ fn reference() -> &'static Result<HashMap<GgmlType, Vec<f32>>, String> {
 }
 
 fn compute_reference() -> Result<HashMap<GgmlType, Vec<f32>>, String> {
-    let python = python();
+    let python = common::python();
     if !python.exists() {
         return Err(format!(
             "no Python at {}: run scripts/setup.sh (or set REALM_PYTHON to a Python with the \
@@ -100,7 +90,7 @@ fn compute_reference() -> Result<HashMap<GgmlType, Vec<f32>>, String> {
     }
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let mut cmd = Command::new(&python);
-    cmd.arg(workspace_root().join("scripts/quant_reference.py"));
+    cmd.arg(common::workspace_root().join("scripts/quant_reference.py"));
     for (ty, offsets) in cases() {
         let inp = dir.path().join(format!("{ty}.in"));
         std::fs::write(&inp, input(ty, &offsets)).map_err(|e| format!("{}: {e}", inp.display()))?;

@@ -9,8 +9,9 @@
 //!
 //! One Python process computes each reference for every format.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -84,22 +85,11 @@ fn input() -> Vec<f32> {
     out
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("REALM_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join(".venv/bin/python"),
-    }
-}
-
 type Reference = Result<HashMap<GgmlType, Vec<u8>>, String>;
 
 /// Runs scripts/quantize_reference.py (with `extra` arguments first) over `types`.
 fn compute_reference(extra: &[&std::ffi::OsStr], types: &[GgmlType]) -> Reference {
-    let python = python();
+    let python = common::python();
     if !python.exists() {
         return Err(format!(
             "no Python at {}: run scripts/setup.sh (or set REALM_PYTHON to a Python with the \
@@ -112,7 +102,7 @@ fn compute_reference(extra: &[&std::ffi::OsStr], types: &[GgmlType]) -> Referenc
     let bytes: Vec<u8> = input().iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&inp, bytes).map_err(|e| format!("{}: {e}", inp.display()))?;
     let mut cmd = Command::new(&python);
-    cmd.arg(workspace_root().join("scripts/quantize_reference.py")).args(extra);
+    cmd.arg(common::workspace_root().join("scripts/quantize_reference.py")).args(extra);
     for ty in types {
         cmd.arg(ty.name()).arg(&inp).arg(dir.path().join(format!("{ty}.out")));
     }
