@@ -105,10 +105,7 @@ struct Row {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let path = default_model::resolve(&args.model)?;
-    let precision = match args.precision {
-        PrecisionArg::Exact => Precision::Exact,
-        PrecisionArg::Fast => Precision::Fast,
-    };
+    let precision: Precision = args.precision.into();
     let weight_bytes = decode_weight_bytes(&path)?;
     let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision })
         .with_context(|| format!("loading {}", path.display()))?;

@@ -4,6 +4,7 @@ mod bench;
 mod default_model;
 mod membw;
 mod quantize;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ struct Cli {
 enum Cmd {
     /// Generate text from a prompt, streaming it to stdout.
     Run(RunArgs),
+    /// Serve the OpenAI API (chat completions, completions, models; JSON and SSE) over HTTP.
+    Serve(serve::ServeArgs),
     /// Fetch the default model into the model cache (size and sha256 verified).
     Pull,
     /// Print a GGUF file's metadata and tensor table.
@@ -51,6 +54,15 @@ enum Cmd {
 enum PrecisionArg {
     Exact,
     Fast,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Exact => Precision::Exact,
+            PrecisionArg::Fast => Precision::Fast,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -111,6 +123,7 @@ fn main() -> ExitCode {
 fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Run(args) => run(args),
+        Cmd::Serve(args) => serve::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Quantize(args) => quantize::run(args),
         Cmd::Pull => default_model::pull().map(|_| ()),
@@ -127,11 +140,7 @@ fn run_cli(cli: Cli) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let path = default_model::resolve(&args.model)?;
-    let precision = match args.precision {
-        PrecisionArg::Exact => Precision::Exact,
-        PrecisionArg::Fast => Precision::Fast,
-    };
-    let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision })
+    let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision: args.precision.into() })
         .with_context(|| format!("loading {}", path.display()))?;
     let prompt_text = if args.chat {
         let mut messages = Vec::new();

@@ -1,6 +1,7 @@
 //! The public engine API: load a GGUF model and generate or score tokens.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use realm_kernels::cpu::{Activations, Cpu};
@@ -95,8 +96,8 @@ pub struct Generation {
 }
 
 pub struct Engine {
-    pub tokenizer: Tokenizer,
-    pub chat_template: ChatTemplate,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Arc<ChatTemplate>,
     model: Llama<Cpu>,
 }
 
@@ -110,7 +111,11 @@ impl Engine {
             Precision::Fast => Activations::Q8,
         };
         let model = Llama::load(&file, Cpu::new(options.threads, activations)?)?;
-        Ok(Self { tokenizer, chat_template, model })
+        Ok(Self { tokenizer: Arc::new(tokenizer), chat_template: Arc::new(chat_template), model })
+    }
+
+    pub(crate) fn model(&self) -> &Llama<Cpu> {
+        &self.model
     }
 
     pub fn config(&self) -> &LlamaConfig {

@@ -7,7 +7,9 @@ pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod sampler;
+pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
+pub mod worker;
 
 pub use engine::{Engine, EngineError, EngineOptions, FinishReason, GenerateParams, Generation, Precision, TokenEvent};

@@ -80,7 +80,7 @@ impl SamplingParams {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SamplerError {
     #[error("{name} = {value} is out of range (must be {range})")]
     OutOfRange { name: &'static str, value: String, range: &'static str },

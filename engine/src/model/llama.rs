@@ -61,6 +61,8 @@ pub enum Logits {
     Last,
     /// After every token of the step (scoring, teacher forcing).
     All,
+    /// None: a prompt chunk that does not reach the end of the prompt.
+    None,
 }
 
 /// One sequence's part of a step: new tokens appended after what its cache holds.
@@ -202,8 +204,12 @@ impl<B: Backend> Llama<B> {
             match s.logits {
                 Logits::Last => wanted.push(row + t - 1),
                 Logits::All => wanted.extend(row..row + t),
+                Logits::None => {}
             }
             row += t;
+        }
+        if wanted.is_empty() {
+            return Ok(steps.iter().map(|_| Vec::new()).collect());
         }
         let mut gathered = b.zeros(wanted.len() * dim);
         b.gather_rows(&x, &wanted, dim, &mut gathered)?;
@@ -218,6 +224,7 @@ impl<B: Backend> Llama<B> {
             let rows = match s.logits {
                 Logits::Last => 1,
                 Logits::All => s.tokens.len(),
+                Logits::None => 0,
             };
             let mut seq = Vec::with_capacity(rows * c.vocab_size);
             for r in next..next + rows {

@@ -1,0 +1,226 @@
+//! `realm serve`: the OpenAI-compatible server on `$PORT`. The socket answers (`/health`)
+//! from the first milliseconds; the model is fetched and loaded on the engine thread, and
+//! `/ready` turns 200 when it has. SIGTERM or SIGINT: stop accepting, let running streams
+//! finish within the grace period, exit 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use realm_engine::worker::{EngineHandle, WorkerConfig};
+use realm_engine::{Engine, EngineOptions};
+use realm_http::limits::RateLimits;
+use realm_http::{AppState, GenerationDefaults, ServerConfig, Startup};
+
+use crate::{PrecisionArg, default_model};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A GGUF file, or `default` for the default model (fetched when absent).
+    #[arg(long, env = "REALM_MODEL", default_value = "default")]
+    model: String,
+    /// The model id clients name (default: the file name without `.gguf`).
+    #[arg(long, env = "REALM_MODEL_ID")]
+    model_id: Option<String>,
+    #[arg(long, env = "REALM_HOST", default_value = "0.0.0.0")]
+    host: String,
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// CPU threads (0: one per physical core).
+    #[arg(long, env = "REALM_THREADS", default_value_t = 0)]
+    threads: usize,
+    #[arg(long, value_enum, env = "REALM_PRECISION", default_value_t = PrecisionArg::Fast)]
+    precision: PrecisionArg,
+    /// Sequences decoded together in one step.
+    #[arg(long, env = "REALM_MAX_BATCH", default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait for a batch slot; beyond that the server answers 429.
+    #[arg(long, env = "REALM_MAX_QUEUE", default_value_t = 256)]
+    max_queue: usize,
+    /// Tokens per forward step: one per running sequence, the rest for prompt chunks.
+    #[arg(long, env = "REALM_STEP_TOKENS", default_value_t = 512)]
+    step_tokens: usize,
+    /// KV cache budget shared by all sequences, in MiB.
+    #[arg(long, env = "REALM_KV_CACHE_MIB", default_value_t = 1024)]
+    kv_cache_mib: usize,
+    /// API keys, comma-separated; none means no authentication.
+    #[arg(long, env = "REALM_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    api_keys: Vec<String>,
+    /// A file with one API key per line (`#` starts a comment).
+    #[arg(long, env = "REALM_API_KEYS_FILE")]
+    api_keys_file: Option<std::path::PathBuf>,
+    /// Requests per minute per API key.
+    #[arg(long, env = "REALM_RATE_LIMIT_RPM")]
+    rate_limit_rpm: Option<u32>,
+    /// Tokens (prompt + max_tokens) per minute per API key.
+    #[arg(long, env = "REALM_RATE_LIMIT_TPM")]
+    rate_limit_tpm: Option<u32>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "REALM_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// While the model loads, hold `/v1/*` requests up to this many seconds (0: answer 503).
+    #[arg(long, env = "REALM_HOLD_WHILE_LOADING", default_value_t = 0)]
+    hold_while_loading: u64,
+    /// Wall-time budget per request in seconds, enforced by the server (0: none).
+    #[arg(long, env = "REALM_REQUEST_TIMEOUT", default_value_t = 600)]
+    request_timeout: u64,
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(long, env = "REALM_MAX_TOKENS_LIMIT")]
+    max_tokens_limit: Option<usize>,
+    /// `max_tokens` when a request gives none (default: the rest of the context).
+    #[arg(long, env = "REALM_DEFAULT_MAX_TOKENS")]
+    default_max_tokens: Option<usize>,
+    /// Seconds running streams get to finish after SIGTERM.
+    #[arg(long, env = "REALM_GRACE_PERIOD", default_value_t = 8)]
+    grace_period: u64,
+    /// Seconds between SSE keep-alive comments on an idle stream.
+    #[arg(long, env = "REALM_SSE_KEEP_ALIVE", default_value_t = 15)]
+    keep_alive: u64,
+    /// Require the API key on `/metrics` too.
+    #[arg(long, env = "REALM_PROTECT_METRICS")]
+    protect_metrics: bool,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let process_start = Instant::now();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, process_start))
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REALM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() { builder.try_init() } else { builder.json().try_init() };
+}
+
+fn read_keys(args: &ServeArgs) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = args.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(path) = &args.api_keys_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading API keys from {}", path.display()))?;
+        keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+    }
+    Ok(keys)
+}
+
+fn model_id(args: &ServeArgs) -> String {
+    if let Some(id) = &args.model_id {
+        return id.clone();
+    }
+    let name = if args.model == "default" { default_model::FILE_NAME } else { &args.model };
+    let stem = Path::new(name).file_name().and_then(|f| f.to_str()).unwrap_or(name);
+    stem.strip_suffix(".gguf").unwrap_or(stem).to_string()
+}
+
+async fn serve(args: ServeArgs, process_start: Instant) -> Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
+        .with_context(|| format!("--host {} --port {} is not an address to listen on", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+
+    let id = model_id(&args);
+    let config = ServerConfig {
+        model_aliases: vec![args.model.clone()],
+        model_id: id.clone(),
+        api_keys: read_keys(&args)?,
+        rate_limits: RateLimits { requests_per_minute: args.rate_limit_rpm, tokens_per_minute: args.rate_limit_tpm },
+        max_body_bytes: args.max_body_bytes,
+        hold_while_loading: (args.hold_while_loading > 0).then(|| Duration::from_secs(args.hold_while_loading)),
+        request_timeout: (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout)),
+        max_tokens_limit: args.max_tokens_limit,
+        defaults: GenerationDefaults { max_tokens: args.default_max_tokens, ..GenerationDefaults::default() },
+        keep_alive: Duration::from_secs(args.keep_alive.max(1)),
+        protect_metrics: args.protect_metrics,
+    };
+    if config.api_keys.is_empty() {
+        tracing::warn!("no API keys configured: /v1/* is open to anyone who can reach {local}");
+    }
+    let startup = Arc::new(Startup::new(process_start));
+    let worker = WorkerConfig {
+        max_batch: args.max_batch.max(1),
+        step_tokens: args.step_tokens.max(args.max_batch),
+        block_size: 16,
+        kv_cache_bytes: args.kv_cache_mib << 20,
+        max_waiting: args.max_queue,
+    };
+    let options = EngineOptions { threads: args.threads, precision: args.precision.into() };
+    let load_startup = startup.clone();
+    let model = args.model.clone();
+    let engine = EngineHandle::spawn(
+        move || {
+            let t = Instant::now();
+            let path = default_model::resolve(&model).map_err(|e| format!("{e:#}"))?;
+            let _ = load_startup.model_fetch.set(t.elapsed());
+            let t = Instant::now();
+            let engine = Engine::load(&path, &options).map_err(|e| format!("loading {}: {e}", path.display()))?;
+            let _ = load_startup.model_load.set(t.elapsed());
+            tracing::info!(
+                model = %path.display(),
+                load_ms = t.elapsed().as_millis() as u64,
+                since_start_ms = load_startup.process_start.elapsed().as_millis() as u64,
+                threads = engine.threads(),
+                "model loaded"
+            );
+            Ok(engine)
+        },
+        worker,
+    )
+    .context("starting the engine thread")?;
+
+    let state = AppState::new(engine, config, startup);
+    let app = realm_http::router(state.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drain_state = state.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests; running streams may finish");
+        drain_state.start_draining();
+        let _ = stop_tx.send(true);
+    });
+    let grace = Duration::from_secs(args.grace_period);
+    let mut stopping = stop_rx.clone();
+    tokio::select! {
+        result = server => result.context("serving")?,
+        () = async {
+            let _ = stopping.wait_for(|&s| s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(in_flight = state.engine().in_flight(), "grace period over; exiting with requests still running");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
