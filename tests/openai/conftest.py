@@ -1,0 +1,106 @@
+"""Starts real `realm serve` processes on loopback for the OpenAI-client tests.
+
+REALM_BIN names the binary (the Rust test that runs this suite passes its own build);
+REALM_TEST_MODEL the model (default: the default model, which `realm pull` fetched).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+API_KEY = "sk-realm-test-key"
+
+
+class RealmServer:
+    def __init__(self, *extra_args, api_keys=(API_KEY,)):
+        binary = os.environ.get("REALM_BIN", "target/release/realm")
+        model = os.environ.get("REALM_TEST_MODEL", "default")
+        args = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0", "--threads", "2"]
+        if api_keys:
+            args += ["--api-keys", ",".join(api_keys)]
+        args += list(extra_args)
+        env = dict(os.environ, REALM_LOG="info")
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.log = []
+        self.port = None
+        deadline = time.monotonic() + 30
+        while self.port is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("realm serve did not start:\n" + "\n".join(self.log))
+            line = self.proc.stderr.readline()
+            self.log.append(line.rstrip())
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            fields = record.get("fields", {})
+            if fields.get("message") == "listening":
+                self.port = int(fields["addr"].rsplit(":", 1)[1])
+        self._drain = threading.Thread(target=self._read_log, daemon=True)
+        self._drain.start()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.wait_ready()
+        models = json.loads(self.get("/v1/models", auth=True)[1])
+        self.model = models["data"][0]["id"]
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip())
+
+    def get(self, path, auth=False):
+        req = urllib.request.Request(self.base + path)
+        if auth:
+            req.add_header("Authorization", f"Bearer {API_KEY}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.get("/ready")[0] == 200:
+                return
+            time.sleep(0.02)
+        raise RuntimeError("realm serve never became ready")
+
+    def metric(self, name, labels=""):
+        """The value of one sample in /metrics, 0 when absent."""
+        _, text = self.get("/metrics")
+        prefix = name + ("{" + labels + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = RealmServer()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.base + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
