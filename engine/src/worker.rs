@@ -131,6 +131,8 @@ pub struct WorkerStats {
     pub blocks_in_use: AtomicUsize,
     pub blocks_total: AtomicUsize,
     pub preemptions: AtomicUsize,
+    /// Requests whose caller went away before they finished.
+    pub cancelled: AtomicUsize,
     pub steps: AtomicUsize,
 }
 
@@ -174,14 +176,17 @@ impl EngineHandle {
     where
         F: FnOnce() -> Result<Engine, String> + Send + 'static,
     {
-        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_waiting.max(1));
+        // Admission is counted in `in_flight`; the channel and the scheduler's queue hold as
+        // many, so neither refuses what admission let in.
+        let limit = cfg.max_batch.max(1) + cfg.max_waiting;
+        let (tx, rx) = std::sync::mpsc::sync_channel(limit);
         let (state_tx, state_rx) = watch::channel(LoadState::Loading);
         let stats = Arc::new(WorkerStats::default());
         let shared = Arc::new(Shared {
             commands: tx,
             state: state_rx,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            limit: cfg.max_batch.max(1) + cfg.max_waiting,
+            limit,
             stats: stats.clone(),
             stopped: AtomicBool::new(false),
         });
@@ -317,7 +322,7 @@ impl<'e> Worker<'e> {
             step_tokens: cfg.step_tokens,
             block_size: cfg.block_size,
             total_blocks,
-            max_waiting: cfg.max_waiting,
+            max_waiting: cfg.max_batch.max(1) + cfg.max_waiting,
         });
         stats.blocks_total.store(total_blocks, Ordering::Relaxed);
         let c = engine.config();
@@ -411,6 +416,7 @@ impl<'e> Worker<'e> {
         let mut late = Vec::new();
         for (&id, seq) in &self.seqs {
             if seq.events.is_closed() {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
                 gone.push(id);
             } else if seq.req.deadline.is_some_and(|d| now >= d) {
                 late.push(id);
@@ -479,7 +485,11 @@ impl<'e> Worker<'e> {
             match outcome {
                 Outcome::Continue if item.completes => self.scheduler.push_token(id),
                 Outcome::Continue => {}
-                Outcome::Finished | Outcome::Gone => self.retire(id),
+                Outcome::Finished => self.retire(id),
+                Outcome::Gone => {
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    self.retire(id);
+                }
             }
         }
     }
@@ -501,7 +511,7 @@ impl<'e> Worker<'e> {
             Ok(id) => id,
             Err(e) => {
                 let _ = seq.events.try_send(Event::Failed(e.to_string()));
-                return Outcome::Gone;
+                return Outcome::Finished;
             }
         };
         let logprob = dist.zip(logprob_top).map(|(d, n)| d.token(id, n));
