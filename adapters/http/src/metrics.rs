@@ -151,6 +151,7 @@ impl Metrics {
         self.kv_usage.set(if total == 0 { 0.0 } else { used as f64 / total as f64 });
         catch_up(&self.preemptions, get(&s.preemptions));
         catch_up(&self.steps, get(&s.steps));
+        catch_up(&self.finished.get_or_create(&FinishLabels { finished_reason: "cancelled" }), get(&s.cancelled));
         self.model_loaded.set(i64::from(matches!(engine.state(), LoadState::Ready(_))));
         for (phase, value) in [
             ("model_fetch", &startup.model_fetch),

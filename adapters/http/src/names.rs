@@ -10,7 +10,7 @@ pub const ROUTE_COMPLETIONS: &str = "/v1/completions";
 
 /// Counter (`_total` is appended on exposition), labels `route`, `status`, `error_type`.
 pub const METRIC_REQUESTS: &str = "realm_requests";
-/// Counter by `finished_reason` (stop, length, cancelled).
+/// Counter by `finished_reason`: stop, length, and cancelled (the client went away).
 pub const METRIC_REQUEST_FINISHED: &str = "realm_request_finished";
 pub const METRIC_PROMPT_TOKENS: &str = "realm_prompt_tokens";
 pub const METRIC_GENERATION_TOKENS: &str = "realm_generation_tokens";
