@@ -137,11 +137,13 @@ impl Sampler {
             cand.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             cand.truncate(p.top_k);
         }
-        cand.sort_unstable_by(by_logit_desc);
-
-        // top-p and min-p work on the untempered distribution, as llama.cpp's do.
-        let probs = softmax(cand.iter().map(|c| c.1), 1.0);
+        // top-p and min-p work on the untempered distribution, as llama.cpp's do. Both keep a
+        // prefix of the candidates sorted by logit, so only top-p needs the sort (a whole
+        // vocabulary's sort costs more than the rest of sampling together).
+        let mut probs = softmax(cand.iter().map(|c| c.1), 1.0);
         if p.top_p < 1.0 {
+            cand.sort_unstable_by(by_logit_desc);
+            probs = softmax(cand.iter().map(|c| c.1), 1.0);
             let mut cum = 0.0;
             let mut keep = cand.len();
             for (i, &pr) in probs.iter().enumerate() {
@@ -154,9 +156,9 @@ impl Sampler {
             cand.truncate(keep);
         }
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            let keep = probs.iter().take(cand.len()).take_while(|&&pr| pr >= floor).count().max(1);
-            cand.truncate(keep);
+            let floor = probs.iter().take(cand.len()).fold(0.0f32, |m, &pr| m.max(pr)) * p.min_p;
+            let mut kept = probs.iter();
+            cand.retain(|_| kept.next().is_some_and(|&pr| pr >= floor));
         }
 
         let probs = softmax(cand.iter().map(|c| c.1), p.temperature);
