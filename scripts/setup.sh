@@ -8,6 +8,6 @@ venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import gguf, numpy, openai, pytest' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import gguf, numpy, openai, pytest, cloudevents' 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/scripts/requirements.txt"
 fi

@@ -2,6 +2,8 @@
 
 mod bench;
 mod default_model;
+mod function;
+mod logging;
 mod membw;
 mod quantize;
 mod serve;
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use realm_engine::chat::ChatMessage;
 use realm_engine::gguf::GgufFile;
 use realm_engine::sampler::SamplingParams;
@@ -31,6 +33,9 @@ enum Cmd {
     Run(RunArgs),
     /// Serve the OpenAI API (chat completions, completions, models; JSON and SSE) over HTTP.
     Serve(serve::ServeArgs),
+    /// Check a function manifest (realm.yaml) or print its JSON Schema.
+    #[command(subcommand)]
+    Function(function::FunctionCmd),
     /// Fetch the default model into the model cache (size and sha256 verified).
     Pull,
     /// Print a GGUF file's metadata and tensor table.
@@ -111,7 +116,13 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    match run_cli(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let serve_matches = matches.subcommand_matches("serve").cloned();
+    match run_cli(cli, serve_matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("realm: error: {e:#}");
@@ -120,10 +131,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_cli(cli: Cli) -> Result<()> {
+fn run_cli(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> Result<()> {
     match cli.command {
         Cmd::Run(args) => run(args),
-        Cmd::Serve(args) => serve::run(args),
+        Cmd::Serve(args) => serve::run(args, serve_matches.unwrap_or_default()),
+        Cmd::Function(cmd) => function::run(cmd),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Quantize(args) => quantize::run(args),
         Cmd::Pull => default_model::pull().map(|_| ()),

@@ -8,16 +8,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use clap::parser::ValueSource;
 use realm_engine::worker::{EngineHandle, WorkerConfig};
 use realm_engine::{Engine, EngineOptions};
+use realm_functions::Manifest;
 use realm_http::limits::RateLimits;
+use realm_http::platform::Platform;
 use realm_http::{AppState, GenerationDefaults, ServerConfig, Startup};
 
-use crate::{PrecisionArg, default_model};
+use crate::{PrecisionArg, default_model, logging};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// A function manifest (realm.yaml); its settings apply where no flag or variable is given.
+    #[arg(long, env = "REALM_FUNCTION")]
+    function: Option<std::path::PathBuf>,
     /// A GGUF file, or `default` for the default model (fetched when absent).
     #[arg(long, env = "REALM_MODEL", default_value = "default")]
     model: String,
@@ -83,23 +89,81 @@ pub struct ServeArgs {
     protect_metrics: bool,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(mut args: ServeArgs, matches: clap::ArgMatches) -> Result<()> {
     let process_start = Instant::now();
-    init_logging();
+    let (platform, why) = Platform::detect(|k| std::env::var(k).ok())?;
+    logging::init(platform.cloud_logging());
+    tracing::info!(platform = %platform, detected_by = why, "platform");
+    let function = match &args.function {
+        Some(path) => {
+            let manifest =
+                Manifest::from_file(path).with_context(|| format!("function manifest {}", path.display()))?;
+            apply_manifest(&mut args, &manifest, &matches)?;
+            Some(manifest)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, process_start))
+    runtime.block_on(serve(args, function, process_start))
 }
 
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REALM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if std::io::stderr().is_terminal() { builder.try_init() } else { builder.json().try_init() };
+/// Settings from the manifest, below flags and `REALM_*` variables: a value clap took from
+/// its default is replaced.
+fn apply_manifest(args: &mut ServeArgs, m: &Manifest, matches: &clap::ArgMatches) -> Result<()> {
+    let unset = |id: &str| matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue));
+    if unset("model") {
+        args.model = match m.model.uri.split_once("://") {
+            None => m.model.uri.clone(),
+            Some(("file", path)) => path.to_string(),
+            Some((scheme, _)) => bail!(
+                "model.uri {}: fetching from {scheme}:// is not built yet (object-store support is issue 6); \
+                 use `default`, a local path or file://",
+                m.model.uri
+            ),
+        };
+    }
+    let r = &m.runtime;
+    if unset("precision") {
+        args.precision = match r.precision {
+            realm_functions::Precision::Exact => PrecisionArg::Exact,
+            realm_functions::Precision::Fast => PrecisionArg::Fast,
+        };
+    }
+    if unset("threads") {
+        args.threads = r.threads as usize;
+    }
+    if unset("max_batch") {
+        args.max_batch = r.max_batch as usize;
+    }
+    if unset("kv_cache_mib") {
+        args.kv_cache_mib = r.kv_cache_mib as usize;
+    }
+    let l = &m.limits;
+    if unset("rate_limit_rpm") {
+        args.rate_limit_rpm = l.requests_per_minute;
+    }
+    if unset("rate_limit_tpm") {
+        args.rate_limit_tpm = l.tokens_per_minute;
+    }
+    if unset("request_timeout")
+        && let Some(t) = l.request_timeout_s
+    {
+        args.request_timeout = u64::from(t);
+    }
+    if unset("max_tokens_limit") {
+        args.max_tokens_limit = l.max_tokens.map(|t| t as usize);
+    }
+    if unset("default_max_tokens") {
+        args.default_max_tokens = m.generation.max_tokens.map(|t| t as usize);
+    }
+    if r.backend == realm_functions::Backend::Cuda || r.backend == realm_functions::Backend::Wgpu {
+        tracing::warn!(backend = ?r.backend, "GPU backends are not built yet (issue 9): running on the CPU");
+    }
+    Ok(())
 }
 
 fn read_keys(args: &ServeArgs) -> Result<Vec<String>> {
@@ -121,7 +185,7 @@ fn model_id(args: &ServeArgs) -> String {
     stem.strip_suffix(".gguf").unwrap_or(stem).to_string()
 }
 
-async fn serve(args: ServeArgs, process_start: Instant) -> Result<()> {
+async fn serve(args: ServeArgs, function: Option<Manifest>, process_start: Instant) -> Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
@@ -131,8 +195,19 @@ async fn serve(args: ServeArgs, process_start: Instant) -> Result<()> {
     tracing::info!(addr = %local, "listening");
 
     let id = model_id(&args);
+    let mut aliases = vec![args.model.clone()];
+    let mut defaults = GenerationDefaults { max_tokens: args.default_max_tokens, ..GenerationDefaults::default() };
+    if let Some(m) = &function {
+        tracing::info!(function = %m.name, model = %args.model, "serving function");
+        aliases.push(m.name.clone());
+        let g = &m.generation;
+        defaults.temperature = g.temperature.unwrap_or(defaults.temperature);
+        defaults.top_p = g.top_p.unwrap_or(defaults.top_p);
+        defaults.top_k = g.top_k.map_or(defaults.top_k, |k| k as usize);
+        defaults.min_p = g.min_p.unwrap_or(defaults.min_p);
+    }
     let config = ServerConfig {
-        model_aliases: vec![args.model.clone()],
+        model_aliases: aliases,
         model_id: id.clone(),
         api_keys: read_keys(&args)?,
         rate_limits: RateLimits { requests_per_minute: args.rate_limit_rpm, tokens_per_minute: args.rate_limit_tpm },
@@ -140,9 +215,10 @@ async fn serve(args: ServeArgs, process_start: Instant) -> Result<()> {
         hold_while_loading: (args.hold_while_loading > 0).then(|| Duration::from_secs(args.hold_while_loading)),
         request_timeout: (args.request_timeout > 0).then(|| Duration::from_secs(args.request_timeout)),
         max_tokens_limit: args.max_tokens_limit,
-        defaults: GenerationDefaults { max_tokens: args.default_max_tokens, ..GenerationDefaults::default() },
+        defaults,
         keep_alive: Duration::from_secs(args.keep_alive.max(1)),
         protect_metrics: args.protect_metrics,
+        event_types: function.as_ref().map(|m| m.triggers.events.clone()).unwrap_or_default(),
     };
     if config.api_keys.is_empty() {
         tracing::warn!("no API keys configured: /v1/* is open to anyone who can reach {local}");
@@ -154,6 +230,7 @@ async fn serve(args: ServeArgs, process_start: Instant) -> Result<()> {
         block_size: 16,
         kv_cache_bytes: args.kv_cache_mib << 20,
         max_waiting: args.max_queue,
+        context_limit: function.as_ref().and_then(|m| m.runtime.context_length).map(|c| c as usize),
     };
     let options = EngineOptions { threads: args.threads, precision: args.precision.into() };
     let load_startup = startup.clone();

@@ -33,11 +33,20 @@ pub struct WorkerConfig {
     pub kv_cache_bytes: usize,
     /// Requests that may wait for a slot; more are refused as overload.
     pub max_waiting: usize,
+    /// Caps prompt + generated tokens below the model's context length.
+    pub context_limit: Option<usize>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { max_batch: 16, step_tokens: 512, block_size: 16, kv_cache_bytes: 1 << 30, max_waiting: 256 }
+        Self {
+            max_batch: 16,
+            step_tokens: 512,
+            block_size: 16,
+            kv_cache_bytes: 1 << 30,
+            max_waiting: 256,
+            context_limit: None,
+        }
     }
 }
 
@@ -329,7 +338,7 @@ impl<'e> Worker<'e> {
         let info = Arc::new(ModelInfo {
             tokenizer: engine.tokenizer.clone(),
             chat_template: engine.chat_template.clone(),
-            context_length: c.context_length,
+            context_length: cfg.context_limit.map_or(c.context_length, |l| l.min(c.context_length)),
             vocab_size: c.vocab_size,
             kv_capacity: scheduler.capacity(),
             load_time,

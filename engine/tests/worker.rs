@@ -90,6 +90,7 @@ fn batched_sequences_equal_their_solo_generations_even_when_the_kv_cache_is_shor
             block_size: 16,
             kv_cache_bytes: kv_positions * per_position,
             max_waiting: 16,
+            context_limit: None,
         });
         let streams: Vec<_> =
             PROMPTS.iter().map(|p| handle.submit(request(&engine, p, max_tokens)).expect("submit")).collect();

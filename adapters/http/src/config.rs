@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Also require the API key on `/metrics`.
     pub protect_metrics: bool,
+    /// CloudEvent types this function takes on `/events` (the manifest's `triggers.events`);
+    /// empty takes any.
+    pub event_types: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             defaults: GenerationDefaults::default(),
             keep_alive: Duration::from_secs(15),
             protect_metrics: false,
+            event_types: Vec::new(),
         }
     }
 }

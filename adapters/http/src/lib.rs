@@ -8,10 +8,12 @@ mod chat;
 mod completions;
 pub mod config;
 pub mod error;
+mod events;
 mod generate;
 pub mod limits;
 pub mod metrics;
 pub mod names;
+pub mod platform;
 pub mod request;
 pub mod response;
 
@@ -147,6 +149,8 @@ pub fn router(state: AppState) -> Router {
         .route(ROUTE_MODELS, get(models))
         .route(ROUTE_CHAT, post(chat::handle))
         .route(ROUTE_COMPLETIONS, post(completions::handle))
+        .route(ROUTE_EVENTS, post(events::receive).options(events::handshake))
+        .route(ROUTE_ROOT, post(events::receive).options(events::handshake))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -154,11 +158,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts every response by route, status and error type.
+/// Cloud Run's trace header, `TRACE_ID/SPAN_ID;o=1`.
+const TRACE_HEADER: &str = "x-cloud-trace-context";
+
+/// Counts and logs every response by route, status and error type.
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().clone();
+    let trace = req.headers().get(TRACE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let start = Instant::now();
     let resp = next.run(req).await;
     let error_type = resp.extensions().get::<ErrorKind>().map_or("", |k| k.0).to_string();
+    let (status, ms) = (resp.status().as_u16(), start.elapsed().as_millis() as u64);
+    let trace = trace.unwrap_or_default();
+    if matches!(route.as_str(), ROUTE_HEALTH | ROUTE_READY | ROUTE_METRICS) {
+        tracing::debug!(%method, route, status, ms, trace, "request");
+    } else {
+        // A streamed response is logged when its headers go out; its tokens follow.
+        tracing::info!(%method, route, status, ms, error_type, trace, "request");
+    }
     let labels = RequestLabels { route, status: resp.status().as_u16(), error_type };
     state.metrics().requests.get_or_create(&labels).inc();
     resp

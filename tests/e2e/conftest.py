@@ -18,14 +18,19 @@ API_KEY = "sk-realm-test-key"
 
 
 class RealmServer:
-    def __init__(self, *extra_args, api_keys=(API_KEY,)):
+    """`realm serve` on loopback. `env` adds variables (a platform's); with `port=None` the
+    port comes from `$PORT` in `env`, as the platforms set it."""
+
+    def __init__(self, *extra_args, api_keys=(API_KEY,), env=None, port=0):
         binary = os.environ.get("REALM_BIN", "target/release/realm")
         model = os.environ.get("REALM_TEST_MODEL", "default")
-        args = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0", "--threads", "2"]
+        args = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--threads", "2"]
+        if port is not None:
+            args += ["--port", str(port)]
         if api_keys:
             args += ["--api-keys", ",".join(api_keys)]
         args += list(extra_args)
-        env = dict(os.environ, REALM_LOG="info")
+        env = dict(os.environ, REALM_LOG="info", **(env or {}))
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.log = []
         self.port = None
@@ -40,7 +45,8 @@ class RealmServer:
                 record = json.loads(line)
             except ValueError:
                 continue
-            fields = record.get("fields", {})
+            # JSON lines keep fields under "fields"; Cloud Logging's shape has them at the top.
+            fields = record.get("fields", record)
             if fields.get("message") == "listening":
                 self.port = int(fields["addr"].rsplit(":", 1)[1])
         self._drain = threading.Thread(target=self._read_log, daemon=True)
@@ -53,6 +59,17 @@ class RealmServer:
     def _read_log(self):
         for line in self.proc.stderr:
             self.log.append(line.rstrip())
+
+    def log_records(self):
+        """The JSON log lines so far, fields flattened."""
+        out = []
+        for line in list(self.log):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            out.append({**record, **record.get("fields", {})})
+        return out
 
     def get(self, path, auth=False):
         req = urllib.request.Request(self.base + path)
