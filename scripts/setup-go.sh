@@ -2,39 +2,48 @@
 # Installs the Go toolchain the Go SDK (sdks/go) needs, from Debian's own packages: bookworm
 # ships Go 1.19, too old for `iter.Seq2`, so Go 1.23 comes from bookworm-backports
 # (`golang-1.23-go`, installed under /usr/lib/go-1.23). Idempotent: does nothing when a go of
-# at least 1.23 is already on PATH or in /usr/lib/go-1.23. Prints where go is; callers put its
-# directory first on PATH (or use the printed path).
+# at least 1.23 is already there.
+#
+# Prints the path of that go binary, alone, on stdout (everything else goes to stderr), so
+# callers can do: GO=$(bash scripts/setup-go.sh); export PATH="$(dirname "$GO"):$PATH"
 set -euo pipefail
 
 want_minor=23
-gobin=/usr/lib/go-1.23/bin/go
+debian_go=/usr/lib/go-1.23/bin/go
 
+# go_ok GO: is GO a Go toolchain of at least 1.$want_minor? (`go env GOVERSION`: go1.23.5)
 go_ok() {
-  # `go env GOVERSION` prints e.g. go1.23.4; accept 1.23 and newer.
-  local v
-  v=$("$1" env GOVERSION 2>/dev/null) || return 1
+  local v major rest minor
+  v=$(GOTOOLCHAIN=local "$1" env GOVERSION 2>/dev/null) || return 1
   v=${v#go}
-  local major=${v%%.*} rest=${v#*.}
-  local minor=${rest%%.*}
-  [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "${minor%%[!0-9]*}" -ge "$want_minor" ]; }
+  major=${v%%.*}
+  rest=${v#*.}
+  minor=${rest%%[!0-9]*}
+  [ -n "$major" ] && [ -n "$minor" ] || return 1
+  [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge "$want_minor" ]; }
 }
 
-if [ -x "$gobin" ] && go_ok "$gobin"; then
-  echo "go: $gobin ($("$gobin" env GOVERSION))"
+found() {
+  echo "setup-go: using $1 ($(GOTOOLCHAIN=local "$1" env GOVERSION))" >&2
+  echo "$1"
   exit 0
+}
+
+if [ -x "$debian_go" ] && go_ok "$debian_go"; then
+  found "$debian_go"
 fi
-if command -v go >/dev/null 2>&1 && go_ok "$(command -v go)"; then
-  echo "go: $(command -v go) ($(go env GOVERSION))"
-  exit 0
+if path_go=$(command -v go) && go_ok "$path_go"; then
+  found "$path_go"
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "setup-go: installing golang-1.23-go needs root (apt-get)" >&2
+  echo "setup-go: installing golang-1.23-go needs root (apt-get); no Go >= 1.$want_minor found" >&2
   exit 1
 fi
 
-# bookworm-backports, added once, in the deb822 format the image already uses.
+# bookworm-backports, added once, in the deb822 format the image's own sources use.
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo "setup-go: adding bookworm-backports to the apt sources" >&2
   cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
 Types: deb
 URIs: http://deb.debian.org/debian
@@ -44,12 +53,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
 fi
 
+echo "setup-go: installing golang-1.23-go from bookworm-backports" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq -t bookworm-backports golang-1.23-go >/dev/null
+apt-get update -qq >&2
+apt-get install -y -qq -t bookworm-backports golang-1.23-go >&2
 
-if ! go_ok "$gobin"; then
-  echo "setup-go: $gobin is missing or older than 1.$want_minor after install" >&2
-  exit 1
+if [ -x "$debian_go" ] && go_ok "$debian_go"; then
+  found "$debian_go"
 fi
-echo "go: $gobin ($("$gobin" env GOVERSION))"
+echo "setup-go: $debian_go is missing or older than 1.$want_minor after the install" >&2
+exit 1

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (Python reference
-# packages, the default model), checks formatting and lints, then runs every test.
+# packages, the Go toolchain, the default model), checks formatting and lints (Rust, Go), then
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== set-up: Python reference packages"
 bash scripts/setup.sh
 export REALM_PYTHON="$PWD/.venv/bin/python"
+
+echo "== set-up: Go toolchain (sdks/go)"
+GO=$(bash scripts/setup-go.sh)
+PATH="$(dirname "$GO"):$PATH"
+export REALM_GO="$GO" PATH
+export GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 # Tests run the model, so they build optimised; `realm pull` shares the same build.
 echo "== build"
@@ -18,5 +25,9 @@ echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
+echo "== go: gofmt, vet (sdks/go)"
+unformatted=$(cd sdks/go && gofmt -l .)
+if [ -n "$unformatted" ]; then echo "gofmt -l sdks/go: $unformatted" >&2; exit 1; fi
+(cd sdks/go && go vet ./...)
 echo "== tests"
 cargo test --release --locked --workspace
