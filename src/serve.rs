@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
-use realm_engine::worker::{EngineHandle, WorkerConfig};
+use realm_engine::worker::{EngineHandle, LoadState, WorkerConfig};
 use realm_engine::{Engine, EngineOptions};
 use realm_functions::Manifest;
 use realm_http::limits::RateLimits;
 use realm_http::platform::Platform;
 use realm_http::{AppState, GenerationDefaults, ServerConfig, Startup};
+use realm_lambda::ResponseMode;
 
 use crate::{PrecisionArg, default_model, logging};
 
@@ -108,7 +109,7 @@ pub fn run(mut args: ServeArgs, matches: clap::ArgMatches) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, function, process_start))
+    runtime.block_on(serve(args, function, platform, process_start))
 }
 
 /// Settings from the manifest, below flags and `REALM_*` variables: a value clap took from
@@ -185,14 +186,20 @@ fn model_id(args: &ServeArgs) -> String {
     stem.strip_suffix(".gguf").unwrap_or(stem).to_string()
 }
 
-async fn serve(args: ServeArgs, function: Option<Manifest>, process_start: Instant) -> Result<()> {
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
-        .with_context(|| format!("--host {} --port {} is not an address to listen on", args.host, args.port))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "listening");
+async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, process_start: Instant) -> Result<()> {
+    // Lambda hands invocations over its Runtime API; everywhere else the socket opens first, so
+    // `/health` answers while the model loads.
+    let listener = if platform == Platform::Lambda {
+        None
+    } else {
+        let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+            .parse()
+            .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
+            .with_context(|| format!("--host {} --port {} is not an address to listen on", args.host, args.port))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        Some(listener)
+    };
 
     let id = model_id(&args);
     let mut aliases = vec![args.model.clone()];
@@ -220,8 +227,8 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, process_start: Insta
         protect_metrics: args.protect_metrics,
         event_types: function.as_ref().map(|m| m.triggers.events.clone()).unwrap_or_default(),
     };
-    if config.api_keys.is_empty() {
-        tracing::warn!("no API keys configured: /v1/* is open to anyone who can reach {local}");
+    if config.api_keys.is_empty() && platform != Platform::Lambda {
+        tracing::warn!("no API keys configured: /v1/* is open to anyone who can reach the port");
     }
     let startup = Arc::new(Startup::new(process_start));
     let worker = WorkerConfig {
@@ -258,6 +265,9 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, process_start: Insta
 
     let state = AppState::new(engine, config, startup);
     let app = realm_http::router(state.clone());
+    let Some(listener) = listener else {
+        return serve_lambda(state, app).await;
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drain_state = state.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -279,6 +289,30 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, process_start: Insta
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lambda: the model loads during the Init phase (before the first invocation is polled),
+/// then the runtime loop hands every invocation to the router.
+async fn serve_lambda(state: AppState, app: axum::Router) -> Result<()> {
+    let started = Instant::now();
+    match state.engine().loaded().await {
+        LoadState::Ready(info) => {
+            tracing::info!(
+                init_ms = started.elapsed().as_millis() as u64,
+                load_ms = info.load_time.as_millis() as u64,
+                "lambda init done"
+            )
+        }
+        LoadState::Failed(e) => bail!("the model failed to load during Lambda init: {e}"),
+        LoadState::Loading => bail!("the engine stopped while loading"),
+    }
+    let mode = match std::env::var("REALM_LAMBDA_RESPONSE").unwrap_or_default().as_str() {
+        "" | "stream" => ResponseMode::Streaming,
+        "buffered" => ResponseMode::Buffered,
+        other => bail!("REALM_LAMBDA_RESPONSE={other:?} is not `stream` or `buffered`"),
+    };
+    tracing::info!(response = ?mode, "polling the Lambda Runtime API");
+    realm_lambda::run(app, mode).await.map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }
 
 async fn shutdown_signal() {
