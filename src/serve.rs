@@ -226,6 +226,7 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
         keep_alive: Duration::from_secs(args.keep_alive.max(1)),
         protect_metrics: args.protect_metrics,
         event_types: function.as_ref().map(|m| m.triggers.events.clone()).unwrap_or_default(),
+        http_api: function.as_ref().is_none_or(|m| m.triggers.http),
     };
     if config.api_keys.is_empty() && platform != Platform::Lambda {
         tracing::warn!("no API keys configured: /v1/* is open to anyone who can reach the port");

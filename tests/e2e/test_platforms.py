@@ -145,3 +145,30 @@ def test_serve_with_a_function_manifest(tmp_path):
         assert resp.status == 400 and "not a trigger of this function" in json.loads(data)["error"]["message"]
     finally:
         assert s.stop() == 0
+
+
+def test_the_example_functions_serve():
+    chat = RealmServer("--function", str(ROOT / "functions" / "chat" / "realm.yaml"), api_keys=())
+    try:
+        assert chat.get("/ready")[0] == 200
+        body = {"model": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 12, "temperature": 0}
+        resp, data = request(chat, "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        assert resp.status == 200, data
+        assert "Paris" in json.loads(data)["choices"][0]["message"]["content"]
+    finally:
+        assert chat.stop() == 0
+    # The batch example has no HTTP trigger: the OpenAI routes are closed, events are taken.
+    port = free_port()
+    batch = RealmServer("--function", str(ROOT / "functions" / "batch" / "realm.yaml"), api_keys=(),
+                        env={"PORT": str(port)}, port=None, model_check=False)
+    try:
+        assert batch.get("/ready")[0] == 200
+        status, body = batch.get("/v1/models")
+        assert status == 404 and "no HTTP trigger" in body
+        msg = to_structured(event("dev.realm.batch.v1.requested", {"input": "gs://a/in.jsonl", "output": "gs://a/out/"}),
+                            JSONFormat())
+        resp, _ = request(batch, "POST", "/events", msg.body, msg.headers)
+        assert resp.status == 501
+    finally:
+        assert batch.stop() == 0

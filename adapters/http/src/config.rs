@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Also require the API key on `/metrics`.
     pub protect_metrics: bool,
+    /// Serve `/v1/*` (the manifest's `triggers.http`); off, those routes answer 404.
+    pub http_api: bool,
     /// CloudEvent types this function takes on `/events` (the manifest's `triggers.events`);
     /// empty takes any.
     pub event_types: Vec<String>,
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(15),
             protect_metrics: false,
             event_types: Vec::new(),
+            http_api: true,
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum ApiError {
     WrongKey,
     #[error("the model `{model}` does not exist; this server serves `{served}`")]
     ModelNotFound { model: String, served: String },
+    #[error("this function has no HTTP trigger (triggers.http is false in its manifest)")]
+    NoHttpTrigger,
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -83,7 +85,7 @@ impl ApiError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::WrongKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } | Self::NoHttpTrigger => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } | Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Loading { .. } | Self::ShuttingDown | Self::LoadFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +103,7 @@ impl ApiError {
             | Self::BodyTooLarge { .. }
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
+            | Self::NoHttpTrigger
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::MissingKey | Self::WrongKey => "authentication_error",
             Self::RateLimited { .. } | Self::Overloaded { .. } => "rate_limit_error",

@@ -109,6 +109,9 @@ impl AppState {
 
     /// Authenticates a `/v1/*` request and waits for (or refuses during) model load.
     async fn admit(&self, headers: &HeaderMap) -> Result<(Caller, Arc<ModelInfo>), ApiError> {
+        if !self.config().http_api {
+            return Err(ApiError::NoHttpTrigger);
+        }
         let caller = self.inner.keys.check(headers)?;
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(ApiError::ShuttingDown);
@@ -223,6 +226,9 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Resp
 }
 
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !state.config().http_api {
+        return Err(ApiError::NoHttpTrigger);
+    }
     state.inner.keys.check(&headers)?;
     let max_model_len = state.engine().info().map_or(0, |i| i.context_length);
     let list = response::ModelList {
