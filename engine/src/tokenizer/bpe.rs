@@ -7,8 +7,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::TokenizerError;
 use super::pretok::PreTokenizer;
+use super::{TokenIds, TokenizerError};
 
 /// The GPT-2 byte-to-code-point table: printable Latin-1 bytes map to themselves, the other 68
 /// bytes to U+0100.. in byte order.
@@ -102,11 +102,11 @@ impl Bpe {
         pre: PreTokenizer,
         ignore_merges: bool,
         merges: &[String],
-        token_to_id: &HashMap<String, u32>,
+        token_to_id: &TokenIds,
         n_vocab: u32,
     ) -> Result<Self, TokenizerError> {
         let mut extra: Vec<String> = Vec::new();
-        let mut extra_ids: HashMap<String, u32> = HashMap::new();
+        let mut extra_ids = TokenIds::default();
         let mut intern = |s: &str| -> u32 {
             if let Some(&id) = token_to_id.get(s) {
                 return id;
@@ -121,6 +121,7 @@ impl Bpe {
         };
         let mut table: PairMap<(u32, u32)> = PairMap::default();
         table.reserve(merges.len());
+        let mut merged = String::new();
         for (rank, merge) in merges.iter().enumerate() {
             // llama.cpp splits at the first space after the first byte, so a left part may
             // itself start with a space.
@@ -129,7 +130,9 @@ impl Bpe {
                 Some(i) if i + 1 < merge.len() => (&merge[..i], &merge[i + 1..]),
                 _ => return Err(TokenizerError::MalformedMerge { index: rank, merge: merge.clone() }),
             };
-            let merged = format!("{left}{right}");
+            merged.clear();
+            merged.push_str(left);
+            merged.push_str(right);
             let key = (intern(left), intern(right));
             let value = (rank as u32, intern(&merged));
             // The first (lowest-rank) occurrence of a pair wins, as with `emplace`.
@@ -145,7 +148,7 @@ impl Bpe {
         Ok(Self { pre, ignore_merges, byte_chars, byte_symbols, merges: table, n_vocab, extra })
     }
 
-    pub fn encode(&self, text: &str, token_to_id: &HashMap<String, u32>, out: &mut Vec<u32>) {
+    pub fn encode(&self, text: &str, token_to_id: &TokenIds, out: &mut Vec<u32>) {
         let mut encoded = String::new();
         let mut work = Work::default();
         for word in self.pre.split(text) {
@@ -161,7 +164,7 @@ impl Bpe {
         }
     }
 
-    fn encode_word(&self, word: &[u8], token_to_id: &HashMap<String, u32>, w: &mut Work, out: &mut Vec<u32>) {
+    fn encode_word(&self, word: &[u8], token_to_id: &TokenIds, w: &mut Work, out: &mut Vec<u32>) {
         w.syms.clear();
         w.queue.clear();
         let n = word.len();
@@ -216,7 +219,7 @@ impl Bpe {
 
     /// Emits a final symbol: its token, or, when the merged text is not in the vocabulary, the
     /// tokens of its single code points (llama.cpp emits what it finds and drops the rest).
-    fn emit(&self, id: u32, byte: u8, token_to_id: &HashMap<String, u32>, out: &mut Vec<u32>) {
+    fn emit(&self, id: u32, byte: u8, token_to_id: &TokenIds, out: &mut Vec<u32>) {
         if id < self.n_vocab {
             out.push(id);
             return;

@@ -5,10 +5,12 @@
 //! tokens fall back to byte tokens `<0xXX>`.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::TokenIds;
 
 pub(crate) struct Spm<'a> {
-    pub token_to_id: &'a HashMap<String, u32>,
+    pub token_to_id: &'a TokenIds,
     pub scores: &'a [f32],
     /// Token of each byte for the fallback; `None` where the vocabulary has none.
     pub byte_tokens: &'a [Option<u32>; 256],
