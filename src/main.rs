@@ -1,5 +1,6 @@
 //! `realm`: the command-line front of the Realm engine.
 
+mod batch_cmd;
 mod bench;
 mod default_model;
 mod function;
@@ -33,6 +34,8 @@ enum Cmd {
     Run(RunArgs),
     /// Serve the OpenAI API (chat completions, completions, models; JSON and SSE) over HTTP.
     Serve(serve::ServeArgs),
+    /// Run a batch job (OpenAI Batch JSONL) from an input object to an output prefix; resumable.
+    Batch(batch_cmd::BatchArgs),
     /// Check a function manifest (realm.yaml) or print its JSON Schema.
     #[command(subcommand)]
     Function(function::FunctionCmd),
@@ -136,6 +139,7 @@ fn run_cli(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Serve(args) => serve::run(args, serve_matches.unwrap_or_default()),
         Cmd::Function(cmd) => function::run(cmd),
+        Cmd::Batch(args) => batch_cmd::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Quantize(args) => quantize::run(args),
         Cmd::Pull => default_model::pull().map(|_| ()),

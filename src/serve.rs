@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::parser::ValueSource;
 use realm_engine::worker::{EngineHandle, LoadState, WorkerConfig};
 use realm_engine::{Engine, EngineOptions};
+use realm_events::BatchJobs;
 use realm_functions::Manifest;
 use realm_http::limits::RateLimits;
 use realm_http::platform::Platform;
@@ -88,6 +89,10 @@ pub struct ServeArgs {
     /// Require the API key on `/metrics` too.
     #[arg(long, env = "REALM_PROTECT_METRICS")]
     protect_metrics: bool,
+    /// Let events name `file://` inputs and outputs under this directory (otherwise events
+    /// may name object stores only).
+    #[arg(long, env = "REALM_BATCH_LOCAL_ROOT")]
+    batch_local_root: Option<std::path::PathBuf>,
 }
 
 pub fn run(mut args: ServeArgs, matches: clap::ArgMatches) -> Result<()> {
@@ -265,7 +270,10 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
     .context("starting the engine thread")?;
 
     let state = AppState::new(engine, config, startup);
+    let jobs = BatchJobs::new(args.batch_local_root.clone());
+    state.set_batches(jobs.clone());
     let app = realm_http::router(state.clone());
+    jobs.attach(app.clone());
     let Some(listener) = listener else {
         return serve_lambda(state, app).await;
     };

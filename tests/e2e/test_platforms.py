@@ -50,11 +50,19 @@ def event(kind, data):
                        "datacontenttype": "application/json"}, data)
 
 
+def batch_input(path, n=2):
+    lines = [json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/completions",
+                         "body": {"model": "default", "prompt": f"Count to {i}:", "max_tokens": 4, "temperature": 0}})
+             for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_platform_environment(platform):
+def test_platform_environment(platform, tmp_path):
     port = free_port()
     env = dict(PLATFORMS[platform], PORT=str(port))
-    s = RealmServer(env=env, port=None, api_keys=())
+    batch_input(tmp_path / "in.jsonl")
+    s = RealmServer("--batch-local-root", str(tmp_path), env=env, port=None, api_keys=())
     try:
         assert s.port == port, "the port comes from $PORT"
         records = s.log_records()
@@ -76,14 +84,13 @@ def test_platform_environment(platform):
 
         for path in ("/events", "/"):
             for mode, convert in (("binary", to_binary), ("structured", to_structured)):
-                msg = convert(event("dev.realm.batch.v1.requested", {"input": "s3://in/a.jsonl", "output": "s3://out/"}),
-                              JSONFormat())
+                data = {"input": f"file://{tmp_path}/in.jsonl", "output": f"file://{tmp_path}/out-{mode}{path.strip('/')}/"}
+                msg = convert(event("dev.realm.batch.v1.requested", data), JSONFormat())
                 resp, body = request(s, "POST", path, msg.body, msg.headers)
                 answer = json.loads(body)
-                # Parsed in both modes; batch runs from events are issue 6, so the event is
-                # refused with a 5xx and stays with its sender.
-                assert resp.status == 501, (path, mode, body)
+                assert resp.status == 202, (path, mode, body)
                 assert answer["id"] == "evt-1" and answer["type"] == "dev.realm.batch.v1.requested", answer
+                assert answer["batch"]["status"] == "in_progress" and answer["batch"]["id"].startswith("batch_")
         resp, body = request(s, "POST", "/events", b"not an event", {"Content-Type": "text/plain"})
         assert resp.status == 400 and json.loads(body)["error"]["param"] == "cloudevent"
     finally:
@@ -166,9 +173,9 @@ def test_the_example_functions_serve():
         assert batch.get("/ready")[0] == 200
         status, body = batch.get("/v1/models")
         assert status == 404 and "no HTTP trigger" in body
-        msg = to_structured(event("dev.realm.batch.v1.requested", {"input": "gs://a/in.jsonl", "output": "gs://a/out/"}),
+        msg = to_structured(event("dev.realm.batch.v1.requested", {"input": "file:///etc/passwd", "output": "file:///tmp/x/"}),
                             JSONFormat())
-        resp, _ = request(batch, "POST", "/events", msg.body, msg.headers)
-        assert resp.status == 501
+        resp, body = request(batch, "POST", "/events", msg.body, msg.headers)
+        assert resp.status == 400 and "local files are not open to events" in json.loads(body)["error"]["message"]
     finally:
         assert batch.stop() == 0

@@ -11,7 +11,13 @@ use crate::error::ApiError;
 pub enum Caller {
     Anonymous,
     Key(usize),
+    /// This process itself (the batch runner).
+    Internal,
 }
+
+/// Marks a request made inside the process (an extension, which no client can set).
+#[derive(Debug, Clone, Copy)]
+pub struct Internal;
 
 pub struct ApiKeys {
     keys: Vec<Vec<u8>>,

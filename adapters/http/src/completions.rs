@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -14,6 +15,7 @@ use realm_engine::worker::{Event, TokenLogprob};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use crate::auth::Internal;
 use crate::error::ApiError;
 use crate::generate::{self, Job, MAX_TOP_LOGPROBS, Outcome, Plan, Timing};
 use crate::request::{self, CompletionRequest, Prompt};
@@ -22,19 +24,25 @@ use crate::{AppState, body_bytes};
 
 pub async fn handle(
     State(state): State<AppState>,
+    internal: Option<Extension<Internal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(state, headers, body).await {
+    match run(state, internal.is_some(), headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(state: AppState, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn run(
+    state: AppState,
+    internal: bool,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
     let body = body_bytes(body, state.config().max_body_bytes)?;
-    let (caller, info) = state.admit(&headers).await?;
+    let (caller, info) = state.admit(&headers, internal).await?;
     let req: CompletionRequest = request::parse(&body)?;
     state.check_model(&req.model)?;
     if req.suffix.as_ref().is_some_and(|s| !s.is_null()) {

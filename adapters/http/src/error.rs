@@ -28,6 +28,8 @@ pub enum ApiError {
     ModelNotFound { model: String, served: String },
     #[error("this function has no HTTP trigger (triggers.http is false in its manifest)")]
     NoHttpTrigger,
+    #[error("no batch `{id}`")]
+    BatchNotFound { id: String },
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -85,7 +87,10 @@ impl ApiError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::WrongKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotFound { .. } | Self::RouteNotFound { .. } | Self::NoHttpTrigger => StatusCode::NOT_FOUND,
+            Self::ModelNotFound { .. }
+            | Self::RouteNotFound { .. }
+            | Self::NoHttpTrigger
+            | Self::BatchNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } | Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Loading { .. } | Self::ShuttingDown | Self::LoadFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +109,7 @@ impl ApiError {
             | Self::ModelNotFound { .. }
             | Self::RouteNotFound { .. }
             | Self::NoHttpTrigger
+            | Self::BatchNotFound { .. }
             | Self::MethodNotAllowed { .. } => "invalid_request_error",
             Self::MissingKey | Self::WrongKey => "authentication_error",
             Self::RateLimited { .. } | Self::Overloaded { .. } => "rate_limit_error",

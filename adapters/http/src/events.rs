@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cloudevents::AttributesReader;
+use cloudevents::{AttributesReader, Data};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::{AppState, body_bytes};
+use crate::{AppState, batches, body_bytes};
 
 const ORIGIN: HeaderName = HeaderName::from_static("webhook-request-origin");
 const ALLOWED_ORIGIN: HeaderName = HeaderName::from_static("webhook-allowed-origin");
@@ -26,6 +26,8 @@ struct Received<'a> {
     source: String,
     status: &'static str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<serde_json::Value>,
 }
 
 /// Answers the abuse-protection handshake: the sender proves it may deliver to this endpoint
@@ -71,17 +73,48 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
         ));
     }
     tracing::info!(id = event.id(), r#type = kind, source = %event.source(), "cloudevent received");
-    // Batch jobs from events are issue 6. Until then the event is refused with a 5xx, so the
-    // sender keeps it (retries, dead-letter) instead of it being lost here.
-    let received = Received {
+    if !KNOWN_TYPES.contains(&kind) {
+        return Err(ApiError::invalid(
+            "type",
+            format!("event type `{kind}` starts nothing here (known: {})", KNOWN_TYPES.join(", ")),
+        ));
+    }
+    let data =
+        match event.data() {
+            Some(Data::Json(v)) => v.clone(),
+            Some(Data::String(s)) => serde_json::from_str(s)
+                .map_err(|e| ApiError::invalid("data", format!("event data is not JSON: {e}")))?,
+            Some(Data::Binary(b)) => serde_json::from_slice(b)
+                .map_err(|e| ApiError::invalid("data", format!("event data is not JSON: {e}")))?,
+            None => return Err(ApiError::invalid("data", format!("the {kind} event carries no data"))),
+        };
+    let received = |status: &'static str, message: String| Received {
         id: event.id(),
         kind,
         source: event.source().to_string(),
-        status: "not_processed",
-        message: "batch jobs started by events are not built yet; the event was not processed".to_string(),
+        status,
+        message,
+        batch: None,
     };
-    Ok((StatusCode::NOT_IMPLEMENTED, axum::Json(received)).into_response())
+    let Some((input, output)) = batches::job_for_event(kind, &data)? else {
+        let r = received("ignored", "the object is a batch job's own output".into());
+        return Ok((StatusCode::OK, axum::Json(r)).into_response());
+    };
+    let Some(jobs) = state.inner.batches.get() else {
+        // This server runs no batch jobs: the event is refused with a 5xx so that its sender
+        // keeps it (retries, dead-letter) rather than it being lost here.
+        let r = received("not_processed", "this server runs no batch jobs; the event was not processed".into());
+        return Ok((StatusCode::NOT_IMPLEMENTED, axum::Json(r)).into_response());
+    };
+    let batch = jobs.start(&input, &output, &format!("{kind} {}", event.id()))?;
+    let mut r = received("accepted", format!("batch job reading {input}, writing under {output}"));
+    r.batch = Some(batch);
+    Ok((StatusCode::ACCEPTED, axum::Json(r)).into_response())
 }
+
+/// CloudEvent types that start batch jobs.
+const KNOWN_TYPES: [&str; 3] =
+    ["dev.realm.batch.v1.requested", "google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated"];
 
 /// Event types from the manifest against what arrives: Realm's short names for the S3
 /// notification family match any of its `ObjectCreated:*` events.

@@ -4,6 +4,7 @@
 //! ids and sampling settings, the engine answers with token events.
 
 pub mod auth;
+pub mod batches;
 mod chat;
 mod completions;
 pub mod config;
@@ -17,8 +18,8 @@ pub mod platform;
 pub mod request;
 pub mod response;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -57,6 +58,7 @@ struct Inner {
     draining: AtomicBool,
     fingerprint: String,
     ids: AtomicU64,
+    batches: OnceLock<Arc<dyn batches::Batches>>,
 }
 
 impl AppState {
@@ -76,8 +78,14 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 fingerprint,
                 ids: AtomicU64::new(seed),
+                batches: OnceLock::new(),
             }),
         }
+    }
+
+    /// Hands events and `/v1/batches` to a batch runner.
+    pub fn set_batches(&self, batches: Arc<dyn batches::Batches>) {
+        let _ = self.inner.batches.set(batches);
     }
 
     /// Stop taking new work: `/ready` turns 503 and `/v1/*` answers 503, while streams already
@@ -108,11 +116,17 @@ impl AppState {
     }
 
     /// Authenticates a `/v1/*` request and waits for (or refuses during) model load.
-    async fn admit(&self, headers: &HeaderMap) -> Result<(Caller, Arc<ModelInfo>), ApiError> {
-        if !self.config().http_api {
-            return Err(ApiError::NoHttpTrigger);
-        }
-        let caller = self.inner.keys.check(headers)?;
+    /// `internal` requests come from this process (the batch runner): no key, no HTTP trigger
+    /// needed, no rate limit.
+    async fn admit(&self, headers: &HeaderMap, internal: bool) -> Result<(Caller, Arc<ModelInfo>), ApiError> {
+        let caller = if internal {
+            Caller::Internal
+        } else {
+            if !self.config().http_api {
+                return Err(ApiError::NoHttpTrigger);
+            }
+            self.inner.keys.check(headers)?
+        };
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(ApiError::ShuttingDown);
         }
@@ -150,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route(ROUTE_READY, get(ready))
         .route(ROUTE_METRICS, get(metrics_text))
         .route(ROUTE_MODELS, get(models))
+        .route(ROUTE_BATCH, get(batch_status))
         .route(ROUTE_CHAT, post(chat::handle))
         .route(ROUTE_COMPLETIONS, post(completions::handle))
         .route(ROUTE_EVENTS, post(events::receive).options(events::handshake))
@@ -242,6 +257,16 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         }],
     };
     Ok(axum::Json(list).into_response())
+}
+
+async fn batch_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    state.inner.keys.check(&headers)?;
+    let found = state.inner.batches.get().and_then(|b| b.get(&id));
+    found.map(|v| axum::Json(v).into_response()).ok_or(ApiError::BatchNotFound { id })
 }
 
 async fn not_found(req: Request) -> ApiError {

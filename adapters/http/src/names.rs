@@ -7,6 +7,7 @@ pub const ROUTE_METRICS: &str = "/metrics";
 pub const ROUTE_MODELS: &str = "/v1/models";
 pub const ROUTE_CHAT: &str = "/v1/chat/completions";
 pub const ROUTE_COMPLETIONS: &str = "/v1/completions";
+pub const ROUTE_BATCH: &str = "/v1/batches/{id}";
 /// CloudEvents: Knative delivers to `/`, the other triggers are pointed at `/events`.
 pub const ROUTE_EVENTS: &str = "/events";
 pub const ROUTE_ROOT: &str = "/";
