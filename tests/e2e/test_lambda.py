@@ -115,3 +115,15 @@ def test_function_url_requests_go_through_the_router(emulator):
     assert "Paris" in text
     conn, resp = emulator.url("POST", "/v1/chat/completions", dict(CHAT, model="gpt-4o"))
     assert resp.status == 404 and json.loads(resp.read())["error"]["code"] == "model_not_found"
+
+
+def test_s3_notifications_start_batch_jobs_that_finish_inside_the_invocation(emulator):
+    # The object is a job's own output: nothing starts, and nothing reaches any S3 endpoint.
+    note = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                         "s3": {"bucket": {"name": "b"}, "object": {"key": "in/a.jsonl.out/part-00000.jsonl"}}}]}
+    r = emulator.invoke(note)
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["status"] == "completed" and answer["batches"] == []
+    r = emulator.invoke({"source": "aws.s3", "detail-type": "Object Created", "detail": {}})
+    assert r.returncode != 0 and "RequestFailed" in r.stderr

@@ -45,6 +45,70 @@ pub fn job_for_event(kind: &str, data: &Value) -> Result<Option<(String, String)
     Ok(Some((input, output)))
 }
 
+/// Jobs named by AWS's S3 event shapes: an S3 notification (`Records`, as Lambda receives it)
+/// or an EventBridge `Object Created` event. `None`: the JSON is neither. Each job is
+/// (input, output, the manifest's event type).
+pub fn aws_jobs(body: &Value) -> Option<Result<Vec<(String, String, String)>, ApiError>> {
+    let object =
+        |bucket: Option<&str>, key: Option<&str>, kind: &str| -> Result<Option<(String, String, String)>, ApiError> {
+            let (Some(bucket), Some(key)) = (bucket, key) else {
+                return Err(ApiError::invalid("bucket", format!("the {kind} event names no bucket and key")));
+            };
+            let input = format!("s3://{bucket}/{}", url_decode(key));
+            if input.contains(".out/") {
+                return Ok(None);
+            }
+            Ok(Some((input.clone(), format!("{input}.out/"), kind.to_string())))
+        };
+    if let Some(records) = body.get("Records").and_then(Value::as_array) {
+        let jobs = records
+            .iter()
+            .filter(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:s3"))
+            .filter(|r| r.get("eventName").and_then(Value::as_str).is_some_and(|n| n.starts_with("ObjectCreated:")))
+            .map(|r| {
+                let s3 = r.get("s3");
+                let bucket = s3.and_then(|s| s.pointer("/bucket/name")).and_then(Value::as_str);
+                let key = s3.and_then(|s| s.pointer("/object/key")).and_then(Value::as_str);
+                object(bucket, key, "aws.s3.ObjectCreated")
+            })
+            .filter_map(Result::transpose)
+            .collect();
+        return Some(jobs);
+    }
+    if body.get("source").and_then(Value::as_str) == Some("aws.s3")
+        && body.get("detail-type").and_then(Value::as_str) == Some("Object Created")
+    {
+        let bucket = body.pointer("/detail/bucket/name").and_then(Value::as_str);
+        let key = body.pointer("/detail/object/key").and_then(Value::as_str);
+        return Some(object(bucket, key, "aws.eventbridge.ObjectCreated").map(|j| j.into_iter().collect()));
+    }
+    None
+}
+
+/// S3 event keys are URL-encoded, with `+` for a space.
+fn url_decode(key: &str) -> String {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -69,5 +133,29 @@ mod tests {
         let bad = job_for_event("dev.realm.batch.v1.requested", &json!({"input": "s3://a/b"}));
         assert_eq!(bad.expect_err("no output").param(), Some("data.output"));
         assert_eq!(job_for_event("com.example.other", &json!({})).expect("ok"), None);
+    }
+
+    #[test]
+    fn aws_s3_notifications_and_eventbridge_events() {
+        let n = json!({"Records": [
+            {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "in/my+file%2B1.jsonl"}}},
+            {"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "x"}}},
+            {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "in/a.jsonl.out/part-00000.jsonl"}}}
+        ]});
+        let jobs = aws_jobs(&n).expect("an S3 notification").expect("valid");
+        assert_eq!(
+            jobs,
+            vec![(
+                "s3://b/in/my file+1.jsonl".into(),
+                "s3://b/in/my file+1.jsonl.out/".into(),
+                "aws.s3.ObjectCreated".into()
+            )]
+        );
+        let eb = json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {"name": "b"}, "object": {"key": "k.jsonl"}}});
+        let jobs = aws_jobs(&eb).expect("an EventBridge event").expect("valid");
+        assert_eq!(jobs[0].0, "s3://b/k.jsonl");
+        assert!(aws_jobs(&json!({"model": "m"})).is_none());
+        let broken = json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {}});
+        assert!(aws_jobs(&broken).expect("EventBridge").is_err());
     }
 }

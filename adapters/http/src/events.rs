@@ -62,6 +62,12 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
     // Deliveries authenticate the platform's way (Eventarc's OIDC through Cloud Run IAM,
     // Event Grid's handshake, Knative's in-cluster broker), not with an API key.
     let body = body_bytes(body, state.config().max_body_bytes)?;
+    if !headers.contains_key("ce-specversion")
+        && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Some(jobs) = batches::aws_jobs(&json)
+    {
+        return start_aws(state, jobs?);
+    }
     let event = cloudevents::binding::http::to_event(headers, body.to_vec())
         .map_err(|e| ApiError::invalid("cloudevent", format!("not a CloudEvent (binary or structured mode): {e}")))?;
     let kind = event.ty();
@@ -112,6 +118,24 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
     Ok((StatusCode::ACCEPTED, axum::Json(r)).into_response())
 }
 
+/// AWS's own event shapes (S3 notifications, EventBridge `Object Created`): one job per object.
+fn start_aws(state: &AppState, jobs: Vec<(String, String, String)>) -> Result<Response, ApiError> {
+    let triggers = &state.config().event_types;
+    let Some(runner) = state.inner.batches.get() else {
+        let body = serde_json::json!({"status": "not_processed", "message": "this server runs no batch jobs"});
+        return Ok((StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response());
+    };
+    let mut started = Vec::new();
+    for (input, output, kind) in jobs {
+        if !triggers.is_empty() && !triggers.iter().any(|t| event_matches(t, &kind)) {
+            return Err(ApiError::invalid("type", format!("event type `{kind}` is not a trigger of this function")));
+        }
+        started.push(runner.start(&input, &output, &kind)?);
+    }
+    let body = serde_json::json!({"status": "accepted", "batches": started});
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
 /// CloudEvent types that start batch jobs.
 const KNOWN_TYPES: [&str; 3] =
     ["dev.realm.batch.v1.requested", "google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated"];
@@ -119,5 +143,5 @@ const KNOWN_TYPES: [&str; 3] =
 /// Event types from the manifest against what arrives: Realm's short names for the S3
 /// notification family match any of its `ObjectCreated:*` events.
 fn event_matches(trigger: &str, kind: &str) -> bool {
-    trigger == kind || (trigger == "aws.s3.ObjectCreated" && kind.starts_with("aws.s3.ObjectCreated"))
+    trigger == kind
 }

@@ -5,6 +5,8 @@
 //!   router. With response streaming (Function URL invoke mode `RESPONSE_STREAM`) the answer
 //!   goes out as it is produced, SSE included; buffered, it goes out whole in the event
 //!   source's response shape.
+//! - S3 notifications and EventBridge `Object Created` events start batch jobs (as on
+//!   `POST /events`).
 //! - Any other payload is a direct `Invoke` with an OpenAI request body: `messages` means a
 //!   chat completion, `prompt` a completion; the answer is the JSON body.
 //!
@@ -13,11 +15,12 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{self, HeaderMap, Method, StatusCode};
+use axum::http::{self, HeaderMap, Method};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use lambda_http::request::LambdaRequest;
 use lambda_runtime::{Diagnostic, FunctionResponse, LambdaEvent, MetadataPrelude, StreamResponse, service_fn};
+use realm_http::auth::Internal;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -137,29 +140,74 @@ async fn direct_invoke(router: Router, mut payload: Value) -> Result<Value, Lamb
         "/v1/chat/completions"
     } else if payload.get("prompt").is_some() {
         "/v1/completions"
+    } else if payload.get("Records").is_some() || payload.get("detail-type").is_some() {
+        // S3 notifications and EventBridge events start batch jobs, as on `/events`.
+        "/events"
     } else {
         return Err(LambdaError::BadEvent(
-            "expected an HTTP event, or an OpenAI body with `messages` (chat) or `prompt` (completion)".into(),
+            "expected an HTTP event, an S3 or EventBridge event, or an OpenAI body with `messages` (chat) or \
+             `prompt` (completion)"
+                .into(),
         ));
     };
     // An invoke returns one payload: the answer comes whole.
     if let Some(stream) = payload.get_mut("stream") {
         *stream = Value::Bool(false);
     }
+    let answer = internal(&router, Method::POST, path, Body::from(payload.to_string())).await?;
+    if path == "/events" {
+        return finish_batches(&router, answer).await;
+    }
+    Ok(answer)
+}
+
+/// A request from inside the process; a non-2xx answer is an error carrying its body.
+async fn internal(router: &Router, method: Method, path: &str, body: Body) -> Result<Value, LambdaError> {
     let request = http::Request::builder()
-        .method(Method::POST)
+        .method(method)
         .uri(path)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(payload.to_string()))
+        .extension(Internal)
+        .body(body)
         .map_err(|e| LambdaError::BadEvent(e.to_string()))?;
-    let response = call(router, request).await;
+    let response = call(router.clone(), request).await;
     let status = response.status();
     let bytes = response.into_body().collect().await.map_err(|e| LambdaError::Body(e.to_string()))?.to_bytes();
     let body = String::from_utf8_lossy(&bytes).into_owned();
-    if status != StatusCode::OK {
+    if !status.is_success() {
         return Err(LambdaError::Request { status: status.as_u16(), body });
     }
     serde_json::from_str(&body).map_err(|e| LambdaError::Body(e.to_string()))
+}
+
+/// Lambda freezes the environment once an invocation returns, so batch jobs an event started
+/// run to the end inside it. One that outlives the function's timeout resumes from its
+/// committed parts when S3 retries the event.
+async fn finish_batches(router: &Router, mut accepted: Value) -> Result<Value, LambdaError> {
+    let ids: Vec<String> = accepted
+        .get("batches")
+        .and_then(Value::as_array)
+        .map(|b| b.iter().filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+        .unwrap_or_default();
+    let mut finished = Vec::with_capacity(ids.len());
+    for id in ids {
+        loop {
+            let batch = internal(router, Method::GET, &format!("/v1/batches/{id}"), Body::empty()).await?;
+            match batch.get("status").and_then(Value::as_str) {
+                Some("completed") => {
+                    finished.push(batch);
+                    break;
+                }
+                Some("failed") => return Err(LambdaError::Request { status: 500, body: batch.to_string() }),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    }
+    if let Some(obj) = accepted.as_object_mut() {
+        obj.insert("status".into(), Value::from("completed"));
+        obj.insert("batches".into(), Value::from(finished));
+    }
+    Ok(accepted)
 }
 
 #[cfg(test)]
