@@ -58,7 +58,7 @@ pub fn aws_jobs(body: &Value) -> Option<Result<Vec<(String, String, String)>, Ap
             if input.contains(".out/") {
                 return Ok(None);
             }
-            Ok(Some((input.clone(), format!("{input}.out/"), kind.to_string())))
+            Ok(Some(ObjectJob { output: format!("{input}.out/"), input, kind: kind.to_string() }))
         };
     if let Some(records) = body.get("Records").and_then(Value::as_array) {
         let jobs = records
@@ -153,7 +153,7 @@ mod tests {
         );
         let eb = json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {"name": "b"}, "object": {"key": "k.jsonl"}}});
         let jobs = aws_jobs(&eb).expect("an EventBridge event").expect("valid");
-        assert_eq!(jobs[0].0, "s3://b/k.jsonl");
+        assert_eq!(jobs[0].input, "s3://b/k.jsonl");
         assert!(aws_jobs(&json!({"model": "m"})).is_none());
         let broken = json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {}});
         assert!(aws_jobs(&broken).expect("EventBridge").is_err());

@@ -119,18 +119,21 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
 }
 
 /// AWS's own event shapes (S3 notifications, EventBridge `Object Created`): one job per object.
-fn start_aws(state: &AppState, jobs: Vec<(String, String, String)>) -> Result<Response, ApiError> {
+fn start_aws(state: &AppState, jobs: Vec<batches::ObjectJob>) -> Result<Response, ApiError> {
     let triggers = &state.config().event_types;
     let Some(runner) = state.inner.batches.get() else {
         let body = serde_json::json!({"status": "not_processed", "message": "this server runs no batch jobs"});
         return Ok((StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response());
     };
     let mut started = Vec::new();
-    for (input, output, kind) in jobs {
-        if !triggers.is_empty() && !triggers.iter().any(|t| event_matches(t, &kind)) {
-            return Err(ApiError::invalid("type", format!("event type `{kind}` is not a trigger of this function")));
+    for job in jobs {
+        if !triggers.is_empty() && !triggers.iter().any(|t| event_matches(t, &job.kind)) {
+            return Err(ApiError::invalid(
+                "type",
+                format!("event type `{}` is not a trigger of this function", job.kind),
+            ));
         }
-        started.push(runner.start(&input, &output, &kind)?);
+        started.push(runner.start(&job.input, &job.output, &job.kind)?);
     }
     let body = serde_json::json!({"status": "accepted", "batches": started});
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
