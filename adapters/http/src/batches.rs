@@ -45,21 +45,28 @@ pub fn job_for_event(kind: &str, data: &Value) -> Result<Option<(String, String)
     Ok(Some((input, output)))
 }
 
+/// A job an object-created event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectJob {
+    pub input: String,
+    pub output: String,
+    /// The event type as a function manifest names it.
+    pub kind: String,
+}
+
 /// Jobs named by AWS's S3 event shapes: an S3 notification (`Records`, as Lambda receives it)
-/// or an EventBridge `Object Created` event. `None`: the JSON is neither. Each job is
-/// (input, output, the manifest's event type).
-pub fn aws_jobs(body: &Value) -> Option<Result<Vec<(String, String, String)>, ApiError>> {
-    let object =
-        |bucket: Option<&str>, key: Option<&str>, kind: &str| -> Result<Option<(String, String, String)>, ApiError> {
-            let (Some(bucket), Some(key)) = (bucket, key) else {
-                return Err(ApiError::invalid("bucket", format!("the {kind} event names no bucket and key")));
-            };
-            let input = format!("s3://{bucket}/{}", url_decode(key));
-            if input.contains(".out/") {
-                return Ok(None);
-            }
-            Ok(Some(ObjectJob { output: format!("{input}.out/"), input, kind: kind.to_string() }))
+/// or an EventBridge `Object Created` event. `None`: the JSON is neither.
+pub fn aws_jobs(body: &Value) -> Option<Result<Vec<ObjectJob>, ApiError>> {
+    let object = |bucket: Option<&str>, key: Option<&str>, kind: &str| -> Result<Option<ObjectJob>, ApiError> {
+        let (Some(bucket), Some(key)) = (bucket, key) else {
+            return Err(ApiError::invalid("bucket", format!("the {kind} event names no bucket and key")));
         };
+        let input = format!("s3://{bucket}/{}", url_decode(key));
+        if input.contains(".out/") {
+            return Ok(None);
+        }
+        Ok(Some(ObjectJob { output: format!("{input}.out/"), input, kind: kind.to_string() }))
+    };
     if let Some(records) = body.get("Records").and_then(Value::as_array) {
         let jobs = records
             .iter()
@@ -143,14 +150,12 @@ mod tests {
             {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "in/a.jsonl.out/part-00000.jsonl"}}}
         ]});
         let jobs = aws_jobs(&n).expect("an S3 notification").expect("valid");
-        assert_eq!(
-            jobs,
-            vec![(
-                "s3://b/in/my file+1.jsonl".into(),
-                "s3://b/in/my file+1.jsonl.out/".into(),
-                "aws.s3.ObjectCreated".into()
-            )]
-        );
+        let want = ObjectJob {
+            input: "s3://b/in/my file+1.jsonl".into(),
+            output: "s3://b/in/my file+1.jsonl.out/".into(),
+            kind: "aws.s3.ObjectCreated".into(),
+        };
+        assert_eq!(jobs, vec![want]);
         let eb = json!({"source": "aws.s3", "detail-type": "Object Created", "detail": {"bucket": {"name": "b"}, "object": {"key": "k.jsonl"}}});
         let jobs = aws_jobs(&eb).expect("an EventBridge event").expect("valid");
         assert_eq!(jobs[0].input, "s3://b/k.jsonl");
