@@ -103,8 +103,8 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(path: &Path, options: &EngineOptions) -> Result<Self, EngineError> {
-        let file = GgufFile::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let mut file = GgufFile::open(path)?;
+        let tokenizer = Tokenizer::from_gguf_taking(&mut file)?;
         let chat_template = ChatTemplate::from_gguf(&file, &tokenizer)?;
         let activations = match options.precision {
             Precision::Exact => Activations::F32,

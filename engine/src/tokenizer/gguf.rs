@@ -8,6 +8,18 @@ impl Tokenizer {
     pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         Tokenizer::from_parts(spec_from_gguf(f)?)
     }
+
+    /// As [`Tokenizer::from_gguf`], moving the vocabulary and merges out of `f` instead of
+    /// copying them (they are left empty there).
+    pub fn from_gguf_taking(f: &mut GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let (tokens, merges) = (f.take_strings("tokenizer.ggml.tokens"), f.take_strings("tokenizer.ggml.merges"));
+        let mut spec = spec_from_gguf(f);
+        if let Ok(spec) = &mut spec {
+            spec.tokens = tokens.unwrap_or_default();
+            spec.merges = merges;
+        }
+        Tokenizer::from_parts(spec?)
+    }
 }
 
 fn wrong(key: &str, expected: &'static str, found: &Value) -> TokenizerError {
