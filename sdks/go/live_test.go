@@ -35,9 +35,11 @@ type liveServer struct {
 	cmd   *exec.Cmd
 	base  string
 	model string
-	mu    sync.Mutex
-	log   bytes.Buffer
-	done  chan struct{}
+	// batchDir is where events may name local files (--batch-local-root).
+	batchDir string
+	mu       sync.Mutex
+	log      bytes.Buffer
+	done     chan struct{}
 }
 
 var (
@@ -73,8 +75,12 @@ func startServer(bin string) (*liveServer, error) {
 	if model == "" {
 		model = "default"
 	}
+	batchDir, err := os.MkdirTemp("", "realm-go-batch")
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
-		"--api-keys", liveKey, "--threads", "2")
+		"--api-keys", liveKey, "--threads", "2", "--batch-local-root", batchDir)
 	cmd.Env = append(os.Environ(), "REALM_LOG=info")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -83,7 +89,7 @@ func startServer(bin string) (*liveServer, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
-	s := &liveServer{cmd: cmd, done: make(chan struct{})}
+	s := &liveServer{cmd: cmd, done: make(chan struct{}), batchDir: batchDir}
 	addr := make(chan string, 1)
 	go func() {
 		defer close(s.done)
@@ -394,5 +400,45 @@ func TestLiveRequestErrors(t *testing.T) {
 	_, err = c.ChatCompletion(ctx, req)
 	if !realm.IsBadRequest(err) {
 		t.Fatalf("max_tokens past the context: %v", err)
+	}
+}
+
+// A batch submitted as a CloudEvent runs to completion and its status reads back.
+func TestLiveBatch(t *testing.T) {
+	s := server(t)
+	c := s.client()
+	ctx := ctxFor(t)
+	dir, err := os.MkdirTemp(s.batchDir, "job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for i := 0; i < 3; i++ {
+		lines = append(lines, fmt.Sprintf(`{"custom_id":"c%d","method":"POST","url":"/v1/completions","body":{"model":%q,"prompt":"Count to %d:","max_tokens":4,"temperature":0}}`, i, s.model, i))
+	}
+	lines = append(lines, "not json")
+	if err := os.WriteFile(dir+"/in.jsonl", []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := c.SubmitBatch(ctx, &realm.BatchRequest{Input: "file://" + dir + "/in.jsonl", Output: "file://" + dir + "/out/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Batch == nil || sub.Batch.ID == "" {
+		t.Fatalf("submission %+v carries no batch", sub)
+	}
+	b, err := c.WaitBatch(ctx, sub.Batch.ID, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Status != realm.BatchCompleted || b.RequestCounts.Total != 4 || b.RequestCounts.Completed != 3 || b.RequestCounts.Failed != 1 {
+		t.Fatalf("batch %+v", b)
+	}
+	out, err := os.ReadFile(dir + "/out/output.jsonl")
+	if err != nil || strings.Count(string(out), "\n") != 3 {
+		t.Fatalf("output.jsonl: %v %q", err, out)
+	}
+	if _, err := c.Batch(ctx, "batch_missing"); !realm.IsNotFound(err) {
+		t.Fatalf("a missing batch: %v", err)
 	}
 }
