@@ -201,6 +201,21 @@ pub trait Backend: Send {
         out: &mut Self::Tensor,
     ) -> Result<(), KernelError>;
 
+    /// [`Backend::attention`] for several sequences of one step at once (a decode step holds
+    /// many); a backend may run them together. Each sequence gets what it would alone.
+    fn attention_many(
+        &self,
+        q: &Self::Tensor,
+        seqs: &[(&KvLayer<Self::Tensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        for &(cache, rows) in seqs {
+            self.attention(q, cache, rows, shape, out)?;
+        }
+        Ok(())
+    }
+
     /// Copies rows `rows` (each `row_len` long) of `src` into consecutive rows of `out`.
     fn gather_rows(
         &self,

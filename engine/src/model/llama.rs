@@ -175,14 +175,16 @@ impl<B: Backend> Llama<B> {
             b.rope(&mut q, c.head_dim, &positions, &self.rope)?;
             b.rope(&mut k, c.head_dim, &positions, &self.rope)?;
             let mut row = 0;
+            let mut seq_rows = Vec::with_capacity(steps.len());
             for s in steps.iter_mut() {
                 let t = s.tokens.len();
-                let start = s.cache.len;
-                let rows = SeqRows { row, n: t, first_pos: start };
+                let rows = SeqRows { row, n: t, first_pos: s.cache.len };
                 b.kv_write(&mut s.cache.layers[li], &k, &v, rows, kv_dim)?;
-                b.attention(&q, &s.cache.layers[li], rows, shape, &mut att)?;
+                seq_rows.push(rows);
                 row += t;
             }
+            let seqs: Vec<_> = steps.iter().zip(seq_rows).map(|(s, rows)| (&s.cache.layers[li], rows)).collect();
+            b.attention_many(&q, &seqs, shape, &mut att)?;
             b.matmul(&layer.wo, &att, n, &mut proj)?;
             b.add(&mut x, &proj, n * dim)?;
 

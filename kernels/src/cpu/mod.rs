@@ -412,31 +412,46 @@ impl Backend for Cpu {
         shape: AttentionShape,
         out: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
-        let SeqRows { row: q_row, n, first_pos } = rows;
-        let (k, v) = (&cache.k, &cache.v);
+        self.attention_many(q, &[(cache, rows)], shape, out)
+    }
+
+    fn attention_many(
+        &self,
+        q: &Vec<f32>,
+        seqs: &[(&KvLayer<Vec<f32>>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
         let q_len = n_head * head_dim;
         let kv_len = n_kv_head * head_dim;
-        let n_ctx = first_pos + n;
-        check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
-        check_len("attention", "k cache", k.len(), n_ctx * kv_len)?;
-        check_len("attention", "v cache", v.len(), n_ctx * kv_len)?;
-        check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
+        for (cache, rows) in seqs {
+            let SeqRows { row: q_row, n, first_pos } = *rows;
+            let n_ctx = first_pos + n;
+            check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
+            check_len("attention", "k cache", cache.k.len(), n_ctx * kv_len)?;
+            check_len("attention", "v cache", cache.v.len(), n_ctx * kv_len)?;
+            check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
+        }
         let group = n_head / n_kv_head;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        // One task per (token, KV head, run of positions): the query heads sharing a KV head
-        // read its keys and values once, and long contexts split over every thread
-        // (flash-decoding); partial softmaxes are merged afterwards.
+        // One task per (sequence, token, KV head, run of positions), every sequence of the step
+        // in one parallel section: the query heads sharing a KV head read its keys and values
+        // once, and long contexts split over every thread (flash-decoding); partial softmaxes
+        // are merged afterwards, in the same order whatever else the step holds, so a sequence
+        // gets the same numbers batched as alone.
         let part_len = group * (head_dim + 2);
-        let chunks_of = |t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
+        let chunks_of = |first_pos: usize, t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
         let mut tasks = Vec::new();
-        for t in 0..n {
-            for g in 0..n_kv_head {
-                for c in 0..chunks_of(t) {
-                    tasks.push((t, g, c));
+        for (s, (_, rows)) in seqs.iter().enumerate() {
+            for t in 0..rows.n {
+                for g in 0..n_kv_head {
+                    for c in 0..chunks_of(rows.first_pos, t) {
+                        tasks.push((s, t, g, c));
+                    }
                 }
             }
         }
@@ -444,30 +459,33 @@ impl Backend for Cpu {
         let slots: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(part_len).map(Mutex::new).collect();
         self.pool.run(tasks.len(), &|i| {
             let Ok(mut part) = slots[i].lock() else { return };
-            let (t, g, c) = tasks[i];
+            let (s, t, g, c) = tasks[i];
+            let (cache, SeqRows { row: q_row, first_pos, .. }) = seqs[s];
             let visible = first_pos + t + 1;
             let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
             let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
-            let kv = HeadRows { k, v, stride: kv_len, offset: g * head_dim, len: head_dim };
+            let kv = HeadRows { k: &cache.k, v: &cache.v, stride: kv_len, offset: g * head_dim, len: head_dim };
             attend_partial(qg, &kv, positions, scale, &mut part);
         });
-        let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
         let mut first = 0;
-        for t in 0..n {
-            let chunks = chunks_of(t);
-            for g in 0..n_kv_head {
-                let parts = &partials[(first + g * chunks) * part_len..(first + (g + 1) * chunks) * part_len];
-                for j in 0..group {
-                    let h = g * group + j;
-                    merge_partials(
-                        parts,
-                        part_len,
-                        j * (head_dim + 2),
-                        &mut out_rows[t * q_len + h * head_dim..][..head_dim],
-                    );
+        for (_, SeqRows { row: q_row, n, first_pos }) in seqs.iter().copied() {
+            let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
+            for t in 0..n {
+                let chunks = chunks_of(first_pos, t);
+                for g in 0..n_kv_head {
+                    let parts = &partials[(first + g * chunks) * part_len..(first + (g + 1) * chunks) * part_len];
+                    for j in 0..group {
+                        let h = g * group + j;
+                        merge_partials(
+                            parts,
+                            part_len,
+                            j * (head_dim + 2),
+                            &mut out_rows[t * q_len + h * head_dim..][..head_dim],
+                        );
+                    }
                 }
+                first += n_kv_head * chunks;
             }
-            first += n_kv_head * chunks;
         }
         Ok(())
     }
