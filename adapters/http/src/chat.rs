@@ -14,12 +14,12 @@ use realm_engine::tokenizer::Tokenizer;
 use realm_engine::worker::{Event, TokenLogprob};
 use tokio::sync::mpsc;
 
+use crate::AppState;
 use crate::auth::Internal;
 use crate::error::ApiError;
 use crate::generate::{self, Job, MAX_TOP_LOGPROBS, Outcome, Plan, Timing};
 use crate::request::{self, ChatRequest};
 use crate::response::*;
-use crate::{AppState, body_bytes};
 
 pub async fn handle(
     State(state): State<AppState>,
@@ -27,22 +27,14 @@ pub async fn handle(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match run(state, internal.is_some(), headers, body).await {
-        Ok(resp) => resp,
+    match generate::accept(&state, internal.is_some(), &headers, body).await {
+        Ok(accepted) => run(state, accepted).await.unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(
-    state: AppState,
-    internal: bool,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let start = Instant::now();
-    let body = body_bytes(body, state.config().max_body_bytes)?;
-    let (caller, info) = state.admit(&headers, internal).await?;
-    let req: ChatRequest = request::parse(&body)?;
+async fn run(state: AppState, accepted: generate::Accepted<ChatRequest>) -> Result<Response, ApiError> {
+    let generate::Accepted { start, caller, info, req } = accepted;
     state.check_model(&req.model)?;
     req.check_unsupported()?;
     if let Some(format) = &req.response_format {

@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use realm_engine::sampler::SamplingParams;
 use realm_engine::tokenizer::{Special, Tokenizer};
+use std::sync::Arc;
+
 use realm_engine::worker::{Event, EventStream, ModelInfo, Request, TokenLogprob};
 use realm_engine::{FinishReason, GenerateParams};
 use tokio::sync::mpsc;
@@ -17,10 +19,33 @@ use tokio::sync::mpsc;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::request::Common;
-use crate::{AppState, note_first_token};
+use crate::{AppState, body_bytes, note_first_token};
 
 pub const MAX_N: i64 = 8;
 pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// A request past authentication, model loading and parsing.
+pub struct Accepted<T> {
+    pub start: Instant,
+    pub caller: Caller,
+    pub info: Arc<ModelInfo>,
+    pub req: T,
+}
+
+/// What both endpoints do first: read the body, admit the caller (key, loading, draining),
+/// parse the request.
+pub async fn accept<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    internal: bool,
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Accepted<T>, ApiError> {
+    let start = Instant::now();
+    let body = body_bytes(body, state.config().max_body_bytes)?;
+    let (caller, info) = state.admit(headers, internal).await?;
+    let req = crate::request::parse(&body)?;
+    Ok(Accepted { start, caller, info, req })
+}
 
 /// Sampling and stopping settings from the request's fields and the server's defaults.
 pub fn sampling(state: &AppState, c: &Common, info: &ModelInfo) -> Result<SamplingParams, ApiError> {

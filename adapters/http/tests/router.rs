@@ -192,8 +192,8 @@ async fn error_shapes() {
     insta::assert_snapshot!(out.join("\n\n"));
 }
 
-#[tokio::test]
-async fn while_loading_probes_and_api_answer_503() {
+/// An engine whose model loads only when the returned sender says so.
+fn gated_engine() -> (EngineHandle, std::sync::mpsc::Sender<()>) {
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let path = common::default_model_path();
     let handle = EngineHandle::spawn(
@@ -205,6 +205,12 @@ async fn while_loading_probes_and_api_answer_503() {
         WorkerConfig::default(),
     )
     .expect("spawn");
+    (handle, release)
+}
+
+#[tokio::test]
+async fn while_loading_probes_and_api_answer_503() {
+    let (handle, release) = gated_engine();
     let app = app_with(handle.clone(), config());
     let get = |p: &str| Request::get(p).body(Body::empty()).expect("request");
     assert_eq!(send(app.clone(), get("/health")).await.0, StatusCode::OK);
@@ -225,17 +231,7 @@ async fn while_loading_probes_and_api_answer_503() {
 
 #[tokio::test]
 async fn held_requests_wait_for_the_model() {
-    let (release, wait) = std::sync::mpsc::channel::<()>();
-    let path = common::default_model_path();
-    let handle = EngineHandle::spawn(
-        move || {
-            let _ = wait.recv();
-            let options = EngineOptions { threads: 2, precision: Precision::Fast };
-            Engine::load(&path, &options).map_err(|e| e.to_string())
-        },
-        WorkerConfig::default(),
-    )
-    .expect("spawn");
+    let (handle, release) = gated_engine();
     let app = app_with(handle, ServerConfig { hold_while_loading: Some(Duration::from_secs(30)), ..config() });
     let pending = tokio::spawn(send(app, post("/v1/chat/completions", chat_body(json!({"max_tokens": 2})))));
     tokio::time::sleep(Duration::from_millis(100)).await;
