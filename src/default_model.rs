@@ -47,10 +47,29 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
         }
         return pull();
     }
-    let path = PathBuf::from(model);
+    if let Some((scheme, _)) = model.split_once("://")
+        && scheme != "file"
+    {
+        return fetch_uri(model);
+    }
+    let path = PathBuf::from(model.strip_prefix("file://").unwrap_or(model));
     if !path.is_file() {
         bail!("model file {} does not exist (use --model default for the default model)", path.display());
     }
+    Ok(path)
+}
+
+/// A model named by an object-store or https URI, fetched into the cache (parallel ranged
+/// reads, resumable, one download per model across processes), or found there.
+pub fn fetch_uri(uri: &str) -> Result<PathBuf> {
+    let parsed = realm_storage::ObjectUri::parse(uri)?;
+    let dir = cache_dir()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let sha256 = std::env::var("REALM_MODEL_SHA256").ok().filter(|s| !s.is_empty());
+    let path = runtime
+        .block_on(realm_storage::fetch_model(&parsed, &dir, sha256.as_deref()))
+        .with_context(|| format!("fetching {uri} into {}", dir.display()))?;
+    eprintln!("realm: model {uri} at {}", path.display());
     Ok(path)
 }
 

@@ -39,8 +39,14 @@ enum Cmd {
     /// Check a function manifest (realm.yaml) or print its JSON Schema.
     #[command(subcommand)]
     Function(function::FunctionCmd),
-    /// Fetch the default model into the model cache (size and sha256 verified).
-    Pull,
+    /// Fetch a model into the model cache: the default one (size and sha256 verified), or one
+    /// named by an s3:// (gs://, az://, https:// as they are built) URI, `REALM_MODEL_SHA256`
+    /// checked when set.
+    Pull {
+        /// `default`, or an object URI.
+        #[arg(default_value = "default")]
+        model: String,
+    },
     /// Print a GGUF file's metadata and tensor table.
     Inspect { file: PathBuf },
     /// Print the token ids of TEXT as a JSON array (special tokens parsed, no BOS unless the
@@ -142,7 +148,8 @@ fn run_cli(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> Result<()> {
         Cmd::Batch(args) => batch_cmd::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Quantize(args) => quantize::run(args),
-        Cmd::Pull => default_model::pull().map(|_| ()),
+        Cmd::Pull { model } if model == "default" => default_model::pull().map(|_| ()),
+        Cmd::Pull { model } => default_model::fetch_uri(&model).map(|_| ()),
         Cmd::Inspect { file } => inspect(&file),
         Cmd::Tokenize { model, text } => {
             let path = default_model::resolve(&model)?;

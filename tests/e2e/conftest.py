@@ -21,9 +21,9 @@ class RealmServer:
     """`realm serve` on loopback. `env` adds variables (a platform's); with `port=None` the
     port comes from `$PORT` in `env`, as the platforms set it."""
 
-    def __init__(self, *extra_args, api_keys=(API_KEY,), env=None, port=0, model_check=True):
+    def __init__(self, *extra_args, api_keys=(API_KEY,), env=None, port=0, model_check=True, model=None):
         binary = os.environ.get("REALM_BIN", "target/release/realm")
-        model = os.environ.get("REALM_TEST_MODEL", "default")
+        model = model or os.environ.get("REALM_TEST_MODEL", "default")
         args = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--threads", "2"]
         if port is not None:
             args += ["--port", str(port)]

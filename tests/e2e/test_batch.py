@@ -18,9 +18,9 @@ BIN = os.environ.get("REALM_BIN", "target/release/realm")
 MODEL = os.environ.get("REALM_TEST_MODEL", "default")
 
 
-def write_input(path, n, bad=True):
+def write_input(path, n, bad=True, model="default"):
     lines = [json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": {"model": "default", "messages": [{"role": "user", "content": f"Tell me about {i}."}],
+                         "body": {"model": model, "messages": [{"role": "user", "content": f"Tell me about {i}."}],
                                   "max_tokens": 16, "temperature": 0, "ignore_eos": True}})
              for i in range(n)]
     if bad:
@@ -76,8 +76,8 @@ def test_batch_results_equal_the_same_requests_alone(tmp_path, client, server):
 
 def test_an_event_starts_a_job_whose_status_is_visible(tmp_path):
     inp, out = tmp_path / "in.jsonl", tmp_path / "out"
-    write_input(inp, 10)
     s = RealmServer("--batch-local-root", str(tmp_path))
+    write_input(inp, 10, model=s.model)
     try:
         ev = CloudEvent({"type": "dev.realm.batch.v1.requested", "source": "//test", "id": "e1", "specversion": "1.0",
                          "datacontenttype": "application/json"}, {"input": f"file://{inp}", "output": f"file://{out}/"})

@@ -2,13 +2,20 @@
 //! `gs://bucket/key`, `az://container/blob`, `https://host/path`, `file:///path` or a plain
 //! path); a [`Store`] reads and writes the objects of one bucket (or one directory). Cloud
 //! backends sit behind cargo features; a URI whose backend is not compiled in is a clear error.
+//! [`fetch_model`] brings a model object into the local model cache.
 
+mod cache;
 mod local;
+#[cfg(feature = "s3")]
+mod s3;
 mod uri;
 
 use bytes::Bytes;
 
+pub use cache::{FetchOptions, Fetched, cache_path, fetch_model, fetch_model_with};
 pub use local::LocalStore;
+#[cfg(feature = "s3")]
+pub use s3::{FORCE_PATH_STYLE_ENV, S3Store};
 pub use uri::{ObjectUri, Scheme};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,14 +26,27 @@ pub enum StorageError {
     NotFound { uri: String },
     #[error("{scheme}:// objects need the `{feature}` cargo feature, which this build lacks")]
     NotCompiled { scheme: &'static str, feature: &'static str },
+    #[error("{uri}: sha256 is {actual}, expected {expected}")]
+    Checksum { uri: String, expected: String, actual: String },
     #[error("{op} {uri}: {message}")]
     Io { op: &'static str, uri: String, message: String },
+}
+
+/// What a store says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// Changes whenever the object's content does (S3's ETag; a file's modification time), so
+    /// a resumed download can tell the object it started from; `None` when the store has none.
+    pub version: Option<String>,
 }
 
 /// The objects under one root: a bucket, a container or a directory.
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(LocalStore),
+    #[cfg(feature = "s3")]
+    S3(S3Store),
 }
 
 impl Store {
@@ -34,6 +54,9 @@ impl Store {
     pub async fn for_uri(uri: &ObjectUri) -> Result<Store, StorageError> {
         match uri.scheme {
             Scheme::File => Ok(Store::Local(LocalStore::new(uri.root()))),
+            #[cfg(feature = "s3")]
+            Scheme::S3 => Ok(Store::S3(S3Store::new(&uri.bucket).await?)),
+            #[cfg(not(feature = "s3"))]
             Scheme::S3 => Err(StorageError::NotCompiled { scheme: "s3", feature: "s3" }),
             Scheme::Gs => Err(StorageError::NotCompiled { scheme: "gs", feature: "gcs" }),
             Scheme::Az => Err(StorageError::NotCompiled { scheme: "az", feature: "azure" }),
@@ -45,6 +68,8 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         match self {
             Store::Local(s) => s.get(key).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.get(key).await,
         }
     }
 
@@ -52,6 +77,8 @@ impl Store {
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
         match self {
             Store::Local(s) => s.put(key, body).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.put(key, body).await,
         }
     }
 
@@ -59,6 +86,8 @@ impl Store {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         match self {
             Store::Local(s) => s.list(prefix).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.list(prefix).await,
         }
     }
 
@@ -66,6 +95,26 @@ impl Store {
     pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
         match self {
             Store::Local(s) => s.size(key).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.size(key).await,
+        }
+    }
+
+    /// `len` bytes from offset `start`; fewer when the object ends first.
+    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StorageError> {
+        match self {
+            Store::Local(s) => s.get_range(key, start, len).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.get_range(key, start, len).await,
+        }
+    }
+
+    /// Size and version of the object, or `None` when it does not exist.
+    pub async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        match self {
+            Store::Local(s) => s.stat(key).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.stat(key).await,
         }
     }
 }

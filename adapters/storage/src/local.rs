@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::StorageError;
+use crate::{ObjectMeta, StorageError};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -31,6 +31,17 @@ impl LocalStore {
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         let path = self.path(key);
         tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| io_err("read", &path, e))
+    }
+
+    /// `len` bytes from offset `start` (fewer at the end of the file).
+    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StorageError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path(key);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_err("read", &path, e))?;
+        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|e| io_err("seek", &path, e))?;
+        let mut buf = Vec::new();
+        file.take(len).read_to_end(&mut buf).await.map_err(|e| io_err("read", &path, e))?;
+        Ok(Bytes::from(buf))
     }
 
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
@@ -70,9 +81,16 @@ impl LocalStore {
     }
 
     pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        Ok(self.stat(key).await?.map(|m| m.size))
+    }
+
+    pub async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let path = self.path(key);
         match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(Some(m.len())),
+            Ok(m) => {
+                let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                Ok(Some(ObjectMeta { size: m.len(), version: mtime.map(|d| format!("mtime-{}", d.as_nanos())) }))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("stat", &path, e)),
         }
@@ -91,6 +109,8 @@ mod tests {
         store.put(&key, Bytes::from_static(b"{}\n")).await.expect("put");
         assert_eq!(store.get(&key).await.expect("get"), Bytes::from_static(b"{}\n"));
         assert_eq!(store.size(&key).await.expect("size"), Some(3));
+        assert_eq!(store.get_range(&key, 1, 1).await.expect("range"), Bytes::from_static(b"}"));
+        assert_eq!(store.get_range(&key, 2, 10).await.expect("range"), Bytes::from_static(b"\n"));
         let listed = store.list(&format!("{}/out/part-", dir.path().display())).await.expect("list");
         assert_eq!(listed, vec![key.clone()]);
         assert!(matches!(store.get(&format!("{key}.missing")).await, Err(StorageError::NotFound { .. })));
