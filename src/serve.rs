@@ -239,7 +239,7 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
     let startup = Arc::new(Startup::new(process_start));
     let worker = WorkerConfig {
         max_batch: args.max_batch.max(1),
-        step_tokens: args.step_tokens.max(args.max_batch),
+        step_tokens: args.step_tokens,
         block_size: 16,
         kv_cache_bytes: args.kv_cache_mib << 20,
         max_waiting: args.max_queue,

@@ -50,6 +50,15 @@ impl SamplingParams {
         Self { temperature: 0.0, ..Self::default() }
     }
 
+    /// [`SamplingParams::validate`], and that every biased token is in a vocabulary of `vocab`.
+    pub fn validate_for(&self, vocab: usize) -> Result<(), SamplerError> {
+        self.validate()?;
+        if let Some(&(id, _)) = self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+            return Err(SamplerError::BiasToken { id, vocab });
+        }
+        Ok(())
+    }
+
     /// Checks ranges; the error names the parameter and its value.
     pub fn validate(&self) -> Result<(), SamplerError> {
         let bad = |name: &'static str, value: f32, range: &'static str| {
@@ -98,10 +107,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams, vocab: usize) -> Result<Self, SamplerError> {
-        params.validate()?;
-        if let Some(&(id, _)) = params.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
-            return Err(SamplerError::BiasToken { id, vocab });
-        }
+        params.validate_for(vocab)?;
         let seed = params.seed.unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
         });

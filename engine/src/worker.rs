@@ -283,10 +283,7 @@ fn validate(req: &Request, info: &ModelInfo) -> Result<(), SubmitError> {
     if prompt + max_tokens > info.kv_capacity {
         return Err(AdmitError::TooLong { positions: prompt + max_tokens, capacity: info.kv_capacity }.into());
     }
-    req.params.sampling.validate()?;
-    if let Some(&(id, _)) = req.params.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= info.vocab_size) {
-        return Err(SamplerError::BiasToken { id, vocab: info.vocab_size }.into());
-    }
+    req.params.sampling.validate_for(info.vocab_size)?;
     Ok(())
 }
 

@@ -71,13 +71,7 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
     let event = cloudevents::binding::http::to_event(headers, body.to_vec())
         .map_err(|e| ApiError::invalid("cloudevent", format!("not a CloudEvent (binary or structured mode): {e}")))?;
     let kind = event.ty();
-    let triggers = &state.config().event_types;
-    if !triggers.is_empty() && !triggers.iter().any(|t| event_matches(t, kind)) {
-        return Err(ApiError::invalid(
-            "type",
-            format!("event type `{kind}` is not a trigger of this function (it takes: {})", triggers.join(", ")),
-        ));
-    }
+    check_trigger(state, kind)?;
     tracing::info!(id = event.id(), r#type = kind, source = %event.source(), "cloudevent received");
     if !KNOWN_TYPES.contains(&kind) {
         return Err(ApiError::invalid(
@@ -120,19 +114,13 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
 
 /// AWS's own event shapes (S3 notifications, EventBridge `Object Created`): one job per object.
 fn start_aws(state: &AppState, jobs: Vec<batches::ObjectJob>) -> Result<Response, ApiError> {
-    let triggers = &state.config().event_types;
     let Some(runner) = state.inner.batches.get() else {
         let body = serde_json::json!({"status": "not_processed", "message": "this server runs no batch jobs"});
         return Ok((StatusCode::NOT_IMPLEMENTED, axum::Json(body)).into_response());
     };
     let mut started = Vec::new();
     for job in jobs {
-        if !triggers.is_empty() && !triggers.iter().any(|t| event_matches(t, &job.kind)) {
-            return Err(ApiError::invalid(
-                "type",
-                format!("event type `{}` is not a trigger of this function", job.kind),
-            ));
-        }
+        check_trigger(state, &job.kind)?;
         started.push(runner.start(&job.input, &job.output, &job.kind)?);
     }
     let body = serde_json::json!({"status": "accepted", "batches": started});
@@ -143,8 +131,14 @@ fn start_aws(state: &AppState, jobs: Vec<batches::ObjectJob>) -> Result<Response
 const KNOWN_TYPES: [&str; 3] =
     ["dev.realm.batch.v1.requested", "google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated"];
 
-/// Event types from the manifest against what arrives: Realm's short names for the S3
-/// notification family match any of its `ObjectCreated:*` events.
-fn event_matches(trigger: &str, kind: &str) -> bool {
-    trigger == kind
+/// Refuses an event type the function's manifest does not list (no list takes any).
+fn check_trigger(state: &AppState, kind: &str) -> Result<(), ApiError> {
+    let triggers = &state.config().event_types;
+    if triggers.is_empty() || triggers.iter().any(|t| t == kind) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "type",
+        format!("event type `{kind}` is not a trigger of this function (it takes: {})", triggers.join(", ")),
+    ))
 }

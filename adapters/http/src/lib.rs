@@ -20,7 +20,7 @@ pub mod response;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -286,16 +286,4 @@ fn note_first_token(state: &AppState) {
     if startup.first_token.get().is_none() {
         let _ = startup.first_token.set(startup.process_start.elapsed());
     }
-}
-
-/// Bounded wait used by graceful shutdown: true when every request has finished in time.
-pub async fn wait_for_idle(state: &AppState, grace: Duration) -> bool {
-    let deadline = Instant::now() + grace;
-    while state.engine().in_flight() > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }

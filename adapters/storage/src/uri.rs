@@ -57,11 +57,6 @@ impl ObjectUri {
         Ok(Self { scheme, bucket: bucket.to_string(), key: key.to_string() })
     }
 
-    /// A URI for `key` in the same bucket (or, for files, a path beside the root).
-    pub fn with_key(&self, key: &str) -> Self {
-        Self { scheme: self.scheme, bucket: self.bucket.clone(), key: key.to_string() }
-    }
-
     /// Where a local store's keys are resolved: `/` for files, so keys are absolute paths.
     pub(crate) fn root(&self) -> PathBuf {
         PathBuf::from("/")
