@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use realm_kernels::Device;
 use realm_kernels::cpu::{Activations, Cpu};
 
 use crate::chat::{ChatError, ChatTemplate};
@@ -98,7 +99,7 @@ pub struct Generation {
 pub struct Engine {
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Arc<ChatTemplate>,
-    model: Llama<Cpu>,
+    model: Llama<Device>,
 }
 
 impl Engine {
@@ -110,11 +111,11 @@ impl Engine {
             Precision::Exact => Activations::F32,
             Precision::Fast => Activations::Q8,
         };
-        let model = Llama::load(&file, Cpu::new(options.threads, activations)?)?;
+        let model = Llama::load(&file, Device::Cpu(Cpu::new(options.threads, activations)?))?;
         Ok(Self { tokenizer: Arc::new(tokenizer), chat_template: Arc::new(chat_template), model })
     }
 
-    pub(crate) fn model(&self) -> &Llama<Cpu> {
+    pub(crate) fn model(&self) -> &Llama<Device> {
         &self.model
     }
 
@@ -142,7 +143,7 @@ impl Engine {
     /// Logits after every token of `tokens` (row after row, `vocab_size` each), from a fresh
     /// sequence: scoring and teacher forcing.
     pub fn score(&self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let mut cache = self.model.new_cache();
+        let mut cache = self.model.new_cache()?;
         let mut step = [SeqStep { cache: &mut cache, tokens, logits: Logits::All }];
         let mut out = self.model.forward(&mut step)?;
         Ok(out.pop().unwrap_or_default())
@@ -167,7 +168,7 @@ impl Engine {
         let mut sampler = Sampler::new(params.sampling.clone(), vocab)?;
         let mut stops = StopMatcher::new(&params.stop);
         let mut decoder = self.tokenizer.stream_decoder();
-        let mut cache = self.model.new_cache();
+        let mut cache = self.model.new_cache()?;
         let mut history = prompt.to_vec();
         let mut ids = Vec::new();
         let mut text = String::new();

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use realm_kernels::cpu::Cpu;
+use realm_kernels::Device;
 use tokio::sync::{mpsc, watch};
 
 use crate::chat::ChatTemplate;
 use crate::engine::{Engine, FinishReason, GenerateParams};
-use crate::model::{KvCache, Logits, SeqStep};
+use crate::model::{KvCache, Logits, ModelError, SeqStep};
 use crate::sampler::{Sampler, SamplerError};
 use crate::scheduler::{AdmitError, BatchItem, Scheduler, SchedulerConfig, SeqId};
 use crate::stop::StopMatcher;
@@ -292,7 +292,7 @@ struct Seq<'t> {
     req: Request,
     /// Prompt, then generated tokens.
     tokens: Vec<u32>,
-    cache: KvCache<Cpu>,
+    cache: KvCache<Device>,
     sampler: Sampler,
     stops: StopMatcher,
     decoder: StreamDecoder<'t>,
@@ -316,7 +316,7 @@ struct Worker<'e> {
     next_id: SeqId,
     stats: Arc<WorkerStats>,
     /// Caches of finished sequences, kept for reuse so steady serving does not allocate.
-    spare_caches: Vec<KvCache<Cpu>>,
+    spare_caches: Vec<KvCache<Device>>,
 }
 
 impl<'e> Worker<'e> {
@@ -379,13 +379,19 @@ impl<'e> Worker<'e> {
                 return;
             }
         };
+        let cache = match self.new_cache() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = events.try_send(Event::Failed(e.to_string()));
+                return;
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
         if let Err(e) = self.scheduler.add(id, req.prompt.len(), req.prompt.len() + req.params.max_tokens) {
             let _ = events.try_send(Event::Failed(e.to_string()));
             return;
         }
-        let cache = self.new_cache();
         let seq = Seq {
             tokens: req.prompt.clone(),
             stops: StopMatcher::new(&req.params.stop),
@@ -400,8 +406,11 @@ impl<'e> Worker<'e> {
         self.seqs.insert(id, seq);
     }
 
-    fn new_cache(&mut self) -> KvCache<Cpu> {
-        self.spare_caches.pop().unwrap_or_else(|| self.engine.model().new_cache())
+    fn new_cache(&mut self) -> Result<KvCache<Device>, ModelError> {
+        match self.spare_caches.pop() {
+            Some(c) => Ok(c),
+            None => self.engine.model().new_cache(),
+        }
     }
 
     fn retire(&mut self, id: SeqId) {
@@ -455,7 +464,7 @@ impl<'e> Worker<'e> {
             batch.items.into_iter().filter_map(|item| self.seqs.remove(&item.id).map(|s| (item, s))).collect();
         let modes: Vec<Logits> = taken.iter().map(|(item, seq)| logits_mode(item, seq)).collect();
         let result = {
-            let mut steps: Vec<SeqStep<'_, Cpu>> = taken
+            let mut steps: Vec<SeqStep<'_, Device>> = taken
                 .iter_mut()
                 .zip(&modes)
                 .map(|((item, seq), &logits)| SeqStep {

@@ -13,18 +13,27 @@ pub enum KernelError {
     Quant(#[from] QuantError),
     #[error("{op}: {reason}")]
     Shape { op: &'static str, reason: String },
+    /// The device, its driver or its kernel compiler failed or is missing.
+    #[error("{backend}: {reason}")]
+    Device { backend: BackendKind, reason: String },
 }
 
 /// Which implementation runs the ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     Cpu,
+    /// NVIDIA GPUs through the CUDA driver API (feature `cuda`).
+    Cuda,
+    /// Vulkan, Metal, DX12 or browser WebGPU through `wgpu` (feature `wgpu`).
+    Wgpu,
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BackendKind::Cpu => f.write_str("cpu"),
+            BackendKind::Cuda => f.write_str("cuda"),
+            BackendKind::Wgpu => f.write_str("wgpu"),
         }
     }
 }
@@ -122,10 +131,22 @@ pub struct SeqRows {
     pub first_pos: usize,
 }
 
-/// One layer's cached keys and values for one sequence, a row per position.
+/// One layer's cached keys and values for one sequence, a row per position. The ops borrow
+/// it as `KvLayer<&T>` or `KvLayer<&mut T>`.
+#[derive(Clone, Copy)]
 pub struct KvLayer<T> {
     pub k: T,
     pub v: T,
+}
+
+impl<T> KvLayer<T> {
+    pub fn as_ref(&self) -> KvLayer<&T> {
+        KvLayer { k: &self.k, v: &self.v }
+    }
+
+    pub fn as_mut(&mut self) -> KvLayer<&mut T> {
+        KvLayer { k: &mut self.k, v: &mut self.v }
+    }
 }
 
 /// Shape of one attention call.
@@ -147,7 +168,10 @@ pub trait Backend: Send {
 
     fn load_weight(&self, w: &QTensor, inputs: Inputs) -> Result<Self::Weight, KernelError>;
 
-    fn zeros(&self, len: usize) -> Self::Tensor;
+    fn zeros(&self, len: usize) -> Result<Self::Tensor, KernelError>;
+
+    /// A tensor holding `data` (host to device).
+    fn upload(&self, data: &[f32]) -> Result<Self::Tensor, KernelError>;
 
     /// `out[i] = table[ids[i]]` (rows dequantized).
     fn embed(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Tensor) -> Result<(), KernelError>;
@@ -183,7 +207,7 @@ pub trait Backend: Send {
     /// when needed.
     fn kv_write(
         &self,
-        cache: &mut KvLayer<Self::Tensor>,
+        cache: KvLayer<&mut Self::Tensor>,
         k: &Self::Tensor,
         v: &Self::Tensor,
         rows: SeqRows,
@@ -195,7 +219,7 @@ pub trait Backend: Send {
     fn attention(
         &self,
         q: &Self::Tensor,
-        cache: &KvLayer<Self::Tensor>,
+        cache: KvLayer<&Self::Tensor>,
         rows: SeqRows,
         shape: AttentionShape,
         out: &mut Self::Tensor,
@@ -206,7 +230,7 @@ pub trait Backend: Send {
     fn attention_many(
         &self,
         q: &Self::Tensor,
-        seqs: &[(&KvLayer<Self::Tensor>, SeqRows)],
+        seqs: &[(KvLayer<&Self::Tensor>, SeqRows)],
         shape: AttentionShape,
         out: &mut Self::Tensor,
     ) -> Result<(), KernelError> {

@@ -4,9 +4,15 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod quant;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows, SharedBytes,
 };
+pub use device::{Device, DeviceTensor, DeviceWeight};
 pub use quant::{GgmlType, QuantError};

@@ -121,12 +121,11 @@ impl<B: Backend> Llama<B> {
         &self.backend
     }
 
-    pub fn new_cache(&self) -> KvCache<B> {
-        let n = self.config.n_layer;
-        KvCache {
-            layers: (0..n).map(|_| KvLayer { k: self.backend.zeros(0), v: self.backend.zeros(0) }).collect(),
-            len: 0,
-        }
+    pub fn new_cache(&self) -> Result<KvCache<B>, ModelError> {
+        let layers = (0..self.config.n_layer)
+            .map(|_| Ok(KvLayer { k: self.backend.zeros(0)?, v: self.backend.zeros(0)? }))
+            .collect::<Result<_, ModelError>>()?;
+        Ok(KvCache { layers, len: 0 })
     }
 
     /// Runs one step over every sequence in `steps` and returns, per sequence, its logits
@@ -157,15 +156,15 @@ impl<B: Backend> Llama<B> {
             }
         }
         let n = ids.len();
-        let mut x = b.zeros(n * dim);
-        let mut xn = b.zeros(n * dim);
-        let mut q = b.zeros(n * dim);
-        let mut k = b.zeros(n * kv_dim);
-        let mut v = b.zeros(n * kv_dim);
-        let mut att = b.zeros(n * dim);
-        let mut proj = b.zeros(n * dim);
-        let mut gate = b.zeros(n * ffn);
-        let mut up = b.zeros(n * ffn);
+        let mut x = b.zeros(n * dim)?;
+        let mut xn = b.zeros(n * dim)?;
+        let mut q = b.zeros(n * dim)?;
+        let mut k = b.zeros(n * kv_dim)?;
+        let mut v = b.zeros(n * kv_dim)?;
+        let mut att = b.zeros(n * dim)?;
+        let mut proj = b.zeros(n * dim)?;
+        let mut gate = b.zeros(n * ffn)?;
+        let mut up = b.zeros(n * ffn)?;
         b.embed(&self.token_embd, &ids, &mut x)?;
         let shape = AttentionShape { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: c.head_dim };
 
@@ -179,11 +178,12 @@ impl<B: Backend> Llama<B> {
             for s in steps.iter_mut() {
                 let t = s.tokens.len();
                 let rows = SeqRows { row, n: t, first_pos: s.cache.len };
-                b.kv_write(&mut s.cache.layers[li], &k, &v, rows, kv_dim)?;
+                b.kv_write(s.cache.layers[li].as_mut(), &k, &v, rows, kv_dim)?;
                 seq_rows.push(rows);
                 row += t;
             }
-            let seqs: Vec<_> = steps.iter().zip(seq_rows).map(|(s, rows)| (&s.cache.layers[li], rows)).collect();
+            let seqs: Vec<_> =
+                steps.iter().zip(seq_rows).map(|(s, rows)| (s.cache.layers[li].as_ref(), rows)).collect();
             b.attention_many(&q, &seqs, shape, &mut att)?;
             b.matmul(&layer.wo, &att, n, &mut proj)?;
             b.add(&mut x, &proj, n * dim)?;
@@ -213,10 +213,10 @@ impl<B: Backend> Llama<B> {
         if wanted.is_empty() {
             return Ok(steps.iter().map(|_| Vec::new()).collect());
         }
-        let mut gathered = b.zeros(wanted.len() * dim);
+        let mut gathered = b.zeros(wanted.len() * dim)?;
         b.gather_rows(&x, &wanted, dim, &mut gathered)?;
         b.rms_norm(&gathered, &self.output_norm, c.rms_eps, &mut xn)?;
-        let mut logits = b.zeros(wanted.len() * c.vocab_size);
+        let mut logits = b.zeros(wanted.len() * c.vocab_size)?;
         b.matmul(&self.output, &xn, wanted.len(), &mut logits)?;
 
         let mut host = Vec::with_capacity(c.vocab_size);

@@ -250,8 +250,12 @@ impl Backend for Cpu {
         Ok(CpuWeight { q: w.clone(), dense, inputs })
     }
 
-    fn zeros(&self, len: usize) -> Vec<f32> {
-        vec![0.0; len]
+    fn zeros(&self, len: usize) -> Result<Vec<f32>, KernelError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>, KernelError> {
+        Ok(data.to_vec())
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut Vec<f32>) -> Result<(), KernelError> {
@@ -385,7 +389,7 @@ impl Backend for Cpu {
 
     fn kv_write(
         &self,
-        cache: &mut KvLayer<Vec<f32>>,
+        cache: KvLayer<&mut Vec<f32>>,
         k: &Vec<f32>,
         v: &Vec<f32>,
         rows: SeqRows,
@@ -394,7 +398,7 @@ impl Backend for Cpu {
         let SeqRows { row, n, first_pos } = rows;
         let src = row * row_len..(row + n) * row_len;
         let dst = first_pos * row_len..(first_pos + n) * row_len;
-        for (cached, new) in [(&mut cache.k, k), (&mut cache.v, v)] {
+        for (cached, new) in [(cache.k, k), (cache.v, v)] {
             check_len("kv_write", "source", new.len(), src.end)?;
             if cached.len() < dst.end {
                 cached.resize(dst.end, 0.0);
@@ -407,7 +411,7 @@ impl Backend for Cpu {
     fn attention(
         &self,
         q: &Vec<f32>,
-        cache: &KvLayer<Vec<f32>>,
+        cache: KvLayer<&Vec<f32>>,
         rows: SeqRows,
         shape: AttentionShape,
         out: &mut Vec<f32>,
@@ -418,7 +422,7 @@ impl Backend for Cpu {
     fn attention_many(
         &self,
         q: &Vec<f32>,
-        seqs: &[(&KvLayer<Vec<f32>>, SeqRows)],
+        seqs: &[(KvLayer<&Vec<f32>>, SeqRows)],
         shape: AttentionShape,
         out: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
@@ -464,7 +468,7 @@ impl Backend for Cpu {
             let visible = first_pos + t + 1;
             let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
             let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
-            let kv = HeadRows { k: &cache.k, v: &cache.v, stride: kv_len, offset: g * head_dim, len: head_dim };
+            let kv = HeadRows { k: cache.k, v: cache.v, stride: kv_len, offset: g * head_dim, len: head_dim };
             attend_partial(qg, &kv, positions, scale, &mut part);
         });
         let mut first = 0;
@@ -586,7 +590,7 @@ mod tests {
         let mut out = vec![0.0; n * 24];
         let cache = KvLayer { k: k.clone(), v: v.clone() };
         let rows = SeqRows { row: 0, n, first_pos: first };
-        backend().attention(&q, &cache, rows, shape, &mut out).expect("attention");
+        backend().attention(&q, cache.as_ref(), rows, shape, &mut out).expect("attention");
         let want = naive_attention(&q, &k, &v, n, first, shape);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < TOL, "{a} vs {b}");
@@ -599,7 +603,7 @@ mod tests {
         let mut out = vec![0.0; 4];
         let cache = KvLayer { k: vec![0.0; 2], v: vec![0.0; 2] };
         let rows = SeqRows { row: 0, n: 1, first_pos: 5 };
-        let err = backend().attention(&vec![0.0; 4], &cache, rows, shape, &mut out);
+        let err = backend().attention(&vec![0.0; 4], cache.as_ref(), rows, shape, &mut out);
         assert!(matches!(err, Err(KernelError::Shape { op: "attention", .. })));
     }
 

@@ -1,0 +1,250 @@
+//! One [`Backend`] that is whichever backend was chosen at start, so the engine is written
+//! once and the choice (`--backend`) is made at run time. Each op dispatches with one `match`
+//! per call, which is nothing next to the op itself.
+
+use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::cpu::{Cpu, CpuWeight};
+#[cfg(feature = "cuda")]
+use crate::cuda::{Cuda, CudaTensor, CudaWeight};
+#[cfg(feature = "wgpu")]
+use crate::wgpu::{Wgpu, WgpuTensor, WgpuWeight};
+
+pub enum Device {
+    Cpu(Cpu),
+    #[cfg(feature = "cuda")]
+    Cuda(Cuda),
+    #[cfg(feature = "wgpu")]
+    Wgpu(Wgpu),
+}
+
+pub enum DeviceTensor {
+    Cpu(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaTensor),
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuTensor),
+}
+
+pub enum DeviceWeight {
+    Cpu(CpuWeight),
+    #[cfg(feature = "cuda")]
+    Cuda(CudaWeight),
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuWeight),
+}
+
+impl Device {
+    /// CPU threads the backend runs on (a GPU backend's host side counts as one).
+    pub fn threads(&self) -> usize {
+        match self {
+            Device::Cpu(c) => c.threads(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => 1,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(_) => 1,
+        }
+    }
+}
+
+/// The part of a `DeviceTensor`/`DeviceWeight` that belongs to one backend, or an error when
+/// a tensor of another backend is passed in (which the engine never does).
+trait Part<T> {
+    fn part(self) -> Result<T, KernelError>;
+}
+
+macro_rules! parts {
+    ($variant:ident, $kind:expr, $tensor:ty, $weight:ty) => {
+        impl<'a> Part<&'a $tensor> for &'a DeviceTensor {
+            fn part(self) -> Result<&'a $tensor, KernelError> {
+                match self {
+                    DeviceTensor::$variant(t) => Ok(t),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(foreign($kind)),
+                }
+            }
+        }
+        impl<'a> Part<&'a mut $tensor> for &'a mut DeviceTensor {
+            fn part(self) -> Result<&'a mut $tensor, KernelError> {
+                match self {
+                    DeviceTensor::$variant(t) => Ok(t),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(foreign($kind)),
+                }
+            }
+        }
+        impl<'a> Part<&'a $weight> for &'a DeviceWeight {
+            fn part(self) -> Result<&'a $weight, KernelError> {
+                match self {
+                    DeviceWeight::$variant(w) => Ok(w),
+                    #[allow(unreachable_patterns)]
+                    _ => Err(foreign($kind)),
+                }
+            }
+        }
+    };
+}
+
+fn foreign(backend: BackendKind) -> KernelError {
+    KernelError::Device { backend, reason: "a tensor of another backend was passed in".into() }
+}
+
+parts!(Cpu, BackendKind::Cpu, Vec<f32>, CpuWeight);
+#[cfg(feature = "cuda")]
+parts!(Cuda, BackendKind::Cuda, CudaTensor, CudaWeight);
+#[cfg(feature = "wgpu")]
+parts!(Wgpu, BackendKind::Wgpu, WgpuTensor, WgpuWeight);
+
+/// Runs `$body` with `$b` bound to the chosen backend.
+macro_rules! dispatch {
+    ($self:expr, |$b:ident| $body:expr) => {
+        match $self {
+            Device::Cpu($b) => $body,
+            #[cfg(feature = "cuda")]
+            Device::Cuda($b) => $body,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu($b) => $body,
+        }
+    };
+}
+
+impl Backend for Device {
+    type Tensor = DeviceTensor;
+    type Weight = DeviceWeight;
+
+    fn kind(&self) -> BackendKind {
+        dispatch!(self, |b| b.kind())
+    }
+
+    fn load_weight(&self, w: &QTensor, inputs: Inputs) -> Result<DeviceWeight, KernelError> {
+        match self {
+            Device::Cpu(b) => b.load_weight(w, inputs).map(DeviceWeight::Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.load_weight(w, inputs).map(DeviceWeight::Cuda),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(b) => b.load_weight(w, inputs).map(DeviceWeight::Wgpu),
+        }
+    }
+
+    fn zeros(&self, len: usize) -> Result<DeviceTensor, KernelError> {
+        match self {
+            Device::Cpu(b) => b.zeros(len).map(DeviceTensor::Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.zeros(len).map(DeviceTensor::Cuda),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(b) => b.zeros(len).map(DeviceTensor::Wgpu),
+        }
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<DeviceTensor, KernelError> {
+        match self {
+            Device::Cpu(b) => b.upload(data).map(DeviceTensor::Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => b.upload(data).map(DeviceTensor::Cuda),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(b) => b.upload(data).map(DeviceTensor::Wgpu),
+        }
+    }
+
+    fn embed(&self, table: &DeviceWeight, ids: &[u32], out: &mut DeviceTensor) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.embed(table.part()?, ids, out.part()?))
+    }
+
+    fn rms_norm(
+        &self,
+        x: &DeviceTensor,
+        w: &DeviceWeight,
+        eps: f32,
+        out: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.rms_norm(x.part()?, w.part()?, eps, out.part()?))
+    }
+
+    fn matmul(&self, w: &DeviceWeight, x: &DeviceTensor, n: usize, out: &mut DeviceTensor) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.matmul(w.part()?, x.part()?, n, out.part()?))
+    }
+
+    fn matmuls(
+        &self,
+        x: &DeviceTensor,
+        n: usize,
+        jobs: &mut [(&DeviceWeight, &mut DeviceTensor)],
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = Vec::with_capacity(jobs.len());
+            for (w, out) in jobs.iter_mut() {
+                own.push(((*w).part()?, (&mut **out).part()?));
+            }
+            b.matmuls(x.part()?, n, &mut own)
+        })
+    }
+
+    fn rope(&self, x: &mut DeviceTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.rope(x.part()?, head_dim, positions, rope))
+    }
+
+    fn kv_write(
+        &self,
+        cache: KvLayer<&mut DeviceTensor>,
+        k: &DeviceTensor,
+        vv: &DeviceTensor,
+        rows: SeqRows,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let cache = KvLayer { k: cache.k.part()?, v: cache.v.part()? };
+            b.kv_write(cache, k.part()?, vv.part()?, rows, row_len)
+        })
+    }
+
+    fn attention(
+        &self,
+        q: &DeviceTensor,
+        cache: KvLayer<&DeviceTensor>,
+        rows: SeqRows,
+        shape: AttentionShape,
+        out: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let cache = KvLayer { k: cache.k.part()?, v: cache.v.part()? };
+            b.attention(q.part()?, cache, rows, shape, out.part()?)
+        })
+    }
+
+    fn attention_many(
+        &self,
+        q: &DeviceTensor,
+        seqs: &[(KvLayer<&DeviceTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = Vec::with_capacity(seqs.len());
+            for (cache, rows) in seqs {
+                own.push((KvLayer { k: cache.k.part()?, v: cache.v.part()? }, *rows));
+            }
+            b.attention_many(q.part()?, &own, shape, out.part()?)
+        })
+    }
+
+    fn gather_rows(
+        &self,
+        src: &DeviceTensor,
+        rows: &[usize],
+        row_len: usize,
+        out: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.gather_rows(src.part()?, rows, row_len, out.part()?))
+    }
+
+    fn silu_mul(&self, gate: &mut DeviceTensor, up: &DeviceTensor, len: usize) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.silu_mul(gate.part()?, up.part()?, len))
+    }
+
+    fn add(&self, x: &mut DeviceTensor, y: &DeviceTensor, len: usize) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.add(x.part()?, y.part()?, len))
+    }
+
+    fn read_row(&self, t: &DeviceTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.read_row(t.part()?, row, row_len, out))
+    }
+}

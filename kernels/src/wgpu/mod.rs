@@ -1,0 +1,1 @@
+//! Placeholder until the wgpu backend lands.
