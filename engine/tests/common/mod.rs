@@ -28,9 +28,14 @@ pub fn default_model_path() -> PathBuf {
     path
 }
 
-/// A file of `../shared/golden/` (the folder beside the repository root).
+/// A file of `../shared/golden/` (the folder beside the repository root), or of
+/// `$REALM_GOLDEN_DIR` where the tests run away from the checkout (a GPU machine).
 pub fn golden_path(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden").join(name);
+    let dir = match std::env::var_os("REALM_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    };
+    let path = dir.join(name);
     assert!(
         path.is_file(),
         "golden file {} is missing: the shared/ folder must sit beside the repository",
