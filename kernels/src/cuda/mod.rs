@@ -1,1 +1,538 @@
-//! Placeholder until the CUDA backend lands.
+//! The CUDA backend: `kernels.cu` compiled at start by NVRTC for the device's architecture
+//! (PTX cached on disk), run through the driver API on one stream. The CUDA libraries are
+//! loaded at run time; every entry point first checks they are there, because cudarc panics
+//! instead of failing when one is missing.
+//!
+//! Weights stay in their GGML blocks in device memory (F32, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K and
+//! Q6_K have kernels; other types are dequantized to f32 at load). Activations and the KV cache
+//! are f32, so the GPU computes what the exact CPU path computes, up to summation order.
+
+mod cache;
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::quant::{GgmlType, dequantize_row};
+
+/// The kernels' source, as NVRTC compiles it.
+pub const KERNELS_CU: &str = include_str!("kernels.cu");
+
+/// Every `extern "C"` kernel of [`KERNELS_CU`] the backend launches.
+pub const KERNEL_NAMES: &[&str] = &[
+    "matmul_f32",
+    "matmul_q4_0",
+    "matmul_q4_1",
+    "matmul_q8_0",
+    "matmul_q4_k",
+    "matmul_q5_k",
+    "matmul_q6_k",
+    "embed_f32",
+    "embed_q4_0",
+    "embed_q4_1",
+    "embed_q8_0",
+    "embed_q4_k",
+    "embed_q5_k",
+    "embed_q6_k",
+    "rms_norm",
+    "silu_mul",
+    "add",
+    "rope",
+    "attention",
+];
+
+/// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`/`embed_*`
+/// names above.
+const KERNEL_TYPES: [GgmlType; 7] =
+    [GgmlType::F32, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+
+/// Warps (weight rows) per matmul block and input rows per matmul block (`MM_WARPS`,
+/// `MM_TILE` in kernels.cu).
+const MM_WARPS: u32 = 4;
+const MM_TILE: u32 = 8;
+/// Threads per attention block and the largest head it takes (`AT_WARPS * 32`, `AT_MAX_DIM`).
+const AT_THREADS: u32 = 128;
+const AT_MAX_DIM: usize = 256;
+
+fn device_err(reason: impl Into<String>) -> KernelError {
+    KernelError::Device { backend: BackendKind::Cuda, reason: reason.into() }
+}
+
+fn driver_err(what: &str, e: DriverError) -> KernelError {
+    device_err(format!("{what}: {e}"))
+}
+
+fn shape_err(op: &'static str, reason: String) -> KernelError {
+    KernelError::Shape { op, reason }
+}
+
+fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
+    if have < need {
+        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
+    }
+    Ok(())
+}
+
+fn to_i32(op: &'static str, v: usize) -> Result<i32, KernelError> {
+    i32::try_from(v).map_err(|_| shape_err(op, format!("{v} is too large for a kernel argument")))
+}
+
+/// Whether the CUDA driver library can be loaded here.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library by its usual names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether NVRTC can be loaded here.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: as above.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles [`KERNELS_CU`] to PTX for `arch` (`sm_90`, `compute_80`...). Needs NVRTC only,
+/// no GPU: CI checks every kernel compiles this way.
+pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
+    if !nvrtc_present() {
+        return Err(device_err("NVRTC (libnvrtc) is not installed or not on the library path"));
+    }
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some("kernels.cu".into()),
+        ..CompileOptions::default()
+    };
+    match cudarc::nvrtc::compile_ptx_with_opts(KERNELS_CU, opts) {
+        Ok(ptx) => Ok(ptx.to_src()),
+        Err(CompileError::CompileError { log, .. }) => {
+            Err(device_err(format!("NVRTC failed to compile kernels.cu for {arch}:\n{}", log.to_string_lossy())))
+        }
+        Err(e) => Err(device_err(format!("NVRTC: {e:?}"))),
+    }
+}
+
+struct Kernels {
+    matmul: Vec<CudaFunction>,
+    embed: Vec<CudaFunction>,
+    rms_norm: CudaFunction,
+    silu_mul: CudaFunction,
+    add: CudaFunction,
+    rope: CudaFunction,
+    attention: CudaFunction,
+}
+
+pub struct Cuda {
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    description: String,
+}
+
+/// An f32 tensor in device memory. `len` elements are in use; a KV cache keeps spare
+/// capacity beyond them so appending rarely reallocates.
+pub struct CudaTensor {
+    buf: Option<CudaSlice<f32>>,
+    len: usize,
+}
+
+impl CudaTensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub struct CudaWeight {
+    /// The format the bytes are in on the device (f32 where the file's has no kernel).
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    bytes: CudaSlice<u8>,
+}
+
+fn kernel_index(ty: GgmlType) -> Option<usize> {
+    KERNEL_TYPES.iter().position(|&t| t == ty)
+}
+
+impl Cuda {
+    /// Opens GPU `ordinal`, compiling (or loading cached) kernels for its architecture.
+    pub fn new(ordinal: usize) -> Result<Self, KernelError> {
+        if !driver_present() {
+            return Err(device_err("the CUDA driver (libcuda) is not installed or not on the library path"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| driver_err(&format!("opening GPU {ordinal}"), e))?;
+        // One stream orders everything, so cudarc's per-buffer event tracking only costs time.
+        // SAFETY: no buffer is shared with another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
+        let name = ctx.name().map_err(|e| driver_err("reading the device name", e))?;
+        let arch = format!("sm_{major}{minor}");
+        let (ptx, cached) = cache::ptx_for(&arch, || compile_ptx(&arch))?;
+        let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| driver_err("loading the kernels' PTX", e))?;
+        let load = |n: &str| module.load_function(n).map_err(|e| driver_err(&format!("kernel {n}"), e));
+        let kernels = Kernels {
+            matmul: KERNEL_NAMES[..7].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
+            embed: KERNEL_NAMES[7..14].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
+            rms_norm: load("rms_norm")?,
+            silu_mul: load("silu_mul")?,
+            add: load("add")?,
+            rope: load("rope")?,
+            attention: load("attention")?,
+        };
+        let description = format!(
+            "{name} (sm_{major}{minor}, kernels {})",
+            if cached { "from the PTX cache" } else { "compiled by NVRTC" }
+        );
+        Ok(Self { stream: ctx.default_stream(), kernels, description })
+    }
+
+    /// The device and how its kernels were obtained, for the start-up log line.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Waits for every queued kernel (benchmarks time whole steps with it).
+    pub fn synchronize(&self) -> Result<(), KernelError> {
+        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+    }
+
+    fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        self.stream.alloc_zeros(len).map(Some).map_err(|e| driver_err(&format!("allocating {len} floats"), e))
+    }
+
+    fn upload_u32(&self, data: &[u32]) -> Result<CudaSlice<u32>, KernelError> {
+        self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
+    }
+
+}
+
+/// Queues kernel `$f` with its arguments, in the order the kernel declares them.
+macro_rules! launch {
+    ($self:expr, $f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut b = $self.stream.launch_builder($f);
+        $( b.arg($arg); )+
+        // SAFETY: every caller passes the arguments its kernel declares, in order, and has
+        // checked the buffers hold what the launch reads and writes.
+        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
+    }};
+}
+
+fn buf<'a>(op: &'static str, t: &'a CudaTensor) -> Result<&'a CudaSlice<f32>, KernelError> {
+    t.buf.as_ref().ok_or_else(|| shape_err(op, "tensor is empty".into()))
+}
+
+fn buf_mut<'a>(op: &'static str, t: &'a mut CudaTensor) -> Result<&'a mut CudaSlice<f32>, KernelError> {
+    t.buf.as_mut().ok_or_else(|| shape_err(op, "tensor is empty".into()))
+}
+
+fn grid_1d(len: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (len.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn load_weight(&self, w: &QTensor, _inputs: Inputs) -> Result<CudaWeight, KernelError> {
+        let native = kernel_index(w.ty).is_some() && w.rows > 1 && w.cols.is_multiple_of(32);
+        let (ty, host): (GgmlType, std::borrow::Cow<'_, [u8]>) = if native {
+            (w.ty, w.bytes.as_slice().into())
+        } else {
+            // Vectors (norm weights) and formats without a kernel go up as f32.
+            let mut row = vec![0.0f32; w.cols];
+            let mut bytes = Vec::with_capacity(w.rows * w.cols * 4);
+            for r in 0..w.rows {
+                dequantize_row(w.ty, w.row(r), &mut row)?;
+                bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            (GgmlType::F32, bytes.into())
+        };
+        if w.rows > 1 && !w.cols.is_multiple_of(32) {
+            return Err(shape_err("load_weight", format!("{} columns: the CUDA kernels need a multiple of 32", w.cols)));
+        }
+        let bytes = self.stream.clone_htod(host.as_ref()).map_err(|e| driver_err("copying a weight to the GPU", e))?;
+        let row_bytes = host.len() / w.rows.max(1);
+        Ok(CudaWeight { ty, rows: w.rows, cols: w.cols, row_bytes, bytes })
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaTensor, KernelError> {
+        Ok(CudaTensor { buf: self.alloc(len)?, len })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaTensor, KernelError> {
+        if data.is_empty() {
+            return Ok(CudaTensor { buf: None, len: 0 });
+        }
+        let buf = self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))?;
+        Ok(CudaTensor { buf: Some(buf), len: data.len() })
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaTensor) -> Result<(), KernelError> {
+        let dim = table.cols;
+        check_len("embed", "output", out.len, ids.len() * dim)?;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(shape_err("embed", format!("token id {id} is outside the {}-row table", table.rows)));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let k = kernel_index(table.ty).ok_or_else(|| shape_err("embed", format!("no kernel for {}", table.ty)))?;
+        let ids_dev = self.upload_u32(ids)?;
+        let (cols, row_bytes) = (to_i32("embed", dim)?, to_i32("embed", table.row_bytes)?);
+        let out = buf_mut("embed", out)?;
+        let cfg = LaunchConfig { grid_dim: (ids.len() as u32, 1, 1), block_dim: (64, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, &self.kernels.embed[k], cfg, &table.bytes, &cols, &row_bytes, &ids_dev, out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaWeight, eps: f32, out: &mut CudaTensor) -> Result<(), KernelError> {
+        if weight.rows != 1 || weight.ty != GgmlType::F32 {
+            return Err(shape_err("rms_norm", "weight is not a vector".into()));
+        }
+        let dim = weight.cols;
+        if dim == 0 || !x.len.is_multiple_of(dim) {
+            return Err(shape_err("rms_norm", format!("input of {} elements is not rows of {dim}", x.len)));
+        }
+        check_len("rms_norm", "output", out.len, x.len)?;
+        let rows = x.len / dim;
+        if rows == 0 {
+            return Ok(());
+        }
+        let cols = to_i32("rms_norm", dim)?;
+        let (xb, ob) = (buf("rms_norm", x)?, buf_mut("rms_norm", out)?);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, &self.kernels.rms_norm, cfg, xb, &weight.bytes, &cols, &eps, ob)
+    }
+
+    fn matmuls(&self, x: &CudaTensor, n: usize, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) -> Result<(), KernelError> {
+        let Some(cols) = jobs.first().map(|(w, _)| w.cols) else { return Ok(()) };
+        check_len("matmul", "input", x.len, n * cols)?;
+        for (w, out) in jobs.iter() {
+            if w.cols != cols {
+                return Err(shape_err("matmul", format!("weights sharing an input have {} and {cols} columns", w.cols)));
+            }
+            check_len("matmul", "output", out.len, n * w.rows)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let xb = buf("matmul", x)?;
+        let (ci, ni) = (to_i32("matmul", cols)?, to_i32("matmul", n)?);
+        for (w, out) in jobs.iter_mut() {
+            let k = kernel_index(w.ty).ok_or_else(|| shape_err("matmul", format!("no kernel for {}", w.ty)))?;
+            let (ri, rb) = (to_i32("matmul", w.rows)?, to_i32("matmul", w.row_bytes)?);
+            let grid_y = u32::try_from(n.div_ceil(MM_TILE as usize))
+                .ok()
+                .filter(|&g| g <= 65_535)
+                .ok_or_else(|| shape_err("matmul", format!("{n} input rows are too many for one launch")))?;
+            let cfg = LaunchConfig {
+                grid_dim: ((w.rows as u32).div_ceil(MM_WARPS), grid_y, 1),
+                block_dim: (MM_WARPS * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let ob = buf_mut("matmul", out)?;
+            launch!(self, &self.kernels.matmul[k], cfg, &w.bytes, &ri, &ci, &rb, xb, &ni, ob)?;
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut CudaTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
+        let rows = positions.len();
+        if rows == 0 {
+            return Ok(());
+        }
+        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+            return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
+        }
+        if !x.len.is_multiple_of(rows) || !(x.len / rows).is_multiple_of(head_dim) {
+            return Err(shape_err("rope", format!("{} elements are not {rows} rows of {head_dim}-wide heads", x.len)));
+        }
+        let row_len = to_i32("rope", x.len / rows)?;
+        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
+        let log2_base = rope.freq_base.log2();
+        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
+        let pos = self.upload_u32(positions)?;
+        let xb = buf_mut("rope", x)?;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, &self.kernels.rope, cfg, xb, &row_len, &hd, &nr, &pos, &log2_base, &neox)
+    }
+
+    fn kv_write(
+        &self,
+        cache: KvLayer<&mut CudaTensor>,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        rows: SeqRows,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        let SeqRows { row, n, first_pos } = rows;
+        let (src_start, src_end) = (row * row_len, (row + n) * row_len);
+        let (dst_start, dst_end) = (first_pos * row_len, (first_pos + n) * row_len);
+        for (cached, new) in [(cache.k, k), (cache.v, v)] {
+            check_len("kv_write", "source", new.len, src_end)?;
+            if n == 0 || row_len == 0 {
+                continue;
+            }
+            let capacity = cached.buf.as_ref().map_or(0, |b| b.len());
+            if capacity < dst_end {
+                // Doubling keeps appends amortised O(1) however the sequence grows.
+                let mut grown = self.alloc(dst_end.max(2 * capacity).max(64 * row_len))?;
+                if let (Some(old), Some(g)) = (cached.buf.as_ref(), grown.as_mut())
+                    && cached.len > 0
+                {
+                    let (src, mut dst) = (old.try_slice(..cached.len), g.try_slice_mut(..cached.len));
+                    if let (Some(src), Some(dst)) = (src, dst.as_mut()) {
+                        self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("growing the KV cache", e))?;
+                    }
+                }
+                cached.buf = grown;
+            }
+            cached.len = cached.len.max(dst_end);
+            let src = buf("kv_write", new)?.try_slice(src_start..src_end);
+            let dst_buf = buf_mut("kv_write", cached)?;
+            let mut dst = dst_buf.try_slice_mut(dst_start..dst_end);
+            match (src, dst.as_mut()) {
+                (Some(src), Some(dst)) => {
+                    self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("writing the KV cache", e))?
+                }
+                _ => return Err(shape_err("kv_write", "rows outside the tensors".into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        cache: KvLayer<&CudaTensor>,
+        rows: SeqRows,
+        shape: AttentionShape,
+        out: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        self.attention_many(q, &[(cache, rows)], shape, out)
+    }
+
+    fn attention_many(
+        &self,
+        q: &CudaTensor,
+        seqs: &[(KvLayer<&CudaTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
+        }
+        if head_dim == 0 || head_dim > AT_MAX_DIM {
+            return Err(shape_err("attention", format!("heads of {head_dim} (the kernel takes 1..={AT_MAX_DIM})")));
+        }
+        let (q_len, kv_len) = (n_head * head_dim, n_kv_head * head_dim);
+        // Per query row: its sequence's K and V caches, its position and its row (kernels.cu's
+        // `AttnRow`: two pointers, then position and row packed in one u64).
+        let mut desc: Vec<u64> = Vec::new();
+        let stream = &self.stream;
+        let mut guards = Vec::new();
+        for (cache, rows) in seqs {
+            let SeqRows { row, n, first_pos } = *rows;
+            let n_ctx = first_pos + n;
+            check_len("attention", "q", q.len, (row + n) * q_len)?;
+            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
+            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
+            check_len("attention", "output", out.len, (row + n) * q_len)?;
+            if n == 0 {
+                continue;
+            }
+            let (k_ptr, kg) = buf("attention", cache.k)?.device_ptr(stream);
+            let (v_ptr, vg) = buf("attention", cache.v)?.device_ptr(stream);
+            guards.push((kg, vg));
+            for t in 0..n {
+                let pos = u32::try_from(first_pos + t).map_err(|_| shape_err("attention", "position overflow".into()))?;
+                let r = u32::try_from(row + t).map_err(|_| shape_err("attention", "row overflow".into()))?;
+                desc.extend([k_ptr, v_ptr, u64::from(pos) | (u64::from(r) << 32)]);
+            }
+        }
+        let total = desc.len() / 3;
+        if total == 0 {
+            return Ok(());
+        }
+        let desc_dev = stream.clone_htod(&desc).map_err(|e| driver_err("copying to the GPU", e))?;
+        let (nh, nkv, hd) = (to_i32("attention", n_head)?, to_i32("attention", n_kv_head)?, to_i32("attention", head_dim)?);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (qb, ob) = (buf("attention", q)?, buf_mut("attention", out)?);
+        let cfg = LaunchConfig {
+            grid_dim: (total as u32, n_head as u32, 1),
+            block_dim: (AT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, &self.kernels.attention, cfg, qb, &desc_dev, &nh, &nkv, &hd, &scale, ob)?;
+        drop(guards);
+        Ok(())
+    }
+
+    fn gather_rows(&self, src: &CudaTensor, rows: &[usize], row_len: usize, out: &mut CudaTensor) -> Result<(), KernelError> {
+        check_len("gather_rows", "output", out.len, rows.len() * row_len)?;
+        if let Some(&r) = rows.iter().find(|&&r| (r + 1) * row_len > src.len) {
+            return Err(shape_err("gather_rows", format!("row {r} is outside the source")));
+        }
+        if row_len == 0 || rows.is_empty() {
+            return Ok(());
+        }
+        let sb = buf("gather_rows", src)?;
+        let ob = buf_mut("gather_rows", out)?;
+        for (i, &r) in rows.iter().enumerate() {
+            let s = sb.try_slice(r * row_len..(r + 1) * row_len);
+            let mut d = ob.try_slice_mut(i * row_len..(i + 1) * row_len);
+            if let (Some(s), Some(d)) = (s, d.as_mut()) {
+                self.stream.memcpy_dtod(&s, d).map_err(|e| driver_err("gather_rows", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &mut CudaTensor, up: &CudaTensor, len: usize) -> Result<(), KernelError> {
+        check_len("silu_mul", "gate", gate.len, len)?;
+        check_len("silu_mul", "up", up.len, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let l = to_i32("silu_mul", len)?;
+        let (gb, ub) = (buf_mut("silu_mul", gate)?, buf("silu_mul", up)?);
+        launch!(self, &self.kernels.silu_mul, grid_1d(len), gb, ub, &l)
+    }
+
+    fn add(&self, x: &mut CudaTensor, y: &CudaTensor, len: usize) -> Result<(), KernelError> {
+        check_len("add", "x", x.len, len)?;
+        check_len("add", "y", y.len, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let l = to_i32("add", len)?;
+        let (xb, yb) = (buf_mut("add", x)?, buf("add", y)?);
+        launch!(self, &self.kernels.add, grid_1d(len), xb, yb, &l)
+    }
+
+    fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
+        check_len("read_row", "tensor", t.len, (row + 1) * row_len)?;
+        out.clear();
+        out.resize(row_len, 0.0);
+        if row_len == 0 {
+            return Ok(());
+        }
+        let src = buf("read_row", t)?
+            .try_slice(row * row_len..(row + 1) * row_len)
+            .ok_or_else(|| shape_err("read_row", "row outside the tensor".into()))?;
+        self.stream.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
+        self.synchronize()
+    }
+}

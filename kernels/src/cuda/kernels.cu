@@ -1,0 +1,369 @@
+// Realm's CUDA kernels, compiled at start by NVRTC for the device's architecture (no CUDA
+// headers: NVRTC finds none on a machine that only has the driver).
+//
+// Activations are f32, row-major. Weights stay in their GGML blocks in device memory and are
+// dequantized in registers, 32 elements (one "chunk") at a time: a Q4_0/Q4_1/Q8_0 block is one
+// chunk, a K-quant super-block of 256 is eight.
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define WARP 32
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float half_to_float(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// GGML blocks are only 2-byte aligned (18, 34 and 210 bytes long), so scales are read byte-wise.
+__device__ __forceinline__ float load_half(const u8* p) {
+    return half_to_float((u16)p[0] | ((u16)p[1] << 8));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// ---- dequantization of one 32-element chunk of a row ----------------------------------------
+
+enum { T_F32 = 0, T_Q4_0 = 1, T_Q4_1 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q5_K = 5, T_Q6_K = 6 };
+
+template <int T> struct Fmt;
+template <> struct Fmt<T_F32> { enum { BLOCK = 32, BYTES = 128 }; };
+template <> struct Fmt<T_Q4_0> { enum { BLOCK = 32, BYTES = 18 }; };
+template <> struct Fmt<T_Q4_1> { enum { BLOCK = 32, BYTES = 20 }; };
+template <> struct Fmt<T_Q8_0> { enum { BLOCK = 32, BYTES = 34 }; };
+template <> struct Fmt<T_Q4_K> { enum { BLOCK = 256, BYTES = 144 }; };
+template <> struct Fmt<T_Q5_K> { enum { BLOCK = 256, BYTES = 176 }; };
+template <> struct Fmt<T_Q6_K> { enum { BLOCK = 256, BYTES = 210 }; };
+
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
+__device__ __forceinline__ void scale_min_k4(int j, const u8* s, float* sc, float* m) {
+    if (j < 4) {
+        *sc = (float)(s[j] & 63);
+        *m = (float)(s[j + 4] & 63);
+    } else {
+        *sc = (float)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
+        *m = (float)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+template <int T> __device__ __forceinline__ void dequant_chunk(const u8* row, int c, float* w);
+
+template <> __device__ __forceinline__ void dequant_chunk<T_F32>(const u8* row, int c, float* w) {
+    const float4* p = (const float4*)(row + c * 128);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        float4 v = p[i];
+        w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
+    }
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q4_0>(const u8* row, int c, float* w) {
+    const u8* b = row + c * 18;
+    float d = load_half(b);
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        u8 q = b[2 + j];
+        w[j] = ((int)(q & 0xF) - 8) * d;
+        w[j + 16] = ((int)(q >> 4) - 8) * d;
+    }
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q4_1>(const u8* row, int c, float* w) {
+    const u8* b = row + c * 20;
+    float d = load_half(b), m = load_half(b + 2);
+    // 20-byte blocks keep the 16 quant bytes 4-byte aligned.
+    const u32* qs = (const u32*)(b + 4);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 q = qs[i];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u32 byte = (q >> (8 * k)) & 0xFF;
+            w[4 * i + k] = (float)(byte & 0xF) * d + m;
+            w[4 * i + k + 16] = (float)(byte >> 4) * d + m;
+        }
+    }
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q8_0>(const u8* row, int c, float* w) {
+    const u8* b = row + c * 34;
+    float d = load_half(b);
+#pragma unroll
+    for (int j = 0; j < 32; j++) w[j] = (float)(i8)b[2 + j] * d;
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q4_K>(const u8* row, int c, float* w) {
+    const u8* b = row + (c >> 3) * 144;
+    int j = c & 7;
+    float d = load_half(b), dmin = load_half(b + 2), sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    const u8* q = b + 16 + 32 * (j >> 1);
+    int shift = 4 * (j & 1);
+    float ds = d * sc, dm = dmin * m;
+#pragma unroll
+    for (int l = 0; l < 32; l++) w[l] = ds * (float)((q[l] >> shift) & 0xF) - dm;
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q5_K>(const u8* row, int c, float* w) {
+    const u8* b = row + (c >> 3) * 176;
+    int j = c & 7;
+    float d = load_half(b), dmin = load_half(b + 2), sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    const u8* qh = b + 16;
+    const u8* q = b + 48 + 32 * (j >> 1);
+    int shift = 4 * (j & 1);
+    float ds = d * sc, dm = dmin * m;
+#pragma unroll
+    for (int l = 0; l < 32; l++) {
+        int v = ((q[l] >> shift) & 0xF) + (((qh[l] >> j) & 1) << 4);
+        w[l] = ds * (float)v - dm;
+    }
+}
+
+template <> __device__ __forceinline__ void dequant_chunk<T_Q6_K>(const u8* row, int c, float* w) {
+    const u8* b = row + (c >> 3) * 210;
+    int j = c & 7;
+    int half = j >> 2, k = j & 3;
+    const u8* ql = b + 64 * half + 32 * (k & 1);
+    const u8* qh = b + 128 + 32 * half;
+    const i8* sc = (const i8*)(b + 192) + 8 * half + 2 * k;
+    float d = load_half(b + 208);
+    int nib = 4 * (k >> 1), hs = 2 * k;
+    float d0 = d * sc[0], d1 = d * sc[1];
+#pragma unroll
+    for (int l = 0; l < 32; l++) {
+        int v = (((ql[l] >> nib) & 0xF) | (((qh[l] >> hs) & 3) << 4)) - 32;
+        w[l] = (l < 16 ? d0 : d1) * (float)v;
+    }
+}
+
+// ---- matmul: out[n, rows] = x[n, cols] . W^T -------------------------------------------------
+//
+// One warp per weight row, up to MM_TILE input rows at once so each dequantized chunk is used
+// MM_TILE times; lanes take chunks in turn and the warp sums at the end. `add` accumulates into
+// `out` instead of overwriting it (the residual add fused into the projection).
+
+#define MM_WARPS 4
+#define MM_TILE 8
+
+template <int T>
+__device__ void matmul(const u8* __restrict__ w, int rows, int cols, int row_bytes, const float* __restrict__ x, int n,
+                       float* __restrict__ out) {
+    int r = blockIdx.x * MM_WARPS + threadIdx.x / WARP;
+    int lane = threadIdx.x % WARP;
+    int n0 = blockIdx.y * MM_TILE;
+    if (r >= rows) return;
+    int tile = min(MM_TILE, n - n0);
+    const u8* wr = w + (u64)r * row_bytes;
+    float acc[MM_TILE];
+#pragma unroll
+    for (int t = 0; t < MM_TILE; t++) acc[t] = 0.0f;
+    int chunks = cols / 32;
+    for (int c = lane; c < chunks; c += WARP) {
+        float wv[32];
+        dequant_chunk<T>(wr, c, wv);
+#pragma unroll
+        for (int t = 0; t < MM_TILE; t++) {
+            if (t < tile) {
+                const float4* xr = (const float4*)(x + (u64)(n0 + t) * cols + c * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    float4 v = xr[i];
+                    s += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MM_TILE; t++) {
+        float s = warp_sum(acc[t]);
+        if (lane == 0 && t < tile) out[(u64)(n0 + t) * rows + r] = s;
+    }
+}
+
+#define MATMUL(name, T)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP)                                             \
+        name(const u8* w, int rows, int cols, int row_bytes, const float* x, int n, float* out) {           \
+        matmul<T>(w, rows, cols, row_bytes, x, n, out);                                                     \
+    }
+
+MATMUL(matmul_f32, T_F32)
+MATMUL(matmul_q4_0, T_Q4_0)
+MATMUL(matmul_q4_1, T_Q4_1)
+MATMUL(matmul_q8_0, T_Q8_0)
+MATMUL(matmul_q4_k, T_Q4_K)
+MATMUL(matmul_q5_k, T_Q5_K)
+MATMUL(matmul_q6_k, T_Q6_K)
+
+// ---- embedding: out[i] = table[ids[i]] -------------------------------------------------------
+
+template <int T>
+__device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, const u32* __restrict__ ids,
+                      float* __restrict__ out) {
+    int i = blockIdx.x;
+    const u8* row = table + (u64)ids[i] * row_bytes;
+    for (int c = threadIdx.x; c < cols / 32; c += blockDim.x) {
+        float wv[32];
+        dequant_chunk<T>(row, c, wv);
+#pragma unroll
+        for (int j = 0; j < 32; j++) out[(u64)i * cols + c * 32 + j] = wv[j];
+    }
+}
+
+#define EMBED(name, T)                                                                                 \
+    extern "C" __global__ void name(const u8* table, int cols, int row_bytes, const u32* ids, float* out) { \
+        embed<T>(table, cols, row_bytes, ids, out);                                                    \
+    }
+
+EMBED(embed_f32, T_F32)
+EMBED(embed_q4_0, T_Q4_0)
+EMBED(embed_q4_1, T_Q4_1)
+EMBED(embed_q8_0, T_Q8_0)
+EMBED(embed_q4_k, T_Q4_K)
+EMBED(embed_q5_k, T_Q5_K)
+EMBED(embed_q6_k, T_Q6_K)
+
+// ---- element-wise and row ops ----------------------------------------------------------------
+
+// One block of 256 threads per row.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w, int cols, float eps,
+                                    float* __restrict__ out) {
+    __shared__ float partial[256 / WARP];
+    const float* xr = x + (u64)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) s += xr[i] * xr[i];
+    s = warp_sum(s);
+    if (threadIdx.x % WARP == 0) partial[threadIdx.x / WARP] = s;
+    __syncthreads();
+    float total = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x / WARP); i++) total += partial[i];
+    float scale = rsqrtf(total / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) out[(u64)blockIdx.x * cols + i] = xr[i] * scale * w[i];
+}
+
+extern "C" __global__ void silu_mul(float* gate, const float* up, int len) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void add(float* x, const float* y, int len) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) x[i] += y[i];
+}
+
+// Rotates every head of row blockIdx.x by positions[row]; `neox` pairs (i, i + n_rot/2),
+// otherwise (2i, 2i + 1). The angle is position * base^(-2i/n_rot), in f32.
+extern "C" __global__ void rope(float* x, int row_len, int head_dim, int n_rot, const u32* positions,
+                                float log2_base, int neox) {
+    int half = n_rot / 2;
+    float pos = (float)positions[blockIdx.x];
+    float* row = x + (u64)blockIdx.x * row_len;
+    int heads = row_len / head_dim;
+    for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
+        int h = t / half, i = t % half;
+        float theta = pos * exp2f(-2.0f * i / n_rot * log2_base);
+        float s, c;
+        sincosf(theta, &s, &c);
+        float* head = row + h * head_dim;
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = head[a], x1 = head[b];
+        head[a] = x0 * c - x1 * s;
+        head[b] = x0 * s + x1 * c;
+    }
+}
+
+// ---- attention -------------------------------------------------------------------------------
+//
+// One block per (query row, head): four warps walk the cached positions 0..=pos in turn with
+// an online softmax each (lane l holds dims l, l + 32, ...), then merge. GQA: head h reads
+// KV head h / (n_head / n_kv_head). Each query row names its sequence's K and V caches.
+
+struct AttnRow {
+    u64 k;
+    u64 v;
+    u32 pos;
+    u32 pad;
+};
+
+#define AT_WARPS 4
+#define AT_MAX_DIM 256
+
+extern "C" __global__ void __launch_bounds__(AT_WARPS * WARP)
+    attention(const float* __restrict__ q, const AttnRow* __restrict__ desc, int n_head, int n_kv_head, int head_dim,
+              float scale, float* __restrict__ out) {
+    __shared__ float qs[AT_MAX_DIM];
+    __shared__ float part_m[AT_WARPS], part_l[AT_WARPS];
+    __shared__ float part_acc[AT_WARPS][AT_MAX_DIM];
+    int row = blockIdx.x, h = blockIdx.y;
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    AttnRow d = desc[row];
+    const float* kc = (const float*)d.k;
+    const float* vc = (const float*)d.v;
+    int kv_len = n_kv_head * head_dim;
+    int g = h / (n_head / n_kv_head);
+    const float* qr = q + (u64)row * n_head * head_dim + h * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = qr[i] * scale;
+    __syncthreads();
+
+    const int per_lane = AT_MAX_DIM / WARP;
+    float acc[per_lane];
+#pragma unroll
+    for (int i = 0; i < per_lane; i++) acc[i] = 0.0f;
+    float m = NEG_INF, l = 0.0f;
+    for (int p = warp; p <= (int)d.pos; p += AT_WARPS) {
+        const float* kr = kc + (u64)p * kv_len + g * head_dim;
+        float s = 0.0f;
+        for (int i = lane; i < head_dim; i += WARP) s += qs[i] * kr[i];
+        s = warp_sum(s);
+        float m_new = fmaxf(m, s);
+        float corr = expf(m - m_new), e = expf(s - m_new);
+        l = l * corr + e;
+        const float* vr = vc + (u64)p * kv_len + g * head_dim;
+#pragma unroll
+        for (int i = 0; i < per_lane; i++) {
+            int dim = lane + i * WARP;
+            if (dim < head_dim) acc[i] = acc[i] * corr + e * vr[dim];
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        part_m[warp] = m;
+        part_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < per_lane; i++) {
+        int dim = lane + i * WARP;
+        if (dim < head_dim) part_acc[warp][dim] = acc[i];
+    }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < AT_WARPS; w++) mx = fmaxf(mx, part_m[w]);
+    float total = 0.0f;
+    for (int w = 0; w < AT_WARPS; w++)
+        if (part_m[w] > NEG_INF) total += part_l[w] * expf(part_m[w] - mx);
+    float* o = out + (u64)row * n_head * head_dim + h * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        float s = 0.0f;
+        for (int w = 0; w < AT_WARPS; w++)
+            if (part_m[w] > NEG_INF) s += part_acc[w][i] * expf(part_m[w] - mx);
+        o[i] = s / total;
+    }
+}
