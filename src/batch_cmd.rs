@@ -12,7 +12,7 @@ use realm_events::{Counts, Job};
 use realm_http::{AppState, ServerConfig, Startup};
 use realm_storage::ObjectUri;
 
-use crate::{PrecisionArg, default_model};
+use crate::{BackendArg, PrecisionArg, default_model};
 
 #[derive(clap::Args)]
 pub struct BatchArgs {
@@ -28,6 +28,8 @@ pub struct BatchArgs {
     threads: usize,
     #[arg(long, value_enum, env = "REALM_PRECISION", default_value_t = PrecisionArg::Fast)]
     precision: PrecisionArg,
+    #[arg(long, value_enum, env = "REALM_BACKEND", default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Sequences decoded together.
     #[arg(long, env = "REALM_MAX_BATCH", default_value_t = 32)]
     max_batch: usize,
@@ -39,7 +41,8 @@ pub fn run(args: BatchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let path = default_model::resolve(&args.model)?;
-        let options = EngineOptions { threads: args.threads, precision: args.precision.into() };
+        let options =
+            EngineOptions { threads: args.threads, precision: args.precision.into(), backend: args.backend.into() };
         let load_path = path.clone();
         let engine = EngineHandle::spawn(
             move || Engine::load(&load_path, &options).map_err(|e| e.to_string()),

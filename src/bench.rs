@@ -14,7 +14,7 @@ use realm_engine::sampler::SamplingParams;
 use realm_engine::{Engine, EngineOptions, GenerateParams, Precision};
 use serde_json::{Value, json};
 
-use crate::{PrecisionArg, default_model, membw};
+use crate::{BackendArg, PrecisionArg, default_model, membw};
 
 /// The probe's buffer: far larger than any last-level cache, so it measures DRAM.
 const PROBE_BYTES: usize = 1 << 30;
@@ -46,6 +46,9 @@ pub struct BenchArgs {
     repeat: usize,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Fast)]
     precision: PrecisionArg,
+    /// Which hardware runs the model (`auto` picks a GPU when there is one).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -107,7 +110,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let path = default_model::resolve(&args.model)?;
     let precision: Precision = args.precision.into();
     let weight_bytes = decode_weight_bytes(&path)?;
-    let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision })
+    let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision, backend: args.backend.into() })
         .with_context(|| format!("loading {}", path.display()))?;
     let context = engine.config().context_length;
     if let Some(&p) = args.prompt_tokens.iter().find(|&&p| p + args.gen_tokens > context) {

@@ -19,7 +19,7 @@ use realm_engine::chat::ChatMessage;
 use realm_engine::gguf::GgufFile;
 use realm_engine::sampler::SamplingParams;
 use realm_engine::tokenizer::Tokenizer;
-use realm_engine::{Engine, EngineOptions, GenerateParams, Precision};
+use realm_engine::{BackendChoice, Engine, EngineOptions, GenerateParams, Precision};
 
 #[derive(Parser)]
 #[command(name = "realm", version, about = "Serverless LLM inference runtime")]
@@ -68,6 +68,27 @@ enum Cmd {
 enum PrecisionArg {
     Exact,
     Fast,
+}
+
+/// `--backend`: which hardware runs the model.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// CUDA when usable, else a hardware GPU through wgpu, else the CPU (the log says which).
+    Auto,
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
+impl From<BackendArg> for BackendChoice {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Cpu => BackendChoice::Cpu,
+            BackendArg::Cuda => BackendChoice::Cuda,
+            BackendArg::Wgpu => BackendChoice::Wgpu,
+        }
+    }
 }
 
 impl From<PrecisionArg> for Precision {
@@ -119,6 +140,8 @@ struct RunArgs {
     /// CPU threads (0: one per physical core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[arg(long, value_enum, env = "REALM_BACKEND", default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Print one JSON object with the generated ids and text instead of streaming.
     #[arg(long)]
     json: bool,
@@ -163,8 +186,12 @@ fn run_cli(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let path = default_model::resolve(&args.model)?;
-    let engine = Engine::load(&path, &EngineOptions { threads: args.threads, precision: args.precision.into() })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let engine = Engine::load(
+        &path,
+        &EngineOptions { threads: args.threads, precision: args.precision.into(), backend: args.backend.into() },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
+    eprintln!("realm: backend {}", engine.backend_note());
     let prompt_text = if args.chat {
         let mut messages = Vec::new();
         if let Some(system) = args.system {

@@ -19,7 +19,7 @@ use realm_http::platform::Platform;
 use realm_http::{AppState, GenerationDefaults, ServerConfig, Startup};
 use realm_lambda::ResponseMode;
 
-use crate::{PrecisionArg, default_model, logging};
+use crate::{BackendArg, PrecisionArg, default_model, logging};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -41,6 +41,8 @@ pub struct ServeArgs {
     threads: usize,
     #[arg(long, value_enum, env = "REALM_PRECISION", default_value_t = PrecisionArg::Fast)]
     precision: PrecisionArg,
+    #[arg(long, value_enum, env = "REALM_BACKEND", default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Sequences decoded together in one step.
     #[arg(long, env = "REALM_MAX_BATCH", default_value_t = 16)]
     max_batch: usize,
@@ -166,8 +168,13 @@ fn apply_manifest(args: &mut ServeArgs, m: &Manifest, matches: &clap::ArgMatches
     if unset("default_max_tokens") {
         args.default_max_tokens = m.generation.max_tokens.map(|t| t as usize);
     }
-    if r.backend == realm_functions::Backend::Cuda || r.backend == realm_functions::Backend::Wgpu {
-        tracing::warn!(backend = ?r.backend, "GPU backends are not built yet (issue 9): running on the CPU");
+    if unset("backend") {
+        args.backend = match r.backend {
+            realm_functions::Backend::Auto => BackendArg::Auto,
+            realm_functions::Backend::Cpu => BackendArg::Cpu,
+            realm_functions::Backend::Cuda => BackendArg::Cuda,
+            realm_functions::Backend::Wgpu => BackendArg::Wgpu,
+        };
     }
     Ok(())
 }
@@ -245,7 +252,8 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
         max_waiting: args.max_queue,
         context_limit: function.as_ref().and_then(|m| m.runtime.context_length).map(|c| c as usize),
     };
-    let options = EngineOptions { threads: args.threads, precision: args.precision.into() };
+    let options =
+        EngineOptions { threads: args.threads, precision: args.precision.into(), backend: args.backend.into() };
     let load_startup = startup.clone();
     let model = args.model.clone();
     let engine = EngineHandle::spawn(
@@ -261,6 +269,7 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
                 load_ms = t.elapsed().as_millis() as u64,
                 since_start_ms = load_startup.process_start.elapsed().as_millis() as u64,
                 threads = engine.threads(),
+                backend = engine.backend_note(),
                 "model loaded"
             );
             Ok(engine)

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use realm_kernels::Device;
 use realm_kernels::cpu::{Activations, Cpu};
+use realm_kernels::{Backend, BackendKind, Device};
 
 use crate::chat::{ChatError, ChatTemplate};
 use crate::gguf::{GgufError, GgufFile};
@@ -24,16 +24,27 @@ pub enum Precision {
     Fast,
 }
 
+/// Which hardware runs the model (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// CUDA if this build has it and a GPU answers, else a hardware wgpu adapter, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// CPU threads; 0 means one per physical core.
     pub threads: usize,
     pub precision: Precision,
+    pub backend: BackendChoice,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { threads: 0, precision: Precision::Exact }
+        Self { threads: 0, precision: Precision::Exact, backend: BackendChoice::Cpu }
     }
 }
 
@@ -55,6 +66,80 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {context} tokens")]
     ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
+}
+
+fn cpu(options: &EngineOptions) -> Result<Device, EngineError> {
+    let activations = match options.precision {
+        Precision::Exact => Activations::F32,
+        Precision::Fast => Activations::Q8,
+    };
+    Ok(Device::Cpu(Cpu::new(options.threads, activations)?))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
+    let c = realm_kernels::cuda::Cuda::new(0)?;
+    let note = format!("cuda: {}", c.description());
+    Ok((Device::Cuda(c), note))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
+    Err(not_built(BackendKind::Cuda))
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu() -> Result<(Device, String, bool), realm_kernels::KernelError> {
+    let w = realm_kernels::wgpu::Wgpu::new()?;
+    let (note, software) = (format!("wgpu: {}", w.adapter_name()), w.is_software());
+    Ok((Device::Wgpu(w), note, software))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu() -> Result<(Device, String, bool), realm_kernels::KernelError> {
+    Err(not_built(BackendKind::Wgpu))
+}
+
+#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
+fn not_built(backend: BackendKind) -> realm_kernels::KernelError {
+    realm_kernels::KernelError::Device {
+        backend,
+        reason: format!("this build has no {backend} support (cargo feature `{backend}`)"),
+    }
+}
+
+/// Opens the backend `options` ask for; `auto` falls through CUDA, a hardware wgpu adapter
+/// and the CPU, and says what it passed over and why.
+fn open_backend(options: &EngineOptions) -> Result<(Device, String), EngineError> {
+    let threads_note = |d: &Device| format!("cpu: {} threads, precision {:?}", d.threads(), options.precision);
+    match options.backend {
+        BackendChoice::Cpu => {
+            let d = cpu(options)?;
+            let note = threads_note(&d);
+            Ok((d, note))
+        }
+        BackendChoice::Cuda => Ok(cuda()?),
+        BackendChoice::Wgpu => {
+            let (d, note, _) = wgpu()?;
+            Ok((d, note))
+        }
+        BackendChoice::Auto => {
+            let cuda_why = match cuda() {
+                Ok((d, note)) => return Ok((d, format!("{note} (auto: CUDA is usable)"))),
+                Err(e) => e.to_string(),
+            };
+            let wgpu_why = match wgpu() {
+                Ok((d, note, false)) => {
+                    return Ok((d, format!("{note} (auto: CUDA not usable: {cuda_why})")));
+                }
+                Ok((_, note, true)) => format!("{note} is a software adapter, slower than the CPU backend"),
+                Err(e) => e.to_string(),
+            };
+            let d = cpu(options)?;
+            let note = format!("{} (auto: CUDA not usable: {cuda_why}; wgpu not used: {wgpu_why})", threads_note(&d));
+            Ok((d, note))
+        }
+    }
 }
 
 /// Why generation ended.
@@ -100,6 +185,7 @@ pub struct Engine {
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Arc<ChatTemplate>,
     model: Llama<Device>,
+    backend_note: String,
 }
 
 impl Engine {
@@ -107,12 +193,18 @@ impl Engine {
         let mut file = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf_taking(&mut file)?;
         let chat_template = ChatTemplate::from_gguf(&file, &tokenizer)?;
-        let activations = match options.precision {
-            Precision::Exact => Activations::F32,
-            Precision::Fast => Activations::Q8,
-        };
-        let model = Llama::load(&file, Device::Cpu(Cpu::new(options.threads, activations)?))?;
-        Ok(Self { tokenizer: Arc::new(tokenizer), chat_template: Arc::new(chat_template), model })
+        let (device, backend_note) = open_backend(options)?;
+        let model = Llama::load(&file, device)?;
+        Ok(Self { tokenizer: Arc::new(tokenizer), chat_template: Arc::new(chat_template), model, backend_note })
+    }
+
+    /// Which backend runs the model and why it was chosen, for the start-up log line.
+    pub fn backend_note(&self) -> &str {
+        &self.backend_note
+    }
+
+    pub fn backend_kind(&self) -> BackendKind {
+        self.model.backend().kind()
     }
 
     pub(crate) fn model(&self) -> &Llama<Device> {
@@ -133,6 +225,12 @@ impl Engine {
     pub fn kv_bytes_per_position(&self) -> usize {
         let c = &self.model.config;
         2 * c.n_layer * c.kv_dim() * size_of::<f32>()
+    }
+
+    /// Waits for the device's queued work (a GPU runs ahead of the host); benchmarks call it
+    /// before reading a clock.
+    pub fn synchronize(&self) -> Result<(), EngineError> {
+        Ok(self.model.backend().synchronize()?)
     }
 
     /// Tokens for a prompt: special tokens parsed, BOS added when the model asks for it.

@@ -12,4 +12,6 @@ pub mod stop;
 pub mod tokenizer;
 pub mod worker;
 
-pub use engine::{Engine, EngineError, EngineOptions, FinishReason, GenerateParams, Generation, Precision, TokenEvent};
+pub use engine::{
+    BackendChoice, Engine, EngineError, EngineOptions, FinishReason, GenerateParams, Generation, Precision, TokenEvent,
+};

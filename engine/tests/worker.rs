@@ -20,7 +20,7 @@ const PROMPTS: [&str; 6] = [
 ];
 
 fn options() -> EngineOptions {
-    EngineOptions { threads: 2, precision: Precision::Fast }
+    EngineOptions { threads: 2, precision: Precision::Fast, ..EngineOptions::default() }
 }
 
 fn spawn(cfg: WorkerConfig) -> EngineHandle {

@@ -255,6 +255,12 @@ pub trait Backend: Send {
     /// `x += y` over the first `len` elements.
     fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor, len: usize) -> Result<(), KernelError>;
 
+    /// Waits until every queued op has finished (a GPU runs ahead of the host); timing code
+    /// calls it before reading a clock.
+    fn synchronize(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
     /// Copies row `row` (of `row_len` elements) of `t` to host memory.
     fn read_row(&self, t: &Self::Tensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError>;
 }

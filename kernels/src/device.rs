@@ -244,6 +244,10 @@ impl Backend for Device {
         dispatch!(self, |b| b.add(x.part()?, y.part()?, len))
     }
 
+    fn synchronize(&self) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.synchronize())
+    }
+
     fn read_row(&self, t: &DeviceTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
         dispatch!(self, |b| b.read_row(t.part()?, row, row_len, out))
     }

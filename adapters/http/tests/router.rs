@@ -27,7 +27,7 @@ fn engine() -> EngineHandle {
     ENGINE
         .get_or_init(|| {
             let path = common::default_model_path();
-            let options = EngineOptions { threads: 2, precision: Precision::Fast };
+            let options = EngineOptions { threads: 2, precision: Precision::Fast, ..EngineOptions::default() };
             let handle = EngineHandle::spawn(
                 move || Engine::load(&path, &options).map_err(|e| e.to_string()),
                 WorkerConfig::default(),
@@ -199,7 +199,7 @@ fn gated_engine() -> (EngineHandle, std::sync::mpsc::Sender<()>) {
     let handle = EngineHandle::spawn(
         move || {
             let _ = wait.recv();
-            let options = EngineOptions { threads: 2, precision: Precision::Fast };
+            let options = EngineOptions { threads: 2, precision: Precision::Fast, ..EngineOptions::default() };
             Engine::load(&path, &options).map_err(|e| e.to_string())
         },
         WorkerConfig::default(),
@@ -307,7 +307,7 @@ proptest! {
 #[tokio::test]
 async fn a_queued_stream_gets_keep_alive_comments() {
     let path = common::default_model_path();
-    let options = EngineOptions { threads: 2, precision: Precision::Fast };
+    let options = EngineOptions { threads: 2, precision: Precision::Fast, ..EngineOptions::default() };
     let handle = EngineHandle::spawn(
         move || Engine::load(&path, &options).map_err(|e| e.to_string()),
         WorkerConfig { max_batch: 1, ..WorkerConfig::default() },

@@ -32,7 +32,10 @@ fn dir() -> Option<PathBuf> {
 }
 
 /// The PTX for `arch`, from the cache or from `compile` (then stored); `true` when cached.
-pub fn ptx_for(arch: &str, compile: impl FnOnce() -> Result<String, KernelError>) -> Result<(String, bool), KernelError> {
+pub fn ptx_for(
+    arch: &str,
+    compile: impl FnOnce() -> Result<String, KernelError>,
+) -> Result<(String, bool), KernelError> {
     let key = fnv1a(&[KERNELS_CU.as_bytes(), arch.as_bytes()]);
     let path = dir().map(|d| d.join(format!("kernels-{arch}-{key:016x}.ptx")));
     if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {

@@ -196,11 +196,6 @@ impl Cuda {
         &self.description
     }
 
-    /// Waits for every queued kernel (benchmarks time whole steps with it).
-    pub fn synchronize(&self) -> Result<(), KernelError> {
-        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
-    }
-
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
         if len == 0 {
             return Ok(None);
@@ -211,7 +206,6 @@ impl Cuda {
     fn upload_u32(&self, data: &[u32]) -> Result<CudaSlice<u32>, KernelError> {
         self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
     }
-
 }
 
 /// Queues kernel `$f` with its arguments, in the order the kernel declares them.
@@ -260,7 +254,10 @@ impl Backend for Cuda {
             (GgmlType::F32, bytes.into())
         };
         if w.rows > 1 && !w.cols.is_multiple_of(32) {
-            return Err(shape_err("load_weight", format!("{} columns: the CUDA kernels need a multiple of 32", w.cols)));
+            return Err(shape_err(
+                "load_weight",
+                format!("{} columns: the CUDA kernels need a multiple of 32", w.cols),
+            ));
         }
         let bytes = self.stream.clone_htod(host.as_ref()).map_err(|e| driver_err("copying a weight to the GPU", e))?;
         let row_bytes = host.len() / w.rows.max(1);
@@ -315,12 +312,20 @@ impl Backend for Cuda {
         launch!(self, &self.kernels.rms_norm, cfg, xb, &weight.bytes, &cols, &eps, ob)
     }
 
-    fn matmuls(&self, x: &CudaTensor, n: usize, jobs: &mut [(&CudaWeight, &mut CudaTensor)]) -> Result<(), KernelError> {
+    fn matmuls(
+        &self,
+        x: &CudaTensor,
+        n: usize,
+        jobs: &mut [(&CudaWeight, &mut CudaTensor)],
+    ) -> Result<(), KernelError> {
         let Some(cols) = jobs.first().map(|(w, _)| w.cols) else { return Ok(()) };
         check_len("matmul", "input", x.len, n * cols)?;
         for (w, out) in jobs.iter() {
             if w.cols != cols {
-                return Err(shape_err("matmul", format!("weights sharing an input have {} and {cols} columns", w.cols)));
+                return Err(shape_err(
+                    "matmul",
+                    format!("weights sharing an input have {} and {cols} columns", w.cols),
+                ));
             }
             check_len("matmul", "output", out.len, n * w.rows)?;
         }
@@ -457,7 +462,8 @@ impl Backend for Cuda {
             let (v_ptr, vg) = buf("attention", cache.v)?.device_ptr(stream);
             guards.push((kg, vg));
             for t in 0..n {
-                let pos = u32::try_from(first_pos + t).map_err(|_| shape_err("attention", "position overflow".into()))?;
+                let pos =
+                    u32::try_from(first_pos + t).map_err(|_| shape_err("attention", "position overflow".into()))?;
                 let r = u32::try_from(row + t).map_err(|_| shape_err("attention", "row overflow".into()))?;
                 desc.extend([k_ptr, v_ptr, u64::from(pos) | (u64::from(r) << 32)]);
             }
@@ -467,7 +473,8 @@ impl Backend for Cuda {
             return Ok(());
         }
         let desc_dev = stream.clone_htod(&desc).map_err(|e| driver_err("copying to the GPU", e))?;
-        let (nh, nkv, hd) = (to_i32("attention", n_head)?, to_i32("attention", n_kv_head)?, to_i32("attention", head_dim)?);
+        let (nh, nkv, hd) =
+            (to_i32("attention", n_head)?, to_i32("attention", n_kv_head)?, to_i32("attention", head_dim)?);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (qb, ob) = (buf("attention", q)?, buf_mut("attention", out)?);
         let cfg = LaunchConfig {
@@ -480,7 +487,13 @@ impl Backend for Cuda {
         Ok(())
     }
 
-    fn gather_rows(&self, src: &CudaTensor, rows: &[usize], row_len: usize, out: &mut CudaTensor) -> Result<(), KernelError> {
+    fn gather_rows(
+        &self,
+        src: &CudaTensor,
+        rows: &[usize],
+        row_len: usize,
+        out: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
         check_len("gather_rows", "output", out.len, rows.len() * row_len)?;
         if let Some(&r) = rows.iter().find(|&&r| (r + 1) * row_len > src.len) {
             return Err(shape_err("gather_rows", format!("row {r} is outside the source")));
@@ -520,6 +533,10 @@ impl Backend for Cuda {
         let l = to_i32("add", len)?;
         let (xb, yb) = (buf_mut("add", x)?, buf("add", y)?);
         launch!(self, &self.kernels.add, grid_1d(len), xb, yb, &l)
+    }
+
+    fn synchronize(&self) -> Result<(), KernelError> {
+        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
