@@ -1,12 +1,13 @@
-//! The exact CPU path against `shared/golden/reference-f64.jsonl`: a float64 forward pass of
-//! the default model's exactly dequantized weights (see shared/golden/README.md).
+//! The exact CPU path (and, with feature `cuda` on a GPU machine, the CUDA backend) against
+//! `shared/golden/reference-f64.jsonl`: a float64 forward pass of the default model's exactly
+//! dequantized weights (see shared/golden/README.md).
 
 mod common;
 
 use std::sync::OnceLock;
 
 use realm_engine::sampler::SamplingParams;
-use realm_engine::{Engine, EngineOptions, GenerateParams, Precision};
+use realm_engine::{BackendChoice, Engine, EngineOptions, GenerateParams, Precision};
 use serde_json::Value;
 
 const STEPS: usize = 48;
@@ -24,17 +25,37 @@ const EXACT: Tolerance = Tolerance { logit: 0.05, margin: 0.1 };
 /// 8-bit activations sit about 0.5-0.7 logits from the exact pass on this 4-bit model.
 const FAST: Tolerance = Tolerance { logit: 1.0, margin: 2.0 };
 
-fn engine(precision: Precision) -> &'static Engine {
-    static EXACT_ENGINE: OnceLock<Engine> = OnceLock::new();
-    static FAST_ENGINE: OnceLock<Engine> = OnceLock::new();
-    let cell = match precision {
-        Precision::Exact => &EXACT_ENGINE,
-        Precision::Fast => &FAST_ENGINE,
+/// A way of running the model: the CPU at each precision, or a GPU backend (f32, so held to
+/// the exact path's tolerance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Exact,
+    Fast,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Cuda,
+}
+
+/// The engine for `path`, loaded once; `None` when a GPU backend cannot start here and
+/// `REALM_REQUIRE_CUDA` is unset (machines without a GPU skip those tests).
+fn engine(path: Path) -> Option<&'static Engine> {
+    static ENGINES: [OnceLock<Result<Engine, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let (slot, precision, backend) = match path {
+        Path::Exact => (0, Precision::Exact, BackendChoice::Cpu),
+        Path::Fast => (1, Precision::Fast, BackendChoice::Cpu),
+        Path::Cuda => (2, Precision::Exact, BackendChoice::Cuda),
     };
-    cell.get_or_init(|| {
-        let options = EngineOptions { precision, ..EngineOptions::default() };
-        Engine::load(&common::default_model_path(), &options).expect("load default model")
-    })
+    let loaded = ENGINES[slot].get_or_init(|| {
+        let options = EngineOptions { precision, backend, ..EngineOptions::default() };
+        Engine::load(&common::default_model_path(), &options).map_err(|e| e.to_string())
+    });
+    match loaded {
+        Ok(e) => Some(e),
+        Err(e) if path == Path::Cuda && std::env::var_os("REALM_REQUIRE_CUDA").is_none() => {
+            eprintln!("skipping: CUDA is not usable here ({e})");
+            None
+        }
+        Err(e) => panic!("loading the default model for {path:?}: {e}"),
+    }
 }
 
 fn reference(id: &str) -> Value {
@@ -57,12 +78,12 @@ fn pairs(v: &Value) -> Vec<(u32, f32)> {
         .collect()
 }
 
-fn check_prompt(id: &str, precision: Precision) {
-    let tol = match precision {
-        Precision::Exact => EXACT,
-        Precision::Fast => FAST,
+fn check_prompt(id: &str, path: Path) {
+    let tol = match path {
+        Path::Exact | Path::Cuda => EXACT,
+        Path::Fast => FAST,
     };
-    let engine = engine(precision);
+    let Some(engine) = engine(path) else { return };
     let r = reference(id);
     let prompt = ids(&r["prompt_ids"]);
     let gen_ref = ids(&r["gen_ids"]);
@@ -113,7 +134,7 @@ fn check_prompt(id: &str, precision: Precision) {
             &gen_ref[..agree]
         ));
     }
-    assert!(failures.is_empty(), "{id} ({precision:?}): {} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{id} ({path:?}): {} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 macro_rules! golden_prompts {
@@ -121,13 +142,21 @@ macro_rules! golden_prompts {
         $(
             #[test]
             fn $exact() {
-                check_prompt($id, Precision::Exact);
+                check_prompt($id, Path::Exact);
             }
             #[test]
             fn $fast() {
-                check_prompt($id, Precision::Fast);
+                check_prompt($id, Path::Fast);
             }
         )*
+
+        /// The GPU runs every prompt in one test: the device is loaded once and the prompts
+        /// run one after another.
+        #[cfg(feature = "cuda")]
+        #[test]
+        fn cuda_matches_the_reference() {
+            $(check_prompt($id, Path::Cuda);)*
+        }
 
         #[test]
         fn every_reference_prompt_has_a_test() {
