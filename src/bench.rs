@@ -2,16 +2,15 @@
 //! with the decode step's memory-bandwidth floor (bytes it reads over a measured read
 //! bandwidth) and the share of that floor the measured decode reached.
 //!
-//! Per prompt length: one warm-up generation, then `--repeat` measured ones, each a fresh
-//! sequence: the prompt in one forward step, then greedy decode past end-of-generation.
+//! Per batch size and prompt length: one warm-up run, then `--repeat` measured ones, each with
+//! fresh sequences: all prompts in one forward step, then greedy decode past end-of-generation.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use realm_engine::gguf::GgufFile;
-use realm_engine::sampler::SamplingParams;
-use realm_engine::{Engine, EngineOptions, GenerateParams, Precision};
+use realm_engine::{Engine, EngineOptions, Precision};
 use serde_json::{Value, json};
 
 use crate::{BackendArg, PrecisionArg, default_model, membw};
@@ -41,6 +40,10 @@ pub struct BenchArgs {
     /// CPU threads (0: one per physical core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Sequences decoded together (comma-separated): each batch size runs every prompt length,
+    /// all sequences prefilled in one step and then decoded in lockstep.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize], value_parser = at_least::<1>)]
+    batch: Vec<usize>,
     /// Measured runs per prompt length, after one warm-up run.
     #[arg(long, default_value_t = 3, value_parser = at_least::<1>)]
     repeat: usize,
@@ -95,13 +98,15 @@ struct Sample {
     decode_tok_s: f64,
 }
 
-/// Results for one prompt length.
+/// Results for one batch size and prompt length (speeds summed over the batch).
 struct Row {
+    batch: usize,
     prompt_tokens: usize,
     prefill_tok_s: Stat,
     ttft_ms: Stat,
     decode_tok_s: Stat,
-    /// Bytes one decode step reads, at the mean context of the decode steps.
+    /// Bytes one decode step reads, at the mean context of the decode steps, per token it
+    /// yields.
     decode_bytes_per_token: f64,
     decode_floor_tok_s: f64,
 }
@@ -117,40 +122,51 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("a prompt of {p} tokens plus {} generated exceeds the model's context of {context}", args.gen_tokens);
     }
     let kv_per_pos = engine.kv_bytes_per_position() as f64;
+    eprintln!("realm bench: backend {}", engine.backend_note());
 
     let mut measured = Vec::new();
-    for &p in &args.prompt_tokens {
-        let prompt = make_prompt(&engine, p)?;
-        generate_once(&engine, &prompt, args.gen_tokens)?; // warm-up
-        let samples =
-            (0..args.repeat).map(|_| generate_once(&engine, &prompt, args.gen_tokens)).collect::<Result<Vec<_>>>()?;
-        measured.push((p, samples));
+    for &b in &args.batch {
+        for &p in &args.prompt_tokens {
+            let prompts = vec![make_prompt(&engine, p)?; b];
+            generate_once(&engine, &prompts, args.gen_tokens)?; // warm-up
+            let samples = (0..args.repeat)
+                .map(|_| generate_once(&engine, &prompts, args.gen_tokens))
+                .collect::<Result<Vec<_>>>()?;
+            measured.push((b, p, samples));
+        }
     }
     // Read before the probe, whose buffer would otherwise be the peak.
     let peak_rss = peak_rss_bytes();
     let threads = engine.threads();
+    let backend = engine.backend_kind().to_string();
+    let device_bw = engine.device_copy_bandwidth()?;
     drop(engine);
-    let bw = membw::measure(PROBE_BYTES, threads, PROBE_PASSES)?;
+    let bw = match device_bw {
+        Some(b) => Bandwidth::Device(b),
+        None => Bandwidth::Host(membw::measure(PROBE_BYTES, threads, PROBE_PASSES)?),
+    };
 
     let rows: Vec<Row> = measured
         .into_iter()
-        .map(|(p, samples)| {
+        .map(|(b, p, samples)| {
             let stat = |f: fn(&Sample) -> f64| Stat::of(&samples.iter().map(f).collect::<Vec<_>>());
-            // Decode step i (1..gen) attends over p + i positions: p + gen/2 on average.
+            // Decode step i (1..gen) attends over p + i positions: p + gen/2 on average; a
+            // step reads the weights once for the whole batch and each sequence's cache.
             let mean_context = p as f64 + args.gen_tokens as f64 / 2.0;
-            let bytes = weight_bytes as f64 + kv_per_pos * mean_context;
+            let step_bytes = weight_bytes as f64 + kv_per_pos * mean_context * b as f64;
             Row {
+                batch: b,
                 prompt_tokens: p,
                 prefill_tok_s: stat(|s| s.prefill_tok_s),
                 ttft_ms: stat(|s| s.ttft_s * 1e3),
                 decode_tok_s: stat(|s| s.decode_tok_s),
-                decode_bytes_per_token: bytes,
-                decode_floor_tok_s: bw.bytes_per_s / bytes,
+                decode_bytes_per_token: step_bytes / b as f64,
+                decode_floor_tok_s: bw.bytes_per_s() * b as f64 / step_bytes,
             }
         })
         .collect();
 
-    let report = Report { path: &path, args: &args, threads, weight_bytes, kv_per_pos, bw, peak_rss, rows };
+    let report = Report { path: &path, args: &args, backend, threads, weight_bytes, kv_per_pos, bw, peak_rss, rows };
     if args.json {
         println!("{}", report.json());
     } else {
@@ -172,28 +188,57 @@ fn make_prompt(engine: &Engine, n: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn generate_once(engine: &Engine, prompt: &[u32], gen_tokens: usize) -> Result<Sample> {
-    let params = GenerateParams {
-        max_tokens: gen_tokens,
-        sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
-    let start = Instant::now();
-    let mut first: Option<Duration> = None;
-    let g = engine.generate(prompt, &params, |_| {
-        first.get_or_insert_with(|| start.elapsed());
-        true
-    })?;
-    let decoded = g.ids.len().saturating_sub(1);
-    if decoded == 0 {
-        bail!("generation stopped after {} tokens; nothing to time", g.ids.len());
-    }
+/// One timed batch: the prompts' step (which yields each sequence's first token), then
+/// `gen_tokens - 1` decode steps.
+fn generate_once(engine: &Engine, prompts: &[Vec<u32>], gen_tokens: usize) -> Result<Sample> {
+    let run = engine.greedy_batch(prompts, gen_tokens)?;
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let decoded: usize = run.ids.iter().map(|ids| ids.len().saturating_sub(1)).sum();
     Ok(Sample {
-        prefill_tok_s: rate(g.prompt_tokens, g.prefill_time),
-        ttft_s: first.unwrap_or(g.prefill_time).as_secs_f64(),
-        decode_tok_s: rate(decoded, g.decode_time),
+        prefill_tok_s: rate(prompt_tokens, run.prefill_time),
+        ttft_s: run.prefill_time.as_secs_f64(),
+        decode_tok_s: rate(decoded, run.decode_time),
     })
+}
+
+/// What bounds a decode step: the host's DRAM read bandwidth, or the GPU's copy bandwidth.
+enum Bandwidth {
+    Host(membw::ReadBandwidth),
+    /// Device-to-device copy, bytes read plus written per second.
+    Device(f64),
+}
+
+impl Bandwidth {
+    fn bytes_per_s(&self) -> f64 {
+        match self {
+            Bandwidth::Host(b) => b.bytes_per_s,
+            Bandwidth::Device(b) => *b,
+        }
+    }
+
+    fn median_bytes_per_s(&self) -> f64 {
+        match self {
+            Bandwidth::Host(b) => b.median_bytes_per_s,
+            Bandwidth::Device(b) => *b,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Bandwidth::Host(b) => format!(
+                "read bandwidth {:.1} GB/s ({} threads streaming {} MiB, best of {}, median {:.1})",
+                b.bytes_per_s / 1e9,
+                b.threads,
+                b.buffer_bytes >> 20,
+                b.passes,
+                b.median_bytes_per_s / 1e9
+            ),
+            Bandwidth::Device(b) => format!(
+                "GPU copy bandwidth {:.1} GB/s (1 GiB device-to-device, bytes read + written, best of 10)",
+                b / 1e9
+            ),
+        }
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -233,10 +278,11 @@ fn peak_rss_bytes() -> u64 {
 struct Report<'a> {
     path: &'a Path,
     args: &'a BenchArgs,
+    backend: String,
     threads: usize,
     weight_bytes: u64,
     kv_per_pos: f64,
-    bw: membw::ReadBandwidth,
+    bw: Bandwidth,
     peak_rss: u64,
     rows: Vec<Row>,
 }
@@ -259,6 +305,7 @@ impl Report<'_> {
             .iter()
             .map(|r| {
                 json!({
+                    "batch": r.batch,
                     "prompt_tokens": r.prompt_tokens,
                     "gen_tokens": self.args.gen_tokens,
                     "prefill_tok_s": r.prefill_tok_s.json(),
@@ -273,15 +320,16 @@ impl Report<'_> {
         json!({
             "model": self.path.display().to_string(),
             "model_bytes": self.model_bytes(),
+            "backend": self.backend,
             "threads": self.threads,
             "precision": self.precision(),
             "repeat": self.args.repeat,
             "warmup": 1,
             "weight_bytes_per_token": self.weight_bytes,
             "kv_bytes_per_position": self.kv_per_pos,
-            "read_bandwidth_gb_s": self.bw.bytes_per_s / 1e9,
-            "read_bandwidth_median_gb_s": self.bw.median_bytes_per_s / 1e9,
-            "read_bandwidth_buffer_bytes": self.bw.buffer_bytes,
+            "read_bandwidth_gb_s": self.bw.bytes_per_s() / 1e9,
+            "read_bandwidth_median_gb_s": self.bw.median_bytes_per_s() / 1e9,
+            "read_bandwidth_source": match self.bw { Bandwidth::Host(_) => "host read", Bandwidth::Device(_) => "device copy" },
             "peak_rss_bytes": self.peak_rss,
             "runs": runs,
         })
@@ -290,21 +338,17 @@ impl Report<'_> {
     fn table(&self) -> String {
         let mib = |b: f64| b / (1024.0 * 1024.0);
         let mut s = format!(
-            "model {} ({:.1} MiB), {} threads, precision {}, {} runs per prompt after 1 warm-up\n",
+            "model {} ({:.1} MiB), backend {}, {} threads, precision {}, {} runs per prompt after 1 warm-up\n",
             self.path.display(),
             mib(self.model_bytes() as f64),
+            self.backend,
             self.threads,
             self.precision(),
             self.args.repeat,
         );
         s += &format!(
-            "read bandwidth {:.1} GB/s ({} threads streaming {} MiB, best of {}, median {:.1}); decode reads {:.1} MiB of \
-             weights + {:.1} KiB of KV cache per position\n",
-            self.bw.bytes_per_s / 1e9,
-            self.bw.threads,
-            self.bw.buffer_bytes >> 20,
-            self.bw.passes,
-            self.bw.median_bytes_per_s / 1e9,
+            "{}; a decode step reads {:.1} MiB of weights + {:.1} KiB of KV cache per position per sequence\n",
+            self.bw.describe(),
             mib(self.weight_bytes as f64),
             self.kv_per_pos / 1024.0,
         );
@@ -313,7 +357,8 @@ impl Report<'_> {
             mib(self.peak_rss as f64)
         );
         s += &format!(
-            "{:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11} {:>6}\n",
+            "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11} {:>6}\n",
+            "batch",
             "prompt",
             "gen",
             "prefill tok/s (min-max)",
@@ -325,7 +370,8 @@ impl Report<'_> {
         let cell = |st: &Stat| format!("{:.1} ({:.1}-{:.1})", st.median, st.min, st.max);
         for r in &self.rows {
             s += &format!(
-                "{:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11.1} {:>5.0}%\n",
+                "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11.1} {:>5.0}%\n",
+                r.batch,
                 r.prompt_tokens,
                 self.args.gen_tokens,
                 cell(&r.prefill_tok_s),

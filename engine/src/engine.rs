@@ -142,6 +142,17 @@ fn open_backend(options: &EngineOptions) -> Result<(Device, String), EngineError
     }
 }
 
+/// What [`Engine::greedy_batch`] produced and how long it took.
+#[derive(Debug, Clone)]
+pub struct BatchRun {
+    /// Generated ids per prompt.
+    pub ids: Vec<Vec<u32>>,
+    /// The prompts' step, which also yields each sequence's first token.
+    pub prefill_time: Duration,
+    /// The remaining steps, one token per sequence each.
+    pub decode_time: Duration,
+}
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -227,10 +238,57 @@ impl Engine {
         2 * c.n_layer * c.kv_dim() * size_of::<f32>()
     }
 
+    /// The GPU's device-to-device copy bandwidth (bytes read plus written per second), or
+    /// `None` on a backend without such a probe.
+    pub fn device_copy_bandwidth(&self) -> Result<Option<f64>, EngineError> {
+        match self.model.backend() {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => Ok(Some(c.copy_bandwidth(1 << 30, 10)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// Waits for the device's queued work (a GPU runs ahead of the host); benchmarks call it
     /// before reading a clock.
     pub fn synchronize(&self) -> Result<(), EngineError> {
         Ok(self.model.backend().synchronize()?)
+    }
+
+    /// Greedy decoding of several prompts together, the way a batched server step runs them:
+    /// every prompt in one prefill step, then one decode step per token for all of them.
+    /// Benchmarks use it to time batch sizes; it ignores end-of-generation tokens.
+    pub fn greedy_batch(&self, prompts: &[Vec<u32>], max_tokens: usize) -> Result<BatchRun, EngineError> {
+        let context = self.model.config.context_length;
+        for p in prompts {
+            if p.is_empty() {
+                return Err(EngineError::EmptyPrompt);
+            }
+            if p.len() + max_tokens > context {
+                return Err(EngineError::ContextExceeded { prompt: p.len(), max_tokens, context });
+            }
+        }
+        let mut caches = prompts.iter().map(|_| self.model.new_cache()).collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<Vec<u32>> = vec![Vec::with_capacity(max_tokens); prompts.len()];
+        let start = Instant::now();
+        let mut last: Vec<Vec<u32>> = prompts.to_vec();
+        let mut prefill_time = Duration::ZERO;
+        for step in 0..max_tokens {
+            let mut steps: Vec<SeqStep<'_, Device>> = caches
+                .iter_mut()
+                .zip(&last)
+                .map(|(cache, tokens)| SeqStep { cache, tokens, logits: Logits::Last })
+                .collect();
+            let logits = self.model.forward(&mut steps)?;
+            for ((seq_ids, next), l) in ids.iter_mut().zip(last.iter_mut()).zip(&logits) {
+                let id = crate::sampler::argmax(l).unwrap_or(0);
+                seq_ids.push(id);
+                *next = vec![id];
+            }
+            if step == 0 {
+                prefill_time = start.elapsed();
+            }
+        }
+        Ok(BatchRun { ids, prefill_time, decode_time: start.elapsed() - prefill_time })
     }
 
     /// Tokens for a prompt: special tokens parsed, BOS added when the model asks for it.

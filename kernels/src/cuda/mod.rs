@@ -196,6 +196,25 @@ impl Cuda {
         &self.description
     }
 
+    /// Device-to-device copy bandwidth, counting bytes read and written, of the fastest of
+    /// `passes` copies of `bytes`: the ceiling a decode step's weight reads can reach.
+    pub fn copy_bandwidth(&self, bytes: usize, passes: usize) -> Result<f64, KernelError> {
+        let src = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
+        let mut dst = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
+        let mut best = f64::INFINITY;
+        // The first copy warms clocks and page mappings and is not counted.
+        for pass in 0..=passes {
+            self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            let t = std::time::Instant::now();
+            self.stream.memcpy_dtod(&src, &mut dst).map_err(|e| driver_err("probe copy", e))?;
+            self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            if pass > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(2.0 * bytes as f64 / best.max(1e-9))
+    }
+
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
         if len == 0 {
             return Ok(None);
