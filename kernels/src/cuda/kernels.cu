@@ -270,18 +270,19 @@ extern "C" __global__ void add(float* x, const float* y, int len) {
 }
 
 // Rotates every head of row blockIdx.x by positions[row]; `neox` pairs (i, i + n_rot/2),
-// otherwise (2i, 2i + 1). The angle is position * base^(-2i/n_rot), in f32.
+// otherwise (2i, 2i + 1). The angle is position * base^(-2i/n_rot), in f64 as on the CPU: in
+// f32 it drifts by ~1e-3 radians at positions in the thousands.
 extern "C" __global__ void rope(float* x, int row_len, int head_dim, int n_rot, const u32* positions,
-                                float log2_base, int neox) {
+                                double log2_base, int neox) {
     int half = n_rot / 2;
-    float pos = (float)positions[blockIdx.x];
+    double pos = (double)positions[blockIdx.x];
     float* row = x + (u64)blockIdx.x * row_len;
     int heads = row_len / head_dim;
     for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
         int h = t / half, i = t % half;
-        float theta = pos * exp2f(-2.0f * i / n_rot * log2_base);
-        float s, c;
-        sincosf(theta, &s, &c);
+        double sd, cd;
+        sincos(pos * exp2(-2.0 * i / n_rot * log2_base), &sd, &cd);
+        float s = (float)sd, c = (float)cd;
         float* head = row + h * head_dim;
         int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
         float x0 = head[a], x1 = head[b];
@@ -300,7 +301,7 @@ struct AttnRow {
     u64 k;
     u64 v;
     u32 pos;
-    u32 pad;
+    u32 row;
 };
 
 #define AT_WARPS 4
@@ -312,9 +313,9 @@ extern "C" __global__ void __launch_bounds__(AT_WARPS * WARP)
     __shared__ float qs[AT_MAX_DIM];
     __shared__ float part_m[AT_WARPS], part_l[AT_WARPS];
     __shared__ float part_acc[AT_WARPS][AT_MAX_DIM];
-    int row = blockIdx.x, h = blockIdx.y;
+    AttnRow d = desc[blockIdx.x];
+    int row = d.row, h = blockIdx.y;
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    AttnRow d = desc[row];
     const float* kc = (const float*)d.k;
     const float* vc = (const float*)d.v;
     int kv_len = n_kv_head * head_dim;

@@ -9,7 +9,7 @@
 
 mod cache;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
@@ -127,6 +127,8 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     description: String,
+    /// The positions last uploaded for `rope`, and their device copy.
+    positions: Mutex<Option<(Vec<u32>, CudaSlice<u32>)>>,
 }
 
 /// An f32 tensor in device memory. `len` elements are in use; a KV cache keeps spare
@@ -188,7 +190,7 @@ impl Cuda {
             "{name} (sm_{major}{minor}, kernels {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" }
         );
-        Ok(Self { stream: ctx.default_stream(), kernels, description })
+        Ok(Self { stream: ctx.default_stream(), kernels, description, positions: Mutex::new(None) })
     }
 
     /// The device and how its kernels were obtained, for the start-up log line.
@@ -384,12 +386,17 @@ impl Backend for Cuda {
         }
         let row_len = to_i32("rope", x.len / rows)?;
         let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
-        let log2_base = rope.freq_base.log2();
+        let log2_base = f64::from(rope.freq_base).log2();
         let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
-        let pos = self.upload_u32(positions)?;
+        let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
+        // Q and K of every layer rotate by the same positions: one upload per step.
+        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
+            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
+        }
+        let Some((_, pos)) = last.as_ref() else { return Err(device_err("positions cache empty")) };
         let xb = buf_mut("rope", x)?;
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, &self.kernels.rope, cfg, xb, &row_len, &hd, &nr, &pos, &log2_base, &neox)
+        launch!(self, &self.kernels.rope, cfg, xb, &row_len, &hd, &nr, pos, &log2_base, &neox)
     }
 
     fn kv_write(

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Every GPU check in one command, for an NVIDIA machine (fits one 10-minute run):
+#   1. builds Realm and the GPU tests with `--features cuda` (or takes them prebuilt, below);
+#   2. compiles the kernels with NVRTC (ptxas register/spill report for sm_90 where ptxas is);
+#   3. runs each CUDA kernel against the CPU reference on fresh random inputs, and the golden
+#      greedy test of the default model on the GPU (a missing GPU fails these, not skips);
+#   4. benchmarks prefill and decode at batch 1, 8 and 32 and the GPU's copy bandwidth, and
+#      prints a short table last.
+#
+#   scripts/gpu-check.sh                 build here (needs cargo), then check
+#   scripts/gpu-check.sh --package DIR   build here and put the binaries (xz-compressed), golden
+#                                        files and the model (in parts under 48 MiB) in DIR, for a
+#                                        GPU machine without a Rust toolchain (copies to such a
+#                                        machine are limited in size)
+#   scripts/gpu-check.sh --prebuilt DIR  check with what --package put in DIR
+#
+# Results (logs, bench JSON, the table) go to $REALM_GPU_OUT (default target/gpu-check).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mode=build
+dir=
+case "${1:-}" in
+  --package) mode=package; dir=${2:?--package needs a folder} ;;
+  --prebuilt) mode=prebuilt; dir=$(cd "${2:?--prebuilt needs a folder}" && pwd) ;;
+  "") ;;
+  *) echo "usage: $0 [--package DIR | --prebuilt DIR]" >&2; exit 2 ;;
+esac
+out=${REALM_GPU_OUT:-$root/target/gpu-check}
+mkdir -p "$out"
+
+# Builds the binary and the three GPU test binaries; prints "name path" lines.
+build() {
+  cargo build --release --locked --features cuda --bin realm >&2
+  echo "realm $root/target/release/realm"
+  local pkg t
+  for t in realm-kernels:cuda_backend realm-kernels:cuda_ptx realm-engine:golden_reference; do
+    pkg=${t%%:*}
+    t=${t#*:}
+    cargo test --release --locked -p "$pkg" --features cuda --test "$t" --no-run --message-format=json 2>/dev/null |
+      python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(sys.argv[1], m["executable"])
+' "$t"
+  done
+}
+
+if [ "$mode" = package ]; then
+  mkdir -p "$dir/bin"
+  build | while read -r name path; do
+    cp "$path" "$dir/bin/$name"
+    strip "$dir/bin/$name" 2>/dev/null || true
+  done
+  python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1], "w:xz"); t.add(sys.argv[2], "bin"); t.close()' \
+    "$dir/bin.tar.xz" "$dir/bin"
+  rm -r "${dir:?}/bin"
+  cp ../shared/golden/reference-f64.jsonl "$dir/"
+  model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  [ -f "$model" ] || "$dir/realm" pull >&2
+  (cd "$dir" && rm -f model.part* && split -b 48M -d "$model" model.part && sha256sum "$model" | cut -d' ' -f1 >model.sha256)
+  ls -la "$dir" >&2
+  exit 0
+fi
+
+declare -A bin
+if [ "$mode" = build ]; then
+  while read -r name path; do bin[$name]=$path; done < <(build)
+  golden=$root/../shared/golden
+  model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+  [ -f "$model" ] || "${bin[realm]}" pull >&2
+else
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$dir/bin.tar.xz" "$out"
+  for name in realm cuda_backend cuda_ptx golden_reference; do bin[$name]=$out/bin/$name; done
+  golden=$dir
+  model=$out/model.gguf
+  if [ ! -f "$model" ]; then
+    cat "$dir"/model.part* >"$model"
+    echo "$(cat "$dir/model.sha256")  $model" | sha256sum -c --quiet
+  fi
+fi
+
+# The driver's libcuda and the toolkit's NVRTC, wherever this image keeps them.
+libdirs=$(
+  {
+    ldconfig -p 2>/dev/null | awk '/libcuda\.so|libnvrtc\.so/ {print $NF}' | xargs -r -n1 dirname || true
+    ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 2>/dev/null || true
+    python3 -c 'import nvidia, os; [print(os.path.join(p, "cu13", "lib")) for p in nvidia.__path__]' 2>/dev/null || true
+  } | sort -u | tr '\n' ':'
+)
+export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:-}"
+if [ -z "${REALM_PTXAS:-}" ] && ! command -v ptxas >/dev/null; then
+  if [ -x /usr/local/cuda/bin/ptxas ]; then export REALM_PTXAS=/usr/local/cuda/bin/ptxas; fi
+fi
+export REALM_REQUIRE_CUDA=1 REALM_REQUIRE_NVRTC=1 REALM_TEST_MODEL=$model REALM_GOLDEN_DIR=$golden
+export REALM_CUDA_CACHE=$out/ptx-cache
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt" || echo "nvidia-smi: no GPU found"
+status=0
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  if "$@" >"$out/$name.log" 2>&1; then
+    echo "   ok"
+  else
+    echo "   FAILED (last lines of $out/$name.log):"
+    tail -40 "$out/$name.log"
+    status=1
+  fi
+}
+step ptx "${bin[cuda_ptx]}" --nocapture
+step kernels "${bin[cuda_backend]}" --test-threads=1
+step golden "${bin[golden_reference]}" --exact cuda_matches_the_reference --nocapture
+# shellcheck disable=SC2329 # called through step
+bench() {
+  "${bin[realm]}" bench --model "$model" --backend cuda --batch 1,8,32 --prompt-tokens 128,512 \
+    --gen-tokens 128 --repeat 3 --json >"$out/bench.json"
+}
+step bench bench
+grep -h "registers\|spill" "$out/ptx.log" | sort | uniq -c | sort -rn | head -5 || true
+
+if [ -s "$out/bench.json" ]; then
+  python3 - "$out/bench.json" <<'EOF' | tee "$out/table.txt"
+import json, sys
+v = json.load(open(sys.argv[1]))
+print()
+print(f"GPU copy bandwidth {v['read_bandwidth_gb_s']:.0f} GB/s (read + written); "
+      f"decode reads {v['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per step")
+print(f"{'batch':>5} {'prompt':>6} {'prefill tok/s':>14} {'decode tok/s':>13} {'floor tok/s':>12} {'share':>6}")
+for r in v["runs"]:
+    print(f"{r['batch']:>5} {r['prompt_tokens']:>6} {r['prefill_tok_s']['median']:>14.0f} "
+          f"{r['decode_tok_s']['median']:>13.0f} {r['decode_floor_tok_s']:>12.0f} {100 * r['decode_floor_share']:>5.1f}%")
+EOF
+fi
+exit $status
