@@ -80,7 +80,7 @@ fn cpu(options: &EngineOptions) -> Result<Device, EngineError> {
 fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
     let c = realm_kernels::cuda::Cuda::new(0)?;
     let note = format!("cuda: {}", c.description());
-    Ok((Device::Cuda(c), note))
+    Ok((Device::Cuda(Box::new(c)), note))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -92,7 +92,7 @@ fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
 fn wgpu() -> Result<(Device, String, bool), realm_kernels::KernelError> {
     let w = realm_kernels::wgpu::Wgpu::new()?;
     let (note, software) = (format!("wgpu: {}", w.adapter_name()), w.is_software());
-    Ok((Device::Wgpu(w), note, software))
+    Ok((Device::Wgpu(Box::new(w)), note, software))
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -168,6 +168,9 @@ pub trait Backend: Send {
 
     fn load_weight(&self, w: &QTensor, inputs: Inputs) -> Result<Self::Weight, KernelError>;
 
+    /// Output rows of a weight (its `rows`).
+    fn weight_rows(&self, w: &Self::Weight) -> usize;
+
     fn zeros(&self, len: usize) -> Result<Self::Tensor, KernelError>;
 
     /// A tensor holding `data` (host to device).
@@ -198,6 +201,35 @@ pub trait Backend: Send {
         n: usize,
         jobs: &mut [(&Self::Weight, &mut Self::Tensor)],
     ) -> Result<(), KernelError>;
+
+    /// `out += x · wᵀ`: a projection added to the residual stream. `scratch` (`n * rows`
+    /// elements) is for backends that form the product apart first; a GPU fuses the add.
+    fn matmul_add(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+        scratch: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        self.matmul(w, x, n, scratch)?;
+        self.add(out, scratch, n * self.weight_rows(w))
+    }
+
+    /// `out = silu(x · gateᵀ) * (x · upᵀ)`, the SwiGLU FFN's first half; `scratch` as in
+    /// [`Backend::matmul_add`].
+    fn matmul_swiglu(
+        &self,
+        x: &Self::Tensor,
+        n: usize,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+        out: &mut Self::Tensor,
+        scratch: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        self.matmuls(x, n, &mut [(gate, &mut *out), (up, &mut *scratch)])?;
+        self.silu_mul(out, scratch, n * self.weight_rows(gate))
+    }
 
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
     fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;

@@ -11,10 +11,11 @@ use crate::wgpu::{Wgpu, WgpuTensor, WgpuWeight};
 
 pub enum Device {
     Cpu(Cpu),
+    // Boxed: a GPU backend's handles and kernel table dwarf the CPU's.
     #[cfg(feature = "cuda")]
-    Cuda(Cuda),
+    Cuda(Box<Cuda>),
     #[cfg(feature = "wgpu")]
-    Wgpu(Wgpu),
+    Wgpu(Box<Wgpu>),
 }
 
 pub enum DeviceTensor {
@@ -125,6 +126,16 @@ impl Backend for Device {
         }
     }
 
+    fn weight_rows(&self, w: &DeviceWeight) -> usize {
+        match w {
+            DeviceWeight::Cpu(w) => w.q.rows,
+            #[cfg(feature = "cuda")]
+            DeviceWeight::Cuda(w) => w.rows(),
+            #[cfg(feature = "wgpu")]
+            DeviceWeight::Wgpu(w) => w.rows(),
+        }
+    }
+
     fn zeros(&self, len: usize) -> Result<DeviceTensor, KernelError> {
         match self {
             Device::Cpu(b) => b.zeros(len).map(DeviceTensor::Cpu),
@@ -176,6 +187,29 @@ impl Backend for Device {
             }
             b.matmuls(x.part()?, n, &mut own)
         })
+    }
+
+    fn matmul_add(
+        &self,
+        w: &DeviceWeight,
+        x: &DeviceTensor,
+        n: usize,
+        out: &mut DeviceTensor,
+        scratch: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.matmul_add(w.part()?, x.part()?, n, out.part()?, scratch.part()?))
+    }
+
+    fn matmul_swiglu(
+        &self,
+        x: &DeviceTensor,
+        n: usize,
+        gate: &DeviceWeight,
+        up: &DeviceWeight,
+        out: &mut DeviceTensor,
+        scratch: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.matmul_swiglu(x.part()?, n, gate.part()?, up.part()?, out.part()?, scratch.part()?))
     }
 
     fn rope(&self, x: &mut DeviceTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {

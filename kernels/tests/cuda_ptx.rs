@@ -57,7 +57,12 @@ fn ptxas_register_and_spill_report_for_sm_90() {
         eprintln!("skipping the report: no ptxas (scripts/test.sh installs one)");
         return;
     }
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // The build's temporary folder, or the system's where the test binary was copied to a GPU
+    // machine (scripts/gpu-check.sh --prebuilt).
+    let dir = [std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")), std::env::temp_dir()]
+        .into_iter()
+        .find(|d| d.is_dir())
+        .expect("a temporary folder");
     let ptx_path = dir.join("kernels-sm_90.ptx");
     std::fs::write(&ptx_path, compile_ptx("sm_90").expect("compile")).expect("write PTX");
     let out = Command::new(&ptxas)

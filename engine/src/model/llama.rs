@@ -185,14 +185,11 @@ impl<B: Backend> Llama<B> {
             let seqs: Vec<_> =
                 steps.iter().zip(seq_rows).map(|(s, rows)| (s.cache.layers[li].as_ref(), rows)).collect();
             b.attention_many(&q, &seqs, shape, &mut att)?;
-            b.matmul(&layer.wo, &att, n, &mut proj)?;
-            b.add(&mut x, &proj, n * dim)?;
+            b.matmul_add(&layer.wo, &att, n, &mut x, &mut proj)?;
 
             b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn)?;
-            b.matmuls(&xn, n, &mut [(&layer.w_gate, &mut gate), (&layer.w_up, &mut up)])?;
-            b.silu_mul(&mut gate, &up, n * ffn)?;
-            b.matmul(&layer.w_down, &gate, n, &mut proj)?;
-            b.add(&mut x, &proj, n * dim)?;
+            b.matmul_swiglu(&xn, n, &layer.w_gate, &layer.w_up, &mut gate, &mut up)?;
+            b.matmul_add(&layer.w_down, &gate, n, &mut x, &mut proj)?;
         }
         for s in steps.iter_mut() {
             s.cache.len += s.tokens.len();

@@ -250,6 +250,10 @@ impl Backend for Cpu {
         Ok(CpuWeight { q: w.clone(), dense, inputs })
     }
 
+    fn weight_rows(&self, w: &CpuWeight) -> usize {
+        w.q.rows
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<f32>, KernelError> {
         Ok(vec![0.0; len])
     }

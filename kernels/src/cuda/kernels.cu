@@ -153,53 +153,83 @@ template <> __device__ __forceinline__ void dequant_chunk<T_Q6_K>(const u8* row,
 // ---- matmul: out[n, rows] = x[n, cols] . W^T -------------------------------------------------
 //
 // One warp per weight row, up to MM_TILE input rows at once so each dequantized chunk is used
-// MM_TILE times; lanes take chunks in turn and the warp sums at the end. `add` accumulates into
-// `out` instead of overwriting it (the residual add fused into the projection).
+// MM_TILE times; lanes take chunks in turn and the warp sums at the end. One launch serves up to
+// three weights of one format sharing the input (Q, K and V), or accumulates into `out` (the
+// residual add fused into a projection), or computes SwiGLU from a gate and an up weight.
 
 #define MM_WARPS 4
 #define MM_TILE 8
 
-template <int T>
-__device__ void matmul(const u8* __restrict__ w, int rows, int cols, int row_bytes, const float* __restrict__ x, int n,
-                       float* __restrict__ out) {
-    int r = blockIdx.x * MM_WARPS + threadIdx.x / WARP;
+enum { MM_STORE = 0, MM_ADD = 1, MM_SWIGLU = 2 };
+
+struct MatmulJobs {
+    u64 w[3];
+    u64 out[3];
+    int rows[3];
+    int count;
+    int mode;
+    int row_bytes;
+    int cols;
+    int n;
+};
+
+template <int T, bool SWIGLU>
+__device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
+    int block = blockIdx.x, j = 0;
+    while (j + 1 < J.count && block >= (J.rows[j] + MM_WARPS - 1) / MM_WARPS) {
+        block -= (J.rows[j] + MM_WARPS - 1) / MM_WARPS;
+        j++;
+    }
+    int rows = J.rows[j], cols = J.cols;
+    int r = block * MM_WARPS + threadIdx.x / WARP;
     int lane = threadIdx.x % WARP;
     int n0 = blockIdx.y * MM_TILE;
     if (r >= rows) return;
-    int tile = min(MM_TILE, n - n0);
-    const u8* wr = w + (u64)r * row_bytes;
-    float acc[MM_TILE];
+    int tile = min(MM_TILE, J.n - n0);
+    const u8* wr = (const u8*)J.w[j] + (u64)r * J.row_bytes;
+    const u8* ur = (const u8*)J.w[1] + (u64)r * J.row_bytes;
+    float acc[MM_TILE], acc_up[MM_TILE];
 #pragma unroll
-    for (int t = 0; t < MM_TILE; t++) acc[t] = 0.0f;
+    for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = 0.0f;
     int chunks = cols / 32;
     for (int c = lane; c < chunks; c += WARP) {
-        float wv[32];
+        float wv[32], uv[32];
         dequant_chunk<T>(wr, c, wv);
+        if (SWIGLU) dequant_chunk<T>(ur, c, uv);
 #pragma unroll
         for (int t = 0; t < MM_TILE; t++) {
             if (t < tile) {
                 const float4* xr = (const float4*)(x + (u64)(n0 + t) * cols + c * 32);
-                float s = 0.0f;
+                float s = 0.0f, su = 0.0f;
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     float4 v = xr[i];
                     s += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
+                    if (SWIGLU) su += uv[4 * i] * v.x + uv[4 * i + 1] * v.y + uv[4 * i + 2] * v.z + uv[4 * i + 3] * v.w;
                 }
                 acc[t] += s;
+                if (SWIGLU) acc_up[t] += su;
             }
         }
     }
+    float* out = (float*)J.out[j];
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) {
         float s = warp_sum(acc[t]);
-        if (lane == 0 && t < tile) out[(u64)(n0 + t) * rows + r] = s;
+        float su = SWIGLU ? warp_sum(acc_up[t]) : 0.0f;
+        if (lane == 0 && t < tile) {
+            float* o = out + (u64)(n0 + t) * rows + r;
+            if (SWIGLU) *o = s / (1.0f + expf(-s)) * su;
+            else if (J.mode == MM_ADD) *o += s;
+            else *o = s;
+        }
     }
 }
 
 #define MATMUL(name, T)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP)                                             \
-        name(const u8* w, int rows, int cols, int row_bytes, const float* x, int n, float* out) {           \
-        matmul<T>(w, rows, cols, row_bytes, x, n, out);                                                     \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP) name(const MatmulJobs jobs, const float* x) { \
+        if (jobs.mode == MM_SWIGLU) matmul<T, true>(jobs, x);                                                \
+        else matmul<T, false>(jobs, x);                                                                      \
     }
 
 MATMUL(matmul_f32, T_F32)
@@ -293,78 +323,169 @@ extern "C" __global__ void rope(float* x, int row_len, int head_dim, int n_rot, 
 
 // ---- attention -------------------------------------------------------------------------------
 //
-// One block per (query row, head): four warps walk the cached positions 0..=pos in turn with
-// an online softmax each (lane l holds dims l, l + 32, ...), then merge. GQA: head h reads
-// KV head h / (n_head / n_kv_head). Each query row names its sequence's K and V caches.
+// Flash-decoding: one block per (query row, KV head, run of AT_SPLIT positions). The query heads
+// sharing the KV head (GQA) are handled together, so each key and value row is read once per
+// block. Per tile of AT_TILE positions: every thread scores one position for each head, the tile's
+// softmax weights go to shared memory, then threads own (head, dim) accumulators and sum the
+// weighted value rows (coalesced). Runs of positions are merged by `attention_merge`, or written
+// directly when one run covers every row's context.
+//
+// The step's sequences come by value (kernel parameters, no copy to the device): a copy from
+// pageable memory would make the host wait for the GPU at every layer.
 
-struct AttnRow {
-    u64 k;
-    u64 v;
-    u32 pos;
-    u32 row;
+#define AT_THREADS 128
+#define AT_TILE 128
+#define AT_SPLIT 256
+#define AT_MAX_SEQS 32
+#define AT_MAX_GD 1024
+#define AT_MAX_GROUP 8
+
+struct AttnSeqs {
+    u64 k[AT_MAX_SEQS];
+    u64 v[AT_MAX_SEQS];
+    u32 first_pos[AT_MAX_SEQS];
+    u32 row[AT_MAX_SEQS];
+    u32 n[AT_MAX_SEQS];
+    u32 count;
 };
 
-#define AT_WARPS 4
-#define AT_MAX_DIM 256
+struct AttnShape {
+    int n_head, n_kv_head, head_dim, splits;
+    float scale;
+};
 
-extern "C" __global__ void __launch_bounds__(AT_WARPS * WARP)
-    attention(const float* __restrict__ q, const AttnRow* __restrict__ desc, int n_head, int n_kv_head, int head_dim,
-              float scale, float* __restrict__ out) {
-    __shared__ float qs[AT_MAX_DIM];
-    __shared__ float part_m[AT_WARPS], part_l[AT_WARPS];
-    __shared__ float part_acc[AT_WARPS][AT_MAX_DIM];
-    AttnRow d = desc[blockIdx.x];
-    int row = d.row, h = blockIdx.y;
-    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const float* kc = (const float*)d.k;
-    const float* vc = (const float*)d.v;
-    int kv_len = n_kv_head * head_dim;
-    int g = h / (n_head / n_kv_head);
-    const float* qr = q + (u64)row * n_head * head_dim + h * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = qr[i] * scale;
+// Which sequence and token the flat row index `i` is.
+__device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* t) {
+    int k = 0;
+    while (k + 1 < (int)s.count && i >= (int)s.n[k]) {
+        i -= s.n[k];
+        k++;
+    }
+    *seq = k;
+    *t = i;
+}
+
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
+    attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
+              float* __restrict__ partial) {
+    __shared__ float qs[AT_MAX_GD];
+    __shared__ float pw[AT_MAX_GROUP][AT_TILE];
+    __shared__ float m_run[AT_MAX_GROUP], l_run[AT_MAX_GROUP], corr[AT_MAX_GROUP];
+    int seq, t;
+    seq_of(seqs, blockIdx.x, &seq, &t);
+    int g = blockIdx.y, split = blockIdx.z;
+    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
+    int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
+    int begin = split * AT_SPLIT, end = min(begin + AT_SPLIT, pos + 1);
+    const float* kc = (const float*)seqs.k[seq];
+    const float* vc = (const float*)seqs.v[seq];
+    int kv_len = sh.n_kv_head * D;
+    const float* qr = q + (u64)row * sh.n_head * D + g * GD;
+    for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i] * sh.scale;
+    if (threadIdx.x < G) {
+        m_run[threadIdx.x] = NEG_INF;
+        l_run[threadIdx.x] = 0.0f;
+    }
+    const int per_thread = AT_MAX_GD / AT_THREADS;
+    float acc[per_thread];
+#pragma unroll
+    for (int i = 0; i < per_thread; i++) acc[i] = 0.0f;
     __syncthreads();
 
-    const int per_lane = AT_MAX_DIM / WARP;
-    float acc[per_lane];
-#pragma unroll
-    for (int i = 0; i < per_lane; i++) acc[i] = 0.0f;
-    float m = NEG_INF, l = 0.0f;
-    for (int p = warp; p <= (int)d.pos; p += AT_WARPS) {
-        const float* kr = kc + (u64)p * kv_len + g * head_dim;
-        float s = 0.0f;
-        for (int i = lane; i < head_dim; i += WARP) s += qs[i] * kr[i];
-        s = warp_sum(s);
-        float m_new = fmaxf(m, s);
-        float corr = expf(m - m_new), e = expf(s - m_new);
-        l = l * corr + e;
-        const float* vr = vc + (u64)p * kv_len + g * head_dim;
-#pragma unroll
-        for (int i = 0; i < per_lane; i++) {
-            int dim = lane + i * WARP;
-            if (dim < head_dim) acc[i] = acc[i] * corr + e * vr[dim];
+    for (int tile = begin; tile < end; tile += AT_TILE) {
+        int p = tile + threadIdx.x;
+        if (p < end) {
+            const float* kr = kc + (u64)p * kv_len + g * D;
+            for (int j = 0; j < G; j++) {
+                float s = 0.0f;
+                for (int d = 0; d < D; d++) s += qs[j * D + d] * kr[d];
+                pw[j][threadIdx.x] = s;
+            }
+        } else {
+            for (int j = 0; j < G; j++) pw[j][threadIdx.x] = NEG_INF;
         }
-        m = m_new;
+        __syncthreads();
+        // One warp per head finds the tile's maximum and rescales the running sums.
+        int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+        for (int j = warp; j < G; j += AT_THREADS / WARP) {
+            float mx = NEG_INF;
+            for (int i = lane; i < AT_TILE; i += WARP) mx = fmaxf(mx, pw[j][i]);
+            mx = warp_max(mx);
+            float m_new = fmaxf(m_run[j], mx);
+            float sum = 0.0f;
+            for (int i = lane; i < AT_TILE; i += WARP) {
+                float e = expf(pw[j][i] - m_new);
+                pw[j][i] = e;
+                sum += e;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) {
+                float c = expf(m_run[j] - m_new);
+                corr[j] = c;
+                l_run[j] = l_run[j] * c + sum;
+                m_run[j] = m_new;
+            }
+        }
+        __syncthreads();
+        int count = min(AT_TILE, end - tile);
+#pragma unroll
+        for (int i = 0; i < per_thread; i++) {
+            int jd = threadIdx.x + i * AT_THREADS;
+            if (jd < GD) {
+                int j = jd / D, d = jd % D;
+                const float* vr = vc + (u64)tile * kv_len + g * D + d;
+                float a = acc[i] * corr[j];
+                for (int k = 0; k < count; k++) a += pw[j][k] * vr[(u64)k * kv_len];
+                acc[i] = a;
+            }
+        }
+        __syncthreads();
     }
-    if (lane == 0) {
-        part_m[warp] = m;
-        part_l[warp] = l;
+
+    if (sh.splits == 1) {
+        float* o = out + (u64)row * sh.n_head * D + g * GD;
+#pragma unroll
+        for (int i = 0; i < per_thread; i++) {
+            int jd = threadIdx.x + i * AT_THREADS;
+            if (jd < GD) o[jd] = acc[i] / l_run[jd / D];
+        }
+        return;
+    }
+    // Partial results: G maxima, G sums, then G*D accumulators.
+    float* part = partial + (((u64)blockIdx.x * sh.n_kv_head + g) * sh.splits + split) * (GD + 2 * G);
+    if (threadIdx.x < G) {
+        part[threadIdx.x] = m_run[threadIdx.x];
+        part[G + threadIdx.x] = l_run[threadIdx.x];
     }
 #pragma unroll
-    for (int i = 0; i < per_lane; i++) {
-        int dim = lane + i * WARP;
-        if (dim < head_dim) part_acc[warp][dim] = acc[i];
+    for (int i = 0; i < per_thread; i++) {
+        int jd = threadIdx.x + i * AT_THREADS;
+        if (jd < GD) part[2 * G + jd] = acc[i];
     }
-    __syncthreads();
-    float mx = NEG_INF;
-    for (int w = 0; w < AT_WARPS; w++) mx = fmaxf(mx, part_m[w]);
-    float total = 0.0f;
-    for (int w = 0; w < AT_WARPS; w++)
-        if (part_m[w] > NEG_INF) total += part_l[w] * expf(part_m[w] - mx);
-    float* o = out + (u64)row * n_head * head_dim + h * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-        float s = 0.0f;
-        for (int w = 0; w < AT_WARPS; w++)
-            if (part_m[w] > NEG_INF) s += part_acc[w][i] * expf(part_m[w] - mx);
-        o[i] = s / total;
+}
+
+// Merges the runs of positions of one (query row, KV head).
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
+    attention_merge(const AttnSeqs seqs, const AttnShape sh, const float* __restrict__ partial, float* __restrict__ out) {
+    int seq, t;
+    seq_of(seqs, blockIdx.x, &seq, &t);
+    int g = blockIdx.y;
+    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
+    int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
+    int used = pos / AT_SPLIT + 1;
+    const float* base = partial + ((u64)blockIdx.x * sh.n_kv_head + g) * sh.splits * (GD + 2 * G);
+    float* o = out + (u64)row * sh.n_head * D + g * GD;
+    for (int jd = threadIdx.x; jd < GD; jd += AT_THREADS) {
+        int j = jd / D;
+        float mx = NEG_INF;
+        for (int s = 0; s < used; s++) mx = fmaxf(mx, base[s * (GD + 2 * G) + j]);
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < used; s++) {
+            const float* part = base + s * (GD + 2 * G);
+            float w = expf(part[j] - mx);
+            den += part[G + j] * w;
+            num += part[2 * G + jd] * w;
+        }
+        o[jd] = num / den;
     }
 }

@@ -12,7 +12,8 @@ mod cache;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
@@ -43,6 +44,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add",
     "rope",
     "attention",
+    "attention_merge",
 ];
 
 /// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`/`embed_*`
@@ -54,9 +56,64 @@ const KERNEL_TYPES: [GgmlType; 7] =
 /// `MM_TILE` in kernels.cu).
 const MM_WARPS: u32 = 4;
 const MM_TILE: u32 = 8;
-/// Threads per attention block and the largest head it takes (`AT_WARPS * 32`, `AT_MAX_DIM`).
+/// Attention (kernels.cu's `AT_*`): threads per block, positions per block, sequences per
+/// launch, and the most query heads (and their dims) sharing one KV head.
 const AT_THREADS: u32 = 128;
-const AT_MAX_DIM: usize = 256;
+const AT_SPLIT: usize = 256;
+const AT_MAX_SEQS: usize = 32;
+const AT_MAX_GROUP: usize = 8;
+const AT_MAX_GD: usize = 1024;
+
+/// kernels.cu's `MatmulJobs`: up to three weights of one format sharing the input, and what
+/// to do with the products (`MM_STORE`, `MM_ADD`, `MM_SWIGLU`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MatmulJobs {
+    w: [u64; 3],
+    out: [u64; 3],
+    rows: [i32; 3],
+    count: i32,
+    mode: i32,
+    row_bytes: i32,
+    cols: i32,
+    n: i32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct.
+unsafe impl DeviceRepr for MatmulJobs {}
+
+const MM_STORE: i32 = 0;
+const MM_ADD: i32 = 1;
+const MM_SWIGLU: i32 = 2;
+
+/// kernels.cu's `AttnSeqs`: one launch's sequences, passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnSeqs {
+    k: [u64; AT_MAX_SEQS],
+    v: [u64; AT_MAX_SEQS],
+    first_pos: [u32; AT_MAX_SEQS],
+    row: [u32; AT_MAX_SEQS],
+    n: [u32; AT_MAX_SEQS],
+    count: u32,
+}
+
+// SAFETY: plain old data laid out as the kernel's struct (repr(C), same field order and types).
+unsafe impl DeviceRepr for AttnSeqs {}
+
+/// kernels.cu's `AttnShape`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnShape {
+    n_head: i32,
+    n_kv_head: i32,
+    head_dim: i32,
+    splits: i32,
+    scale: f32,
+}
+
+// SAFETY: as above.
+unsafe impl DeviceRepr for AttnShape {}
 
 fn device_err(reason: impl Into<String>) -> KernelError {
     KernelError::Device { backend: BackendKind::Cuda, reason: reason.into() }
@@ -121,6 +178,7 @@ struct Kernels {
     add: CudaFunction,
     rope: CudaFunction,
     attention: CudaFunction,
+    attention_merge: CudaFunction,
 }
 
 pub struct Cuda {
@@ -157,8 +215,33 @@ pub struct CudaWeight {
     bytes: CudaSlice<u8>,
 }
 
+impl CudaWeight {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Device pointers of one matmul launch's weights and outputs (`count` of them used).
+struct MatmulTargets {
+    ws: [u64; 3],
+    outs: [u64; 3],
+    rows: [i32; 3],
+    count: usize,
+}
+
 fn kernel_index(ty: GgmlType) -> Option<usize> {
     KERNEL_TYPES.iter().position(|&t| t == ty)
+}
+
+/// Queues kernel `$f` with its arguments, in the order the kernel declares them.
+macro_rules! launch {
+    ($self:expr, $f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut b = $self.stream.launch_builder($f);
+        $( b.arg($arg); )+
+        // SAFETY: every caller passes the arguments its kernel declares, in order, and has
+        // checked the buffers hold what the launch reads and writes.
+        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
+    }};
 }
 
 impl Cuda {
@@ -185,6 +268,7 @@ impl Cuda {
             add: load("add")?,
             rope: load("rope")?,
             attention: load("attention")?,
+            attention_merge: load("attention_merge")?,
         };
         let description = format!(
             "{name} (sm_{major}{minor}, kernels {})",
@@ -217,6 +301,62 @@ impl Cuda {
         Ok(2.0 * bytes as f64 / best.max(1e-9))
     }
 
+    /// Shapes of a matmul over `n` rows of `x` into outputs of the given lengths.
+    fn check_matmul<'a>(
+        &self,
+        x: &CudaTensor,
+        n: usize,
+        jobs: impl Iterator<Item = (&'a CudaWeight, usize)>,
+    ) -> Result<(), KernelError> {
+        let mut cols = None;
+        for (w, out_len) in jobs {
+            let c = *cols.get_or_insert(w.cols);
+            if w.cols != c {
+                return Err(shape_err("matmul", format!("weights sharing an input have {} and {c} columns", w.cols)));
+            }
+            if kernel_index(w.ty).is_none() {
+                return Err(shape_err("matmul", format!("no kernel for {}", w.ty)));
+            }
+            check_len("matmul", "output", out_len, n * w.rows)?;
+        }
+        check_len("matmul", "input", x.len, n * cols.unwrap_or(0))
+    }
+
+    /// One matmul launch over the weights of `targets`, all in `w`'s format.
+    fn launch_matmul(
+        &self,
+        w: &CudaWeight,
+        x: &CudaTensor,
+        n: usize,
+        targets: MatmulTargets,
+        mode: i32,
+    ) -> Result<(), KernelError> {
+        let k = kernel_index(w.ty).ok_or_else(|| shape_err("matmul", format!("no kernel for {}", w.ty)))?;
+        let MatmulTargets { ws, outs, rows, count } = targets;
+        let jobs = MatmulJobs {
+            w: ws,
+            out: outs,
+            rows,
+            count: count as i32,
+            mode,
+            row_bytes: to_i32("matmul", w.row_bytes)?,
+            cols: to_i32("matmul", w.cols)?,
+            n: to_i32("matmul", n)?,
+        };
+        let blocks: usize = rows[..count].iter().map(|&r| (r as usize).div_ceil(MM_WARPS as usize)).sum();
+        let grid_y = u32::try_from(n.div_ceil(MM_TILE as usize))
+            .ok()
+            .filter(|&g| g <= 65_535)
+            .ok_or_else(|| shape_err("matmul", format!("{n} input rows are too many for one launch")))?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, grid_y, 1),
+            block_dim: (MM_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let xb = buf("matmul", x)?;
+        launch!(self, &self.kernels.matmul[k], cfg, &jobs, xb)
+    }
+
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
         if len == 0 {
             return Ok(None);
@@ -227,17 +367,6 @@ impl Cuda {
     fn upload_u32(&self, data: &[u32]) -> Result<CudaSlice<u32>, KernelError> {
         self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
     }
-}
-
-/// Queues kernel `$f` with its arguments, in the order the kernel declares them.
-macro_rules! launch {
-    ($self:expr, $f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let mut b = $self.stream.launch_builder($f);
-        $( b.arg($arg); )+
-        // SAFETY: every caller passes the arguments its kernel declares, in order, and has
-        // checked the buffers hold what the launch reads and writes.
-        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
-    }};
 }
 
 fn buf<'a>(op: &'static str, t: &'a CudaTensor) -> Result<&'a CudaSlice<f32>, KernelError> {
@@ -283,6 +412,10 @@ impl Backend for Cuda {
         let bytes = self.stream.clone_htod(host.as_ref()).map_err(|e| driver_err("copying a weight to the GPU", e))?;
         let row_bytes = host.len() / w.rows.max(1);
         Ok(CudaWeight { ty, rows: w.rows, cols: w.cols, row_bytes, bytes })
+    }
+
+    fn weight_rows(&self, w: &CudaWeight) -> usize {
+        w.rows
     }
 
     fn zeros(&self, len: usize) -> Result<CudaTensor, KernelError> {
@@ -339,37 +472,80 @@ impl Backend for Cuda {
         n: usize,
         jobs: &mut [(&CudaWeight, &mut CudaTensor)],
     ) -> Result<(), KernelError> {
-        let Some(cols) = jobs.first().map(|(w, _)| w.cols) else { return Ok(()) };
-        check_len("matmul", "input", x.len, n * cols)?;
-        for (w, out) in jobs.iter() {
-            if w.cols != cols {
-                return Err(shape_err(
-                    "matmul",
-                    format!("weights sharing an input have {} and {cols} columns", w.cols),
-                ));
-            }
-            check_len("matmul", "output", out.len, n * w.rows)?;
-        }
+        let Some(&(first, _)) = jobs.first() else { return Ok(()) };
+        self.check_matmul(x, n, jobs.iter().map(|(w, o)| (*w, o.len)))?;
         if n == 0 {
             return Ok(());
         }
-        let xb = buf("matmul", x)?;
-        let (ci, ni) = (to_i32("matmul", cols)?, to_i32("matmul", n)?);
-        for (w, out) in jobs.iter_mut() {
-            let k = kernel_index(w.ty).ok_or_else(|| shape_err("matmul", format!("no kernel for {}", w.ty)))?;
-            let (ri, rb) = (to_i32("matmul", w.rows)?, to_i32("matmul", w.row_bytes)?);
-            let grid_y = u32::try_from(n.div_ceil(MM_TILE as usize))
-                .ok()
-                .filter(|&g| g <= 65_535)
-                .ok_or_else(|| shape_err("matmul", format!("{n} input rows are too many for one launch")))?;
-            let cfg = LaunchConfig {
-                grid_dim: ((w.rows as u32).div_ceil(MM_WARPS), grid_y, 1),
-                block_dim: (MM_WARPS * 32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let ob = buf_mut("matmul", out)?;
-            launch!(self, &self.kernels.matmul[k], cfg, &w.bytes, &ri, &ci, &rb, xb, &ni, ob)?;
+        // Q, K and V (one format) go in one launch; anything else one launch per weight.
+        let together = jobs.len() <= 3 && jobs.iter().all(|(w, _)| w.ty == first.ty && w.row_bytes == first.row_bytes);
+        let groups: Vec<&mut [(&CudaWeight, &mut CudaTensor)]> =
+            if together { vec![jobs] } else { jobs.chunks_mut(1).collect() };
+        for group in groups {
+            let (format, count) = (group[0].0, group.len());
+            let mut guards = Vec::new();
+            let mut ws = [0u64; 3];
+            let mut outs = [0u64; 3];
+            let mut rows = [0i32; 3];
+            for (i, (w, out)) in group.iter_mut().enumerate() {
+                let (wp, wg) = w.bytes.device_ptr(&self.stream);
+                let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
+                guards.push((wg, og));
+                ws[i] = wp;
+                outs[i] = op;
+                rows[i] = to_i32("matmul", w.rows)?;
+            }
+            self.launch_matmul(format, x, n, MatmulTargets { ws, outs, rows, count }, MM_STORE)?;
+            drop(guards);
         }
+        Ok(())
+    }
+
+    fn matmul_add(
+        &self,
+        w: &CudaWeight,
+        x: &CudaTensor,
+        n: usize,
+        out: &mut CudaTensor,
+        _scratch: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        self.check_matmul(x, n, [(w, out.len)].into_iter())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (wp, wg) = w.bytes.device_ptr(&self.stream);
+        let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
+        let rows = [to_i32("matmul", w.rows)?, 0, 0];
+        let targets = MatmulTargets { ws: [wp, 0, 0], outs: [op, 0, 0], rows, count: 1 };
+        self.launch_matmul(w, x, n, targets, MM_ADD)?;
+        drop((wg, og));
+        Ok(())
+    }
+
+    fn matmul_swiglu(
+        &self,
+        x: &CudaTensor,
+        n: usize,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+        out: &mut CudaTensor,
+        scratch: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        if gate.ty != up.ty || gate.rows != up.rows || gate.row_bytes != up.row_bytes {
+            self.matmuls(x, n, &mut [(gate, &mut *out), (up, &mut *scratch)])?;
+            return self.silu_mul(out, scratch, n * gate.rows);
+        }
+        self.check_matmul(x, n, [(gate, out.len), (up, out.len)].into_iter())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (gp, gg) = gate.bytes.device_ptr(&self.stream);
+        let (up_ptr, ug) = up.bytes.device_ptr(&self.stream);
+        let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
+        let rows = [to_i32("matmul", gate.rows)?, 0, 0];
+        let targets = MatmulTargets { ws: [gp, up_ptr, 0], outs: [op, 0, 0], rows, count: 1 };
+        self.launch_matmul(gate, x, n, targets, MM_SWIGLU)?;
+        drop((gg, ug, og));
         Ok(())
     }
 
@@ -465,51 +641,78 @@ impl Backend for Cuda {
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
-        if head_dim == 0 || head_dim > AT_MAX_DIM {
-            return Err(shape_err("attention", format!("heads of {head_dim} (the kernel takes 1..={AT_MAX_DIM})")));
+        let group = n_head / n_kv_head;
+        if head_dim == 0 || group > AT_MAX_GROUP || group * head_dim > AT_MAX_GD {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "{group} heads of {head_dim} per KV head (the kernel takes {AT_MAX_GROUP} heads, {AT_MAX_GD} dims)"
+                ),
+            ));
         }
         let (q_len, kv_len) = (n_head * head_dim, n_kv_head * head_dim);
-        // Per query row: its sequence's K and V caches, its position and its row (kernels.cu's
-        // `AttnRow`: two pointers, then position and row packed in one u64).
-        let mut desc: Vec<u64> = Vec::new();
-        let stream = &self.stream;
-        let mut guards = Vec::new();
         for (cache, rows) in seqs {
-            let SeqRows { row, n, first_pos } = *rows;
-            let n_ctx = first_pos + n;
-            check_len("attention", "q", q.len, (row + n) * q_len)?;
+            let n_ctx = rows.first_pos + rows.n;
+            check_len("attention", "q", q.len, (rows.row + rows.n) * q_len)?;
             check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
             check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
-            check_len("attention", "output", out.len, (row + n) * q_len)?;
-            if n == 0 {
-                continue;
-            }
-            let (k_ptr, kg) = buf("attention", cache.k)?.device_ptr(stream);
-            let (v_ptr, vg) = buf("attention", cache.v)?.device_ptr(stream);
-            guards.push((kg, vg));
-            for t in 0..n {
-                let pos =
-                    u32::try_from(first_pos + t).map_err(|_| shape_err("attention", "position overflow".into()))?;
-                let r = u32::try_from(row + t).map_err(|_| shape_err("attention", "row overflow".into()))?;
-                desc.extend([k_ptr, v_ptr, u64::from(pos) | (u64::from(r) << 32)]);
-            }
+            check_len("attention", "output", out.len, (rows.row + rows.n) * q_len)?;
+            u32::try_from(n_ctx).map_err(|_| shape_err("attention", format!("context of {n_ctx} positions")))?;
         }
-        let total = desc.len() / 3;
-        if total == 0 {
-            return Ok(());
-        }
-        let desc_dev = stream.clone_htod(&desc).map_err(|e| driver_err("copying to the GPU", e))?;
-        let (nh, nkv, hd) =
-            (to_i32("attention", n_head)?, to_i32("attention", n_kv_head)?, to_i32("attention", head_dim)?);
+        let live: Vec<_> = seqs.iter().filter(|(_, r)| r.n > 0).collect();
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let (qb, ob) = (buf("attention", q)?, buf_mut("attention", out)?);
-        let cfg = LaunchConfig {
-            grid_dim: (total as u32, n_head as u32, 1),
-            block_dim: (AT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        launch!(self, &self.kernels.attention, cfg, qb, &desc_dev, &nh, &nkv, &hd, &scale, ob)?;
-        drop(guards);
+        let qb = buf("attention", q)?;
+        for chunk in live.chunks(AT_MAX_SEQS) {
+            let mut desc = AttnSeqs {
+                k: [0; AT_MAX_SEQS],
+                v: [0; AT_MAX_SEQS],
+                first_pos: [0; AT_MAX_SEQS],
+                row: [0; AT_MAX_SEQS],
+                n: [0; AT_MAX_SEQS],
+                count: chunk.len() as u32,
+            };
+            let mut guards = Vec::with_capacity(chunk.len());
+            let (mut total, mut max_ctx) = (0usize, 0usize);
+            for (i, (cache, rows)) in chunk.iter().enumerate() {
+                let (k, kg) = buf("attention", cache.k)?.device_ptr(&self.stream);
+                let (v, vg) = buf("attention", cache.v)?.device_ptr(&self.stream);
+                guards.push((kg, vg));
+                desc.k[i] = k;
+                desc.v[i] = v;
+                // Bounded by the u32 check above (positions) and the tensors' lengths (rows).
+                desc.first_pos[i] = rows.first_pos as u32;
+                desc.row[i] = rows.row as u32;
+                desc.n[i] = rows.n as u32;
+                total += rows.n;
+                max_ctx = max_ctx.max(rows.first_pos + rows.n);
+            }
+            let splits = max_ctx.div_ceil(AT_SPLIT);
+            let sh = AttnShape {
+                n_head: to_i32("attention", n_head)?,
+                n_kv_head: to_i32("attention", n_kv_head)?,
+                head_dim: to_i32("attention", head_dim)?,
+                splits: to_i32("attention", splits)?,
+                scale,
+            };
+            let grid_x = u32::try_from(total).map_err(|_| shape_err("attention", format!("{total} query rows")))?;
+            let grid = |z: usize| LaunchConfig {
+                grid_dim: (grid_x, n_kv_head as u32, z as u32),
+                block_dim: (AT_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let part_len = total * n_kv_head * splits * (group * head_dim + 2 * group);
+            // One run of positions covers every row: the kernel writes the output itself and
+            // the partial buffer is not touched.
+            // SAFETY: the merge reads only the runs the attention kernel wrote.
+            let mut partial = unsafe { self.stream.alloc::<f32>(if splits > 1 { part_len } else { 1 }) }
+                .map_err(|e| driver_err("allocating the attention workspace", e))?;
+            let ob = buf_mut("attention", out)?;
+            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, &mut *ob, &mut partial)?;
+            if splits > 1 {
+                launch!(self, &self.kernels.attention_merge, grid(1), &desc, &sh, &partial, ob)?;
+            }
+            drop(guards);
+        }
         Ok(())
     }
 
