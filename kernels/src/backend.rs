@@ -234,6 +234,33 @@ pub trait Backend: Send {
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
     fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;
 
+    /// [`Backend::kv_write`] for every sequence of a step; a GPU does them in one launch.
+    fn kv_write_many(
+        &self,
+        writes: &mut [(KvLayer<&mut Self::Tensor>, SeqRows)],
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        for (cache, rows) in writes.iter_mut() {
+            self.kv_write(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, k, v, *rows, row_len)?;
+        }
+        Ok(())
+    }
+
+    /// [`Backend::rope`] of the queries and the keys of one step (same positions).
+    fn rope_qk(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<(), KernelError> {
+        self.rope(q, head_dim, positions, rope)?;
+        self.rope(k, head_dim, positions, rope)
+    }
+
     /// Appends a sequence's new keys and values: rows `rows.row..rows.row + rows.n` of `k`
     /// and `v` (each `row_len` long) go to cache rows `rows.first_pos..`, growing the cache
     /// when needed.
@@ -290,6 +317,23 @@ pub trait Backend: Send {
     /// Waits until every queued op has finished (a GPU runs ahead of the host); timing code
     /// calls it before reading a clock.
     fn synchronize(&self) -> Result<(), KernelError> {
+        Ok(())
+    }
+
+    /// Copies rows `rows` (each `row_len` long) of `t` to host memory, one after another.
+    fn read_rows(
+        &self,
+        t: &Self::Tensor,
+        rows: std::ops::Range<usize>,
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        out.clear();
+        let mut row = Vec::with_capacity(row_len);
+        for r in rows {
+            self.read_row(t, r, row_len, &mut row)?;
+            out.extend_from_slice(&row);
+        }
         Ok(())
     }
 

@@ -230,6 +230,33 @@ impl Backend for Device {
         })
     }
 
+    fn kv_write_many(
+        &self,
+        writes: &mut [(KvLayer<&mut DeviceTensor>, SeqRows)],
+        k: &DeviceTensor,
+        vv: &DeviceTensor,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = Vec::with_capacity(writes.len());
+            for (cache, rows) in writes.iter_mut() {
+                own.push((KvLayer { k: (&mut *cache.k).part()?, v: (&mut *cache.v).part()? }, *rows));
+            }
+            b.kv_write_many(&mut own, k.part()?, vv.part()?, row_len)
+        })
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut DeviceTensor,
+        k: &mut DeviceTensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.rope_qk(q.part()?, k.part()?, head_dim, positions, rope))
+    }
+
     fn attention(
         &self,
         q: &DeviceTensor,
@@ -280,6 +307,16 @@ impl Backend for Device {
 
     fn synchronize(&self) -> Result<(), KernelError> {
         dispatch!(self, |b| b.synchronize())
+    }
+
+    fn read_rows(
+        &self,
+        t: &DeviceTensor,
+        rows: std::ops::Range<usize>,
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| b.read_rows(t.part()?, rows, row_len, out))
     }
 
     fn read_row(&self, t: &DeviceTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

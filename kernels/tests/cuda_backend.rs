@@ -255,3 +255,78 @@ fn bad_shapes_are_errors_not_panics() {
     let mut big = g.zeros(8).expect("zeros");
     assert!(matches!(g.matmul(&wg, &x, 2, &mut big), Err(KernelError::Shape { op: "matmul", .. })));
 }
+
+#[test]
+fn fused_matmuls_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new("fused");
+    let (dim, kv, ffn, n) = (256, 64, 512, 5);
+    let load = |rows: usize, rng: &mut Rng| {
+        let t = qtensor(GgmlType::Q4_1, rows, dim, &rng.vec(rows * dim));
+        (g.load_weight(&t, Inputs::Robust).expect("w"), c.load_weight(&t, Inputs::Robust).expect("w"))
+    };
+    let (wq, wk, wv) = (load(dim, &mut rng), load(kv, &mut rng), load(kv, &mut rng));
+    let x = rng.vec(n * dim);
+    let xg = g.upload(&x).expect("x");
+    // Q, K and V from one launch.
+    let (mut cq, mut ck, mut cv) = (vec![0.0; n * dim], vec![0.0; n * kv], vec![0.0; n * kv]);
+    c.matmuls(&x, n, &mut [(&wq.1, &mut cq), (&wk.1, &mut ck), (&wv.1, &mut cv)]).expect("cpu");
+    let (mut gq, mut gk, mut gv) =
+        (g.zeros(n * dim).expect("z"), g.zeros(n * kv).expect("z"), g.zeros(n * kv).expect("z"));
+    g.matmuls(&xg, n, &mut [(&wq.0, &mut gq), (&wk.0, &mut gk), (&wv.0, &mut gv)]).expect("gpu");
+    assert_close("q", &download(g, &gq, n, dim), &cq, MATMUL_TOL);
+    assert_close("k", &download(g, &gk, n, kv), &ck, MATMUL_TOL);
+    assert_close("v", &download(g, &gv, n, kv), &cv, MATMUL_TOL);
+    // The residual add fused into a projection.
+    let resid = rng.vec(n * dim);
+    let (mut cr, mut scratch) = (resid.clone(), vec![0.0; n * dim]);
+    c.matmul_add(&wq.1, &x, n, &mut cr, &mut scratch).expect("cpu");
+    let (mut gr, mut gs) = (g.upload(&resid).expect("r"), g.zeros(n * dim).expect("z"));
+    g.matmul_add(&wq.0, &xg, n, &mut gr, &mut gs).expect("gpu");
+    assert_close("matmul_add", &download(g, &gr, n, dim), &cr, MATMUL_TOL);
+    // SwiGLU from gate and up in one launch.
+    let (gate, up) = (load(ffn, &mut rng), load(ffn, &mut rng));
+    let (mut co, mut cs) = (vec![0.0; n * ffn], vec![0.0; n * ffn]);
+    c.matmul_swiglu(&x, n, &gate.1, &up.1, &mut co, &mut cs).expect("cpu");
+    let (mut go, mut gsc) = (g.zeros(n * ffn).expect("z"), g.zeros(n * ffn).expect("z"));
+    g.matmul_swiglu(&xg, n, &gate.0, &up.0, &mut go, &mut gsc).expect("gpu");
+    let mut rows = Vec::new();
+    g.read_rows(&go, 0..n, ffn, &mut rows).expect("read_rows");
+    assert_close("matmul_swiglu", &rows, &co, MATMUL_TOL);
+}
+
+#[test]
+fn rope_qk_and_kv_write_many_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new("rope_qk");
+    let (head_dim, q_len, kv_len) = (64, 9 * 64, 3 * 64);
+    let positions = [5u32, 6, 7, 300];
+    let rope = Rope { layout: RopeLayout::Neox, freq_base: 10_000.0, n_rot: 64 };
+    let (q, k, v) = (rng.vec(4 * q_len), rng.vec(4 * kv_len), rng.vec(4 * kv_len));
+    let (mut cq, mut ck) = (q.clone(), k.clone());
+    c.rope_qk(&mut cq, &mut ck, head_dim, &positions, &rope).expect("cpu");
+    let (mut gq, mut gk) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"));
+    g.rope_qk(&mut gq, &mut gk, head_dim, &positions, &rope).expect("gpu");
+    assert_close("rope q", &download(g, &gq, 4, q_len), &cq, ROPE_TOL);
+    assert_close("rope k", &download(g, &gk, 4, kv_len), &ck, ROPE_TOL);
+    // Rows 0..3 continue a 5-position sequence, row 3 a 300-position one.
+    let prior = [5usize, 300];
+    let mut cpu_caches: Vec<KvLayer<Vec<f32>>> =
+        prior.iter().map(|&p| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect();
+    let mut gpu_caches: Vec<_> = cpu_caches
+        .iter()
+        .map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") })
+        .collect();
+    let rows = [SeqRows { row: 0, n: 3, first_pos: 5 }, SeqRows { row: 3, n: 1, first_pos: 300 }];
+    let mut cw: Vec<_> = cpu_caches.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
+    c.kv_write_many(&mut cw, &ck, &v, kv_len).expect("cpu");
+    let vg = g.upload(&v).expect("v");
+    let mut gw: Vec<_> = gpu_caches.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
+    g.kv_write_many(&mut gw, &gk, &vg, kv_len).expect("gpu");
+    for (i, (cc, gc)) in cpu_caches.iter().zip(&gpu_caches).enumerate() {
+        assert_close(&format!("k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
+        assert_close(&format!("v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
+    }
+}

@@ -167,23 +167,22 @@ impl<B: Backend> Llama<B> {
         let mut up = b.zeros(n * ffn)?;
         b.embed(&self.token_embd, &ids, &mut x)?;
         let shape = AttentionShape { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: c.head_dim };
+        let mut seq_rows = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for s in steps.iter() {
+            seq_rows.push(SeqRows { row, n: s.tokens.len(), first_pos: s.cache.len });
+            row += s.tokens.len();
+        }
 
         for (li, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn)?;
             b.matmuls(&xn, n, &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)])?;
-            b.rope(&mut q, c.head_dim, &positions, &self.rope)?;
-            b.rope(&mut k, c.head_dim, &positions, &self.rope)?;
-            let mut row = 0;
-            let mut seq_rows = Vec::with_capacity(steps.len());
-            for s in steps.iter_mut() {
-                let t = s.tokens.len();
-                let rows = SeqRows { row, n: t, first_pos: s.cache.len };
-                b.kv_write(s.cache.layers[li].as_mut(), &k, &v, rows, kv_dim)?;
-                seq_rows.push(rows);
-                row += t;
-            }
+            b.rope_qk(&mut q, &mut k, c.head_dim, &positions, &self.rope)?;
+            let mut writes: Vec<_> =
+                steps.iter_mut().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_mut(), rows)).collect();
+            b.kv_write_many(&mut writes, &k, &v, kv_dim)?;
             let seqs: Vec<_> =
-                steps.iter().zip(seq_rows).map(|(s, rows)| (s.cache.layers[li].as_ref(), rows)).collect();
+                steps.iter().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_ref(), rows)).collect();
             b.attention_many(&q, &seqs, shape, &mut att)?;
             b.matmul_add(&layer.wo, &att, n, &mut x, &mut proj)?;
 
@@ -216,7 +215,9 @@ impl<B: Backend> Llama<B> {
         let mut logits = b.zeros(wanted.len() * c.vocab_size)?;
         b.matmul(&self.output, &xn, wanted.len(), &mut logits)?;
 
-        let mut host = Vec::with_capacity(c.vocab_size);
+        // One copy to the host for the whole step (a GPU waits once), then split per sequence.
+        let mut host = Vec::with_capacity(wanted.len() * c.vocab_size);
+        b.read_rows(&logits, 0..wanted.len(), c.vocab_size, &mut host)?;
         let mut out = Vec::with_capacity(steps.len());
         let mut next = 0;
         for s in steps.iter() {
@@ -225,13 +226,8 @@ impl<B: Backend> Llama<B> {
                 Logits::All => s.tokens.len(),
                 Logits::None => 0,
             };
-            let mut seq = Vec::with_capacity(rows * c.vocab_size);
-            for r in next..next + rows {
-                b.read_row(&logits, r, c.vocab_size, &mut host)?;
-                seq.extend_from_slice(&host);
-            }
+            out.push(host[next * c.vocab_size..(next + rows) * c.vocab_size].to_vec());
             next += rows;
-            out.push(seq);
         }
         Ok(out)
     }

@@ -299,14 +299,16 @@ extern "C" __global__ void add(float* x, const float* y, int len) {
     if (i < len) x[i] += y[i];
 }
 
-// Rotates every head of row blockIdx.x by positions[row]; `neox` pairs (i, i + n_rot/2),
-// otherwise (2i, 2i + 1). The angle is position * base^(-2i/n_rot), in f64 as on the CPU: in
-// f32 it drifts by ~1e-3 radians at positions in the thousands.
-extern "C" __global__ void rope(float* x, int row_len, int head_dim, int n_rot, const u32* positions,
-                                double log2_base, int neox) {
+// Rotates every head of row blockIdx.x of x0 (blockIdx.y == 0) or x1 (== 1) by positions[row];
+// `neox` pairs (i, i + n_rot/2), otherwise (2i, 2i + 1). Queries and keys go in one launch. The
+// angle is position * base^(-2i/n_rot), in f64 as on the CPU: in f32 it drifts by ~1e-3
+// radians at positions in the thousands.
+extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int head_dim, int n_rot,
+                                const u32* positions, double log2_base, int neox) {
     int half = n_rot / 2;
+    int row_len = blockIdx.y ? len1 : len0;
     double pos = (double)positions[blockIdx.x];
-    float* row = x + (u64)blockIdx.x * row_len;
+    float* row = (blockIdx.y ? x1 : x0) + (u64)blockIdx.x * row_len;
     int heads = row_len / head_dim;
     for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
         int h = t / half, i = t % half;
@@ -315,9 +317,9 @@ extern "C" __global__ void rope(float* x, int row_len, int head_dim, int n_rot, 
         float s = (float)sd, c = (float)cd;
         float* head = row + h * head_dim;
         int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
-        float x0 = head[a], x1 = head[b];
-        head[a] = x0 * c - x1 * s;
-        head[b] = x0 * s + x1 * c;
+        float x0v = head[a], x1v = head[b];
+        head[a] = x0v * c - x1v * s;
+        head[b] = x0v * s + x1v * c;
     }
 }
 
@@ -487,5 +489,19 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
             num += part[2 * G + jd] * w;
         }
         o[jd] = num / den;
+    }
+}
+
+// Appends every sequence's new key and value rows to its caches (one block per new row).
+extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict__ k, const float* __restrict__ v,
+                                    int row_len) {
+    int seq, t;
+    seq_of(seqs, blockIdx.x, &seq, &t);
+    u64 src = (u64)(seqs.row[seq] + t) * row_len, dst = (u64)(seqs.first_pos[seq] + t) * row_len;
+    float* kc = (float*)seqs.k[seq];
+    float* vc = (float*)seqs.v[seq];
+    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
+        kc[dst + i] = k[src + i];
+        vc[dst + i] = v[src + i];
     }
 }

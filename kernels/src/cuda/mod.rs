@@ -45,6 +45,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rope",
     "attention",
     "attention_merge",
+    "kv_write",
 ];
 
 /// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`/`embed_*`
@@ -100,6 +101,29 @@ struct AttnSeqs {
 
 // SAFETY: plain old data laid out as the kernel's struct (repr(C), same field order and types).
 unsafe impl DeviceRepr for AttnSeqs {}
+
+impl AttnSeqs {
+    fn empty(count: usize) -> Self {
+        Self {
+            k: [0; AT_MAX_SEQS],
+            v: [0; AT_MAX_SEQS],
+            first_pos: [0; AT_MAX_SEQS],
+            row: [0; AT_MAX_SEQS],
+            n: [0; AT_MAX_SEQS],
+            count: count as u32,
+        }
+    }
+
+    /// Sequence `i`: its caches and rows. Callers have checked positions fit in u32; rows are
+    /// bounded by tensor lengths.
+    fn set(&mut self, i: usize, k: u64, v: u64, rows: &SeqRows) {
+        self.k[i] = k;
+        self.v[i] = v;
+        self.first_pos[i] = rows.first_pos as u32;
+        self.row[i] = rows.row as u32;
+        self.n[i] = rows.n as u32;
+    }
+}
 
 /// kernels.cu's `AttnShape`.
 #[repr(C)]
@@ -179,6 +203,7 @@ struct Kernels {
     rope: CudaFunction,
     attention: CudaFunction,
     attention_merge: CudaFunction,
+    kv_write: CudaFunction,
 }
 
 pub struct Cuda {
@@ -269,6 +294,7 @@ impl Cuda {
             rope: load("rope")?,
             attention: load("attention")?,
             attention_merge: load("attention_merge")?,
+            kv_write: load("kv_write")?,
         };
         let description = format!(
             "{name} (sm_{major}{minor}, kernels {})",
@@ -299,6 +325,70 @@ impl Cuda {
             }
         }
         Ok(2.0 * bytes as f64 / best.max(1e-9))
+    }
+
+    /// Grows a KV cache to hold `len` elements (doubling, so appends stay amortised O(1)),
+    /// keeping its contents, and marks them in use.
+    fn reserve(&self, cached: &mut CudaTensor, len: usize) -> Result<(), KernelError> {
+        let capacity = cached.buf.as_ref().map_or(0, |b| b.len());
+        if capacity < len {
+            let mut grown = self.alloc(len.max(2 * capacity))?;
+            if let (Some(old), Some(g)) = (cached.buf.as_ref(), grown.as_mut())
+                && cached.len > 0
+            {
+                let (src, mut dst) = (old.try_slice(..cached.len), g.try_slice_mut(..cached.len));
+                if let (Some(src), Some(dst)) = (src, dst.as_mut()) {
+                    self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("growing the KV cache", e))?;
+                }
+            }
+            cached.buf = grown;
+        }
+        cached.len = cached.len.max(len);
+        Ok(())
+    }
+
+    /// Checks a tensor `rope` rotates and returns its device pointer.
+    fn rope_target<'a>(
+        &'a self,
+        x: &'a mut CudaTensor,
+        head_dim: usize,
+        rows: usize,
+        rope: &Rope,
+    ) -> Result<((u64, i32), cudarc::driver::SyncOnDrop<'a>), KernelError> {
+        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+            return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
+        }
+        if rows == 0 || !x.len.is_multiple_of(rows) || !(x.len / rows).is_multiple_of(head_dim) {
+            return Err(shape_err("rope", format!("{} elements are not {rows} rows of {head_dim}-wide heads", x.len)));
+        }
+        let row_len = to_i32("rope", x.len / rows)?;
+        let (p, guard) = buf_mut("rope", x)?.device_ptr_mut(&self.stream);
+        Ok(((p, row_len), guard))
+    }
+
+    /// One rope launch over `tensors` tensors (1 or 2: pointer and row length each) of
+    /// `positions.len()` rows each.
+    fn launch_rope(
+        &self,
+        targets: [(u64, i32); 2],
+        positions: &[u32],
+        head_dim: usize,
+        rope: &Rope,
+        tensors: u32,
+    ) -> Result<(), KernelError> {
+        let rows = positions.len();
+        let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
+        // Every layer rotates by the same positions: one upload per step.
+        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
+            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
+        }
+        let Some((_, pos)) = last.as_ref() else { return Err(device_err("positions cache empty")) };
+        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
+        let log2_base = f64::from(rope.freq_base).log2();
+        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, tensors, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let [(p0, l0), (p1, l1)] = targets;
+        launch!(self, &self.kernels.rope, cfg, &p0, &l0, &p1, &l1, &hd, &nr, pos, &log2_base, &neox)
     }
 
     /// Shapes of a matmul over `n` rows of `x` into outputs of the given lengths.
@@ -550,29 +640,31 @@ impl Backend for Cuda {
     }
 
     fn rope(&self, x: &mut CudaTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
-        let rows = positions.len();
-        if rows == 0 {
+        if positions.is_empty() {
             return Ok(());
         }
-        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
-            return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
+        let (t, guard) = self.rope_target(x, head_dim, positions.len(), rope)?;
+        self.launch_rope([t, t], positions, head_dim, rope, 1)?;
+        drop(guard);
+        Ok(())
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+    ) -> Result<(), KernelError> {
+        if positions.is_empty() {
+            return Ok(());
         }
-        if !x.len.is_multiple_of(rows) || !(x.len / rows).is_multiple_of(head_dim) {
-            return Err(shape_err("rope", format!("{} elements are not {rows} rows of {head_dim}-wide heads", x.len)));
-        }
-        let row_len = to_i32("rope", x.len / rows)?;
-        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
-        let log2_base = f64::from(rope.freq_base).log2();
-        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
-        let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
-        // Q and K of every layer rotate by the same positions: one upload per step.
-        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
-            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
-        }
-        let Some((_, pos)) = last.as_ref() else { return Err(device_err("positions cache empty")) };
-        let xb = buf_mut("rope", x)?;
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, &self.kernels.rope, cfg, xb, &row_len, &hd, &nr, pos, &log2_base, &neox)
+        let (qp, qg) = self.rope_target(q, head_dim, positions.len(), rope)?;
+        let (kp, kg) = self.rope_target(k, head_dim, positions.len(), rope)?;
+        self.launch_rope([qp, kp], positions, head_dim, rope, 2)?;
+        drop((qg, kg));
+        Ok(())
     }
 
     fn kv_write(
@@ -583,38 +675,43 @@ impl Backend for Cuda {
         rows: SeqRows,
         row_len: usize,
     ) -> Result<(), KernelError> {
-        let SeqRows { row, n, first_pos } = rows;
-        let (src_start, src_end) = (row * row_len, (row + n) * row_len);
-        let (dst_start, dst_end) = (first_pos * row_len, (first_pos + n) * row_len);
-        for (cached, new) in [(cache.k, k), (cache.v, v)] {
-            check_len("kv_write", "source", new.len, src_end)?;
-            if n == 0 || row_len == 0 {
-                continue;
+        self.kv_write_many(&mut [(cache, rows)], k, v, row_len)
+    }
+
+    fn kv_write_many(
+        &self,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        k: &CudaTensor,
+        v: &CudaTensor,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        for (cache, rows) in writes.iter_mut() {
+            check_len("kv_write", "source", k.len, (rows.row + rows.n) * row_len)?;
+            check_len("kv_write", "source", v.len, (rows.row + rows.n) * row_len)?;
+            u32::try_from(rows.first_pos + rows.n)
+                .map_err(|_| shape_err("kv_write", format!("position {}", rows.first_pos + rows.n)))?;
+            if rows.n > 0 && row_len > 0 {
+                let end = (rows.first_pos + rows.n) * row_len;
+                self.reserve(cache.k, end)?;
+                self.reserve(cache.v, end)?;
             }
-            let capacity = cached.buf.as_ref().map_or(0, |b| b.len());
-            if capacity < dst_end {
-                // Doubling keeps appends amortised O(1) however the sequence grows.
-                let mut grown = self.alloc(dst_end.max(2 * capacity).max(64 * row_len))?;
-                if let (Some(old), Some(g)) = (cached.buf.as_ref(), grown.as_mut())
-                    && cached.len > 0
-                {
-                    let (src, mut dst) = (old.try_slice(..cached.len), g.try_slice_mut(..cached.len));
-                    if let (Some(src), Some(dst)) = (src, dst.as_mut()) {
-                        self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("growing the KV cache", e))?;
-                    }
-                }
-                cached.buf = grown;
+        }
+        let live: Vec<_> = writes.iter_mut().filter(|(_, r)| r.n > 0 && row_len > 0).collect();
+        let (kb, vb, len) = (buf("kv_write", k)?, buf("kv_write", v)?, to_i32("kv_write", row_len)?);
+        for chunk in live.chunks(AT_MAX_SEQS) {
+            let mut desc = AttnSeqs::empty(chunk.len());
+            let mut guards = Vec::with_capacity(chunk.len());
+            let mut total = 0;
+            for (i, (cache, rows)) in chunk.iter().enumerate() {
+                let (kp, kg) = buf("kv_write", cache.k)?.device_ptr(&self.stream);
+                let (vp, vg) = buf("kv_write", cache.v)?.device_ptr(&self.stream);
+                guards.push((kg, vg));
+                desc.set(i, kp, vp, rows);
+                total += rows.n;
             }
-            cached.len = cached.len.max(dst_end);
-            let src = buf("kv_write", new)?.try_slice(src_start..src_end);
-            let dst_buf = buf_mut("kv_write", cached)?;
-            let mut dst = dst_buf.try_slice_mut(dst_start..dst_end);
-            match (src, dst.as_mut()) {
-                (Some(src), Some(dst)) => {
-                    self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("writing the KV cache", e))?
-                }
-                _ => return Err(shape_err("kv_write", "rows outside the tensors".into())),
-            }
+            let cfg = LaunchConfig { grid_dim: (total as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, &self.kernels.kv_write, cfg, &desc, kb, vb, &len)?;
+            drop(guards);
         }
         Ok(())
     }
@@ -663,26 +760,14 @@ impl Backend for Cuda {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let qb = buf("attention", q)?;
         for chunk in live.chunks(AT_MAX_SEQS) {
-            let mut desc = AttnSeqs {
-                k: [0; AT_MAX_SEQS],
-                v: [0; AT_MAX_SEQS],
-                first_pos: [0; AT_MAX_SEQS],
-                row: [0; AT_MAX_SEQS],
-                n: [0; AT_MAX_SEQS],
-                count: chunk.len() as u32,
-            };
+            let mut desc = AttnSeqs::empty(chunk.len());
             let mut guards = Vec::with_capacity(chunk.len());
             let (mut total, mut max_ctx) = (0usize, 0usize);
             for (i, (cache, rows)) in chunk.iter().enumerate() {
                 let (k, kg) = buf("attention", cache.k)?.device_ptr(&self.stream);
                 let (v, vg) = buf("attention", cache.v)?.device_ptr(&self.stream);
                 guards.push((kg, vg));
-                desc.k[i] = k;
-                desc.v[i] = v;
-                // Bounded by the u32 check above (positions) and the tensors' lengths (rows).
-                desc.first_pos[i] = rows.first_pos as u32;
-                desc.row[i] = rows.row as u32;
-                desc.n[i] = rows.n as u32;
+                desc.set(i, k, v, rows);
                 total += rows.n;
                 max_ctx = max_ctx.max(rows.first_pos + rows.n);
             }
@@ -766,6 +851,27 @@ impl Backend for Cuda {
 
     fn synchronize(&self) -> Result<(), KernelError> {
         self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+    }
+
+    fn read_rows(
+        &self,
+        t: &CudaTensor,
+        rows: std::ops::Range<usize>,
+        row_len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        check_len("read_rows", "tensor", t.len, rows.end * row_len)?;
+        let len = rows.len() * row_len;
+        out.clear();
+        out.resize(len, 0.0);
+        if len == 0 {
+            return Ok(());
+        }
+        let src = buf("read_rows", t)?
+            .try_slice(rows.start * row_len..rows.end * row_len)
+            .ok_or_else(|| shape_err("read_rows", "rows outside the tensor".into()))?;
+        self.stream.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
+        self.synchronize()
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
