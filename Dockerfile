@@ -38,12 +38,11 @@ RUN --mount=type=cache,id=realm-cargo-registry,target=/usr/local/cargo/registry,
     cargo build --release --locked \
  && install -D -m 0755 target/release/realm /out/realm
 
-# The CUDA backend is the cargo feature `cuda` (issue 9). It does not exist yet, so the default
-# is no extra feature: today the cuda image runs the CPU backend on a CUDA base. Once the feature
-# lands, change the default to "cuda" (cudarc loads libcuda/libnvrtc at run time, so this stage
-# needs no nvcc).
+# The CUDA backend (cargo feature `cuda`). cudarc loads libcuda (mounted by the NVIDIA container
+# toolkit) and the image's NVRTC at run time, resolving each driver function on first use, so
+# this stage needs no CUDA toolkit and the binary runs on every driver from 535 up.
 FROM source AS build-cuda
-ARG REALM_CUDA_FEATURES=""
+ARG REALM_CUDA_FEATURES="cuda"
 RUN --mount=type=cache,id=realm-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=realm-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=realm-target,target=/src/target,sharing=locked \
@@ -106,9 +105,10 @@ FROM cpu-bake-${REALM_BAKE_MODEL} AS cpu
 
 # ---------------------------------------------------------------------------------------------
 # cuda: the CUDA 12.2 runtime (cudart, NVRTC) on Ubuntu 22.04. 12.2 is the oldest driver the
-# target platforms run (Cloud Run's L4 driver is 535, CUDA 12.2); CUDA minor-version
-# compatibility lets it run on every newer driver, and NVRTC output from a newer toolkit would
-# not load on that driver.
+# target platforms run (Cloud Run's L4 driver is 535, CUDA 12.2): the kernels are compiled by
+# this NVRTC at start, and PTX from a newer NVRTC would not load on that driver. `realm serve`
+# picks the GPU itself (`--backend auto`) and logs why; REALM_BACKEND=cuda makes a missing GPU
+# an error instead of a CPU fallback.
 FROM nvidia/cuda:12.2.2-runtime-ubuntu22.04 AS cuda-base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \

@@ -25,6 +25,12 @@ echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
+echo "== clippy, GPU backends (--features cuda,wgpu)"
+cargo clippy --release --locked --workspace --all-targets --features cuda,wgpu -- -D warnings
+echo "== CUDA kernels: NVRTC to PTX for sm_80/89/90, ptxas registers and spills for sm_90"
+nv=$("$REALM_PYTHON" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
+LD_LIBRARY_PATH="$nv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REALM_PTXAS="$nv/bin/ptxas" REALM_REQUIRE_NVRTC=1 \
+  cargo test --release --locked -p realm-kernels --features cuda --test cuda_ptx -- --nocapture --test-threads=1
 echo "== go: gofmt, vet (sdks/go)"
 unformatted=$(cd sdks/go && gofmt -l .)
 if [ -n "$unformatted" ]; then echo "gofmt -l sdks/go: $unformatted" >&2; exit 1; fi
