@@ -9,6 +9,7 @@
 
 mod cache;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -212,13 +213,39 @@ pub struct Cuda {
     description: String,
     /// The positions last uploaded for `rope`, and their device copy.
     positions: Mutex<Option<(Vec<u32>, CudaSlice<u32>)>>,
+    /// Where the token ids of a step are uploaded for `embed`, grown as needed.
+    ids: Mutex<Option<CudaSlice<u32>>>,
+    pool: Pool,
 }
 
+/// Device buffers of activations, by length, kept for the next step: a decode step asks for the
+/// same dozen sizes every time, and an allocation, a free and their driver calls per tensor
+/// cost more than the small kernels that use them.
+type Pool = Arc<Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>>;
+
+/// Buffers kept per length (enough for one step's activations of that size).
+const POOL_PER_LEN: usize = 8;
+
 /// An f32 tensor in device memory. `len` elements are in use; a KV cache keeps spare
-/// capacity beyond them so appending rarely reallocates.
+/// capacity beyond them so appending rarely reallocates. Activations go back to the pool
+/// they came from when dropped.
 pub struct CudaTensor {
     buf: Option<CudaSlice<f32>>,
     len: usize,
+    pool: Option<Pool>,
+}
+
+impl Drop for CudaTensor {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(buf)) = (&self.pool, self.buf.take())
+            && let Ok(mut pool) = pool.lock()
+        {
+            let kept = pool.entry(buf.len()).or_default();
+            if kept.len() < POOL_PER_LEN {
+                kept.push(buf);
+            }
+        }
+    }
 }
 
 impl CudaTensor {
@@ -300,7 +327,14 @@ impl Cuda {
             "{name} (sm_{major}{minor}, kernels {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" }
         );
-        Ok(Self { stream: ctx.default_stream(), kernels, description, positions: Mutex::new(None) })
+        Ok(Self {
+            stream: ctx.default_stream(),
+            kernels,
+            description,
+            positions: Mutex::new(None),
+            ids: Mutex::new(None),
+            pool: Pool::default(),
+        })
     }
 
     /// The device and how its kernels were obtained, for the start-up log line.
@@ -454,6 +488,24 @@ impl Cuda {
         self.stream.alloc_zeros(len).map(Some).map_err(|e| driver_err(&format!("allocating {len} floats"), e))
     }
 
+    /// An activation tensor of `len` elements from the pool (zeroed when `zero`).
+    fn pooled(&self, len: usize, zero: bool) -> Result<CudaTensor, KernelError> {
+        if len == 0 {
+            return Ok(CudaTensor { buf: None, len: 0, pool: None });
+        }
+        let kept = self.pool.lock().map_err(|_| device_err("buffer pool poisoned"))?.get_mut(&len).and_then(Vec::pop);
+        let mut buf = match kept {
+            Some(b) => b,
+            // SAFETY: zeroed below when asked; otherwise every caller writes before it reads.
+            None => unsafe { self.stream.alloc::<f32>(len) }
+                .map_err(|e| driver_err(&format!("allocating {len} floats"), e))?,
+        };
+        if zero {
+            self.stream.memset_zeros(&mut buf).map_err(|e| driver_err("zeroing a buffer", e))?;
+        }
+        Ok(CudaTensor { buf: Some(buf), len, pool: Some(self.pool.clone()) })
+    }
+
     fn upload_u32(&self, data: &[u32]) -> Result<CudaSlice<u32>, KernelError> {
         self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
     }
@@ -509,15 +561,16 @@ impl Backend for Cuda {
     }
 
     fn zeros(&self, len: usize) -> Result<CudaTensor, KernelError> {
-        Ok(CudaTensor { buf: self.alloc(len)?, len })
+        // Empty tensors are KV caches, which grow on their own and are not pooled.
+        self.pooled(len, true)
     }
 
     fn upload(&self, data: &[f32]) -> Result<CudaTensor, KernelError> {
         if data.is_empty() {
-            return Ok(CudaTensor { buf: None, len: 0 });
+            return Ok(CudaTensor { buf: None, len: 0, pool: None });
         }
         let buf = self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))?;
-        Ok(CudaTensor { buf: Some(buf), len: data.len() })
+        Ok(CudaTensor { buf: Some(buf), len: data.len(), pool: None })
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaTensor) -> Result<(), KernelError> {
@@ -530,11 +583,18 @@ impl Backend for Cuda {
             return Ok(());
         }
         let k = kernel_index(table.ty).ok_or_else(|| shape_err("embed", format!("no kernel for {}", table.ty)))?;
-        let ids_dev = self.upload_u32(ids)?;
+        let mut ids_buf = self.ids.lock().map_err(|_| device_err("ids buffer poisoned"))?;
+        if ids_buf.as_ref().is_none_or(|b| b.len() < ids.len()) {
+            *ids_buf = Some(self.upload_u32(&vec![0; ids.len().next_power_of_two()])?);
+        }
+        let Some(ids_dev) = ids_buf.as_mut() else { return Err(device_err("ids buffer missing")) };
+        let mut head = ids_dev.try_slice_mut(..ids.len()).ok_or_else(|| device_err("ids buffer too short"))?;
+        self.stream.memcpy_htod(ids, &mut head).map_err(|e| driver_err("copying token ids to the GPU", e))?;
+        let ids_dev = &*ids_dev;
         let (cols, row_bytes) = (to_i32("embed", dim)?, to_i32("embed", table.row_bytes)?);
         let out = buf_mut("embed", out)?;
         let cfg = LaunchConfig { grid_dim: (ids.len() as u32, 1, 1), block_dim: (64, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, &self.kernels.embed[k], cfg, &table.bytes, &cols, &row_bytes, &ids_dev, out)
+        launch!(self, &self.kernels.embed[k], cfg, &table.bytes, &cols, &row_bytes, ids_dev, out)
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaWeight, eps: f32, out: &mut CudaTensor) -> Result<(), KernelError> {
@@ -788,13 +848,13 @@ impl Backend for Cuda {
             let part_len = total * n_kv_head * splits * (group * head_dim + 2 * group);
             // One run of positions covers every row: the kernel writes the output itself and
             // the partial buffer is not touched.
-            // SAFETY: the merge reads only the runs the attention kernel wrote.
-            let mut partial = unsafe { self.stream.alloc::<f32>(if splits > 1 { part_len } else { 1 }) }
-                .map_err(|e| driver_err("allocating the attention workspace", e))?;
+            // The merge reads only the runs the attention kernel wrote: no zeroing.
+            let mut workspace = self.pooled(if splits > 1 { part_len } else { 1 }, false)?;
+            let partial = buf_mut("attention", &mut workspace)?;
             let ob = buf_mut("attention", out)?;
-            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, &mut *ob, &mut partial)?;
+            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, &mut *ob, &mut *partial)?;
             if splits > 1 {
-                launch!(self, &self.kernels.attention_merge, grid(1), &desc, &sh, &partial, ob)?;
+                launch!(self, &self.kernels.attention_merge, grid(1), &desc, &sh, &*partial, ob)?;
             }
             drop(guards);
         }
