@@ -20,7 +20,7 @@ fn a_batched_step_equals_separate_steps() {
     // Alone: prefill, then one decode token each.
     let mut alone = Vec::new();
     for (prompt, next) in [(&a[..], 30u32), (&b[..], 17u32)] {
-        let mut cache = m.new_cache();
+        let mut cache = m.new_cache().expect("cache");
         let prefill =
             m.forward(&mut [SeqStep { cache: &mut cache, tokens: prompt, logits: Logits::Last }]).expect("prefill");
         let decode =
@@ -29,7 +29,7 @@ fn a_batched_step_equals_separate_steps() {
     }
 
     // Together: both prefills in one step, then both decodes in one step.
-    let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+    let (mut ca, mut cb) = (m.new_cache().expect("cache"), m.new_cache().expect("cache"));
     let prefill = m
         .forward(&mut [
             SeqStep { cache: &mut ca, tokens: &a, logits: Logits::Last },
@@ -56,11 +56,11 @@ fn all_logits_rows_match_last_row_steps() {
     let m = model();
     let tokens = [504u32, 3575, 282];
     let vocab = m.config.vocab_size;
-    let mut cache = m.new_cache();
+    let mut cache = m.new_cache().expect("cache");
     let all =
         m.forward(&mut [SeqStep { cache: &mut cache, tokens: &tokens, logits: Logits::All }]).expect("all").concat();
     assert_eq!(all.len(), tokens.len() * vocab);
-    let mut cache = m.new_cache();
+    let mut cache = m.new_cache().expect("cache");
     for (i, t) in tokens.iter().enumerate() {
         let row = m
             .forward(&mut [SeqStep { cache: &mut cache, tokens: &[*t], logits: Logits::Last }])
@@ -73,7 +73,7 @@ fn all_logits_rows_match_last_row_steps() {
 #[test]
 fn bad_steps_are_errors_not_panics() {
     let m = model();
-    let mut cache = m.new_cache();
+    let mut cache = m.new_cache().expect("cache");
     let err = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &[], logits: Logits::Last }]);
     assert!(matches!(err, Err(ModelError::EmptyStep)));
     let err = m.forward(&mut [SeqStep { cache: &mut cache, tokens: &[u32::MAX], logits: Logits::Last }]);

@@ -53,7 +53,7 @@ fn tiny_model(edit: impl FnOnce(&mut GgufWriter<'static>)) -> Result<Llama<Cpu>,
 }
 
 fn logits(m: &Llama<Cpu>, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = m.new_cache();
+    let mut cache = m.new_cache().expect("cache");
     m.forward(&mut [SeqStep { cache: &mut cache, tokens, logits: Logits::Last }]).expect("forward").concat()
 }
 
