@@ -1,4 +1,4 @@
-//! The exact CPU path (and, with feature `cuda` on a GPU machine, the CUDA backend) against
+//! The exact CPU path (and the GPU backends: features `cuda` and `wgpu`) against
 //! `shared/golden/reference-f64.jsonl`: a float64 forward pass of the default model's exactly
 //! dequantized weights (see shared/golden/README.md).
 
@@ -33,16 +33,19 @@ enum Path {
     Fast,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Cuda,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    Wgpu,
 }
 
-/// The engine for `path`, loaded once; `None` when a GPU backend cannot start here and
-/// `REALM_REQUIRE_CUDA` is unset (machines without a GPU skip those tests).
+/// The engine for `path`, loaded once; `None` when a GPU backend cannot start here and its
+/// `REALM_REQUIRE_CUDA` / `REALM_REQUIRE_WGPU` is unset (machines without one skip its test).
 fn engine(path: Path) -> Option<&'static Engine> {
-    static ENGINES: [OnceLock<Result<Engine, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let (slot, precision, backend) = match path {
-        Path::Exact => (0, Precision::Exact, BackendChoice::Cpu),
-        Path::Fast => (1, Precision::Fast, BackendChoice::Cpu),
-        Path::Cuda => (2, Precision::Exact, BackendChoice::Cuda),
+    static ENGINES: [OnceLock<Result<Engine, String>>; 4] = [const { OnceLock::new() }; 4];
+    let (slot, precision, backend, require) = match path {
+        Path::Exact => (0, Precision::Exact, BackendChoice::Cpu, None),
+        Path::Fast => (1, Precision::Fast, BackendChoice::Cpu, None),
+        Path::Cuda => (2, Precision::Exact, BackendChoice::Cuda, Some("REALM_REQUIRE_CUDA")),
+        Path::Wgpu => (3, Precision::Exact, BackendChoice::Wgpu, Some("REALM_REQUIRE_WGPU")),
     };
     let loaded = ENGINES[slot].get_or_init(|| {
         let options = EngineOptions { precision, backend, ..EngineOptions::default() };
@@ -50,8 +53,8 @@ fn engine(path: Path) -> Option<&'static Engine> {
     });
     match loaded {
         Ok(e) => Some(e),
-        Err(e) if path == Path::Cuda && std::env::var_os("REALM_REQUIRE_CUDA").is_none() => {
-            eprintln!("skipping: CUDA is not usable here ({e})");
+        Err(e) if require.is_some_and(|var| std::env::var_os(var).is_none()) => {
+            eprintln!("skipping: {path:?} is not usable here ({e})");
             None
         }
         Err(e) => panic!("loading the default model for {path:?}: {e}"),
@@ -80,7 +83,7 @@ fn pairs(v: &Value) -> Vec<(u32, f32)> {
 
 fn check_prompt(id: &str, path: Path) {
     let tol = match path {
-        Path::Exact | Path::Cuda => EXACT,
+        Path::Exact | Path::Cuda | Path::Wgpu => EXACT,
         Path::Fast => FAST,
     };
     let Some(engine) = engine(path) else { return };
@@ -156,6 +159,12 @@ macro_rules! golden_prompts {
         #[test]
         fn cuda_matches_the_reference() {
             $(check_prompt($id, Path::Cuda);)*
+        }
+
+        #[cfg(feature = "wgpu")]
+        #[test]
+        fn wgpu_matches_the_reference() {
+            $(check_prompt($id, Path::Wgpu);)*
         }
 
         #[test]

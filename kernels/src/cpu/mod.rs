@@ -53,7 +53,7 @@ macro_rules! entry_points {
     };
 }
 
-mod ops;
+pub(crate) mod ops;
 mod pool;
 mod q16;
 mod q8;
