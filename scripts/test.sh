@@ -9,6 +9,10 @@ echo "== set-up: Python reference packages"
 bash scripts/setup.sh
 export REALM_PYTHON="$PWD/.venv/bin/python"
 
+echo "== set-up: lavapipe, a Vulkan driver on the CPU (the wgpu backend's tests)"
+VK_DRIVER_FILES=$(bash scripts/setup-vulkan.sh)
+export VK_DRIVER_FILES
+
 echo "== set-up: Go toolchain (sdks/go)"
 GO=$(bash scripts/setup-go.sh)
 PATH="$(dirname "$GO"):$PATH"
@@ -27,13 +31,18 @@ echo "== clippy"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 echo "== clippy, GPU backends (--features cuda,wgpu)"
 cargo clippy --release --locked --workspace --all-targets --features cuda,wgpu -- -D warnings
-echo "== CUDA kernels: NVRTC to PTX for sm_80/89/90, ptxas registers and spills for sm_90"
-nv=$("$REALM_PYTHON" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
-LD_LIBRARY_PATH="$nv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REALM_PTXAS="$nv/bin/ptxas" REALM_REQUIRE_NVRTC=1 \
-  cargo test --release --locked -p realm-kernels --features cuda --test cuda_ptx -- --nocapture --test-threads=1
 echo "== go: gofmt, vet (sdks/go)"
 unformatted=$(cd sdks/go && gofmt -l .)
 if [ -n "$unformatted" ]; then echo "gofmt -l sdks/go: $unformatted" >&2; exit 1; fi
 (cd sdks/go && go vet ./...)
 echo "== tests"
 cargo test --release --locked --workspace
+echo "== GPU backends: WGSL kernels on lavapipe; CUDA kernels through NVRTC (sm_80/89/90), ptxas registers and spills for sm_90"
+# No GPU here: the CUDA kernel and golden tests skip (scripts/gpu-check.sh runs them on one).
+nv=$("$REALM_PYTHON" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
+export REALM_REQUIRE_WGPU=1
+LD_LIBRARY_PATH="$nv/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REALM_PTXAS="$nv/bin/ptxas" REALM_REQUIRE_NVRTC=1 \
+  cargo test --release --locked -p realm-kernels --features cuda,wgpu \
+  --test cuda_ptx --test wgpu_shaders --test wgpu_backend --test cuda_backend -- --nocapture
+echo "== golden reference on the wgpu backend (lavapipe)"
+cargo test --release --locked -p realm-engine --features cuda,wgpu --test golden_reference wgpu_matches_the_reference

@@ -1,20 +1,65 @@
-//! The WGSL kernels parse and validate with naga (wgpu's shader compiler), so a shader error
-//! fails here, on any machine, rather than at start on a user's GPU (feature `wgpu`).
+//! Every WGSL file of the wgpu backend, and every module the backend builds from them, parses
+//! and validates with naga (the front end wgpu compiles them with), without a GPU.
 #![cfg(feature = "wgpu")]
 
-use naga::valid::{Capabilities, ValidationFlags, Validator};
-use realm_kernels::wgpu::{KERNEL_NAMES, KERNELS_WGSL};
+use std::path::{Path, PathBuf};
+
+/// The file name stems each kernel family must have at least one file for.
+const FAMILIES: [&str; 6] = ["matmul", "rms_norm", "rope", "silu_mul", "add", "attention"];
+/// The weight formats whose matmul `unit` has its own file.
+const FORMATS: [&str; 6] = ["q4_0", "q4_1", "q8_0", "q4_k", "q5_k", "q6_k"];
+
+fn validate(name: &str, src: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(src).map_err(|e| format!("{name}: {}", e.emit_to_string(src)))?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| format!("{name}: {}", e.emit_to_string(src)))?;
+    Ok(())
+}
+
+fn shader_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wgpu/shaders");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read shaders dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    files
+}
 
 #[test]
-fn kernels_wgsl_validates_and_has_every_entry_point() {
-    let module = naga::front::wgsl::parse_str(KERNELS_WGSL)
-        .unwrap_or_else(|e| panic!("kernels.wgsl does not parse:\n{}", e.emit_to_string(KERNELS_WGSL)));
-    Validator::new(ValidationFlags::all(), Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("kernels.wgsl does not validate:\n{}", e.emit_to_string(KERNELS_WGSL)));
-    let entries: Vec<&str> = module.entry_points.iter().map(|e| e.name.as_str()).collect();
-    for name in KERNEL_NAMES {
-        assert!(entries.contains(name), "entry point {name} missing (found {entries:?})");
+fn every_shader_file_validates() {
+    let files = shader_files();
+    let mut failures = Vec::new();
+    let mut stems = Vec::new();
+    for path in &files {
+        let src = std::fs::read_to_string(path).expect("read shader");
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        println!("checked {name}");
+        if let Err(e) = validate(&name, &src) {
+            failures.push(e);
+        }
+        stems.push(name.trim_end_matches(".wgsl").to_string());
     }
-    assert_eq!(entries.len(), KERNEL_NAMES.len(), "every entry point is listed in KERNEL_NAMES: {entries:?}");
+    assert!(failures.is_empty(), "{} shader files fail:\n{}", failures.len(), failures.join("\n"));
+    for family in FAMILIES.iter().chain(&FORMATS) {
+        assert!(stems.iter().any(|s| s.starts_with(family)), "no shader file for {family}: checked {stems:?}");
+    }
+}
+
+#[test]
+fn every_built_module_validates() {
+    let modules = realm_kernels::wgpu::shader_modules();
+    let mut failures = Vec::new();
+    for (name, src) in &modules {
+        println!("checked module {name}");
+        if let Err(e) = validate(name, src) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{} modules fail:\n{}", failures.len(), failures.join("\n"));
+    // F32 plus one per quantized format.
+    let matmuls = modules.iter().filter(|(n, _)| n.starts_with("matmul")).count();
+    assert_eq!(matmuls, FORMATS.len() + 1, "matmul modules: {:?}", modules.iter().map(|m| &m.0).collect::<Vec<_>>());
 }

@@ -53,7 +53,7 @@ macro_rules! entry_points {
     };
 }
 
-pub(crate) mod ops;
+mod ops;
 mod pool;
 mod q16;
 mod q8;

@@ -1,40 +1,42 @@
-//! The wgpu backend: the CUDA backend's kernel set in WGSL (`kernels.wgsl`), run through
-//! `wgpu` on Vulkan (Linux, Android), Metal (macOS, iOS) and DX12, and the path to browsers'
-//! WebGPU. Weights keep their GGML blocks (rows padded to whole u32 words, as WGSL reads words)
-//! and are dequantized in the shaders; activations and the KV cache are f32 storage buffers.
+//! wgpu backend: the ops of a transformer step as WGSL compute shaders on whichever Vulkan,
+//! Metal or DX12 adapter wgpu finds (the WebGPU compute model).
 //!
-//! Work is queued without waiting; only reading back (`read_row`, `read_rows`) waits for the
-//! device.
+//! Activations are f32 storage buffers. Weights keep their GGML blocks as they are in the
+//! file, padded to whole u32 words plus one spare word: blocks are not repacked, the shaders
+//! read bytes at any offset (Q4_0, Q8_0 and Q6_K blocks do not start on a word) and
+//! dequantize 32 elements at a time in registers inside the matmul. Formats without a kernel,
+//! and 1-D weights (norms), are dequantized to f32 at load.
+//!
+//! Ops are recorded into one command encoder and submitted every [`FLUSH_EVERY`] dispatches
+//! without waiting; only reading back ([`Backend::read_rows`]) and [`Backend::synchronize`] wait for the device. Host data an op needs
+//! (ids, RoPE angles, parameters) goes into fresh buffers written at creation, so it can never
+//! be reordered against commands already recorded.
 
-use std::sync::mpsc;
+mod source;
+
+use std::sync::{Arc, Mutex, mpsc};
 
 use wgpu::util::DeviceExt;
 
 use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::cpu::rope_angles;
 use crate::quant::{GgmlType, dequantize_row};
 
-/// The shaders' source: every kernel is an entry point of it.
-pub const KERNELS_WGSL: &str = include_str!("kernels.wgsl");
+pub use source::shader_modules;
 
-/// The entry points, named as the CUDA kernels they mirror.
-pub const KERNEL_NAMES: &[&str] = &["matmul", "embed", "rms_norm", "silu_mul", "add", "rope", "attention"];
-
-/// Formats the shaders dequantize, numbered as `T_*` in kernels.wgsl (others go up as f32).
-const NATIVE: [(GgmlType, u32); 7] = [
-    (GgmlType::F32, 0),
-    (GgmlType::Q4_0, 1),
-    (GgmlType::Q4_1, 2),
-    (GgmlType::Q8_0, 3),
-    (GgmlType::Q4K, 4),
-    (GgmlType::Q5K, 5),
-    (GgmlType::Q6K, 6),
-];
-
-/// Invocations per workgroup (`WG`) and input rows per matmul workgroup.
-const WG: u32 = 64;
-const MM_ROWS: usize = 4;
-/// The most workgroups one dispatch dimension takes (WebGPU's default limit).
-const MAX_GROUPS: usize = 65_535;
+/// Dispatches recorded before the encoder is submitted: the device starts on a long step
+/// while the rest is recorded, and per-dispatch parameter buffers are freed as it goes.
+const FLUSH_EVERY: usize = 64;
+/// Threads per workgroup of every kernel (`WG` in the shaders).
+const WG: usize = 64;
+/// Input rows per matmul workgroup (`TILE` in matmul.wgsl).
+const MATMUL_TILE: usize = 8;
+/// Elements a matmul `unit` dequantizes: weight and embedding rows are whole units.
+const UNIT: usize = 32;
+/// The longest head attention.wgsl handles (`WG * DIMS`).
+const MAX_HEAD_DIM: usize = 256;
+/// Tensor buffers are whole vec4s, so a matmul may bind any of them as `array<vec4<f32>>`.
+const TENSOR_ALIGN: u64 = 16;
 
 fn device_err(reason: impl Into<String>) -> KernelError {
     KernelError::Device { backend: BackendKind::Wgpu, reason: reason.into() }
@@ -51,87 +53,70 @@ fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(
     Ok(())
 }
 
-fn to_u32(op: &'static str, v: usize) -> Result<u32, KernelError> {
-    u32::try_from(v).map_err(|_| shape_err(op, format!("{v} is too large for a shader")))
+/// A shader operand that must fit the shaders' u32 arithmetic.
+fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32, KernelError> {
+    u32::try_from(v).map_err(|_| shape_err(op, format!("{what} {v} does not fit in 32 bits")))
 }
 
-/// kernels.wgsl's `Params`.
-#[derive(Clone, Copy, Default)]
-struct Params {
-    ty: u32,
-    rows: u32,
-    cols: u32,
-    row_words: u32,
-    n: u32,
-    row_offset: u32,
-    eps: f32,
-    scale: f32,
-    n_head: u32,
-    n_kv_head: u32,
-    head_dim: u32,
-    n_rot: u32,
-    first_pos: u32,
-    q_row: u32,
-    neox: u32,
-    ctx: u32,
+/// How a weight's rows are stored, one matmul kernel each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    F32,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
-impl Params {
-    fn bytes(&self) -> Vec<u8> {
-        let words = [
-            self.ty,
-            self.rows,
-            self.cols,
-            self.row_words,
-            self.n,
-            self.row_offset,
-            self.eps.to_bits(),
-            self.scale.to_bits(),
-            self.n_head,
-            self.n_kv_head,
-            self.head_dim,
-            self.n_rot,
-            self.first_pos,
-            self.q_row,
-            self.neox,
-            self.ctx,
-        ];
-        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+impl Format {
+    const ALL: [Format; 7] =
+        [Format::F32, Format::Q4_0, Format::Q4_1, Format::Q8_0, Format::Q4K, Format::Q5K, Format::Q6K];
+
+    /// The kernel reading `ty` as stored, if there is one.
+    fn of(ty: GgmlType) -> Option<Format> {
+        Some(match ty {
+            GgmlType::F32 => Format::F32,
+            GgmlType::Q4_0 => Format::Q4_0,
+            GgmlType::Q4_1 => Format::Q4_1,
+            GgmlType::Q8_0 => Format::Q8_0,
+            GgmlType::Q4K => Format::Q4K,
+            GgmlType::Q5K => Format::Q5K,
+            GgmlType::Q6K => Format::Q6K,
+            _ => return None,
+        })
     }
 }
 
-pub struct Wgpu {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    layout: wgpu::BindGroupLayout,
-    pipelines: Vec<(&'static str, wgpu::ComputePipeline)>,
-    /// Bound where an entry point does not use a binding (read-only and writable ones apart,
-    /// since one buffer may not be both in a dispatch).
-    dummy_ro: wgpu::Buffer,
-    dummy_rw: wgpu::Buffer,
-    info: wgpu::AdapterInfo,
-}
-
-/// An f32 tensor in a storage buffer: `len` elements in use, capacity beyond them for a
-/// growing KV cache.
+/// Activations on the device: `len` f32s at the start of `buf` (which may hold more, so a
+/// KV cache grows without a copy every step).
 pub struct WgpuTensor {
     buf: wgpu::Buffer,
     len: usize,
 }
 
 impl WgpuTensor {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn capacity(&self) -> usize {
         (self.buf.size() / 4) as usize
     }
 }
 
+/// A weight on the device: `rows` rows of `row_bytes` bytes in `format`.
 pub struct WgpuWeight {
-    /// `T_*` of kernels.wgsl.
-    ty: u32,
+    buf: wgpu::Buffer,
+    format: Format,
     rows: usize,
     cols: usize,
-    row_words: usize,
-    buf: wgpu::Buffer,
+    row_bytes: usize,
 }
 
 impl WgpuWeight {
@@ -140,233 +125,239 @@ impl WgpuWeight {
     }
 }
 
-const STORAGE: wgpu::BufferUsages =
-    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
-
-/// The seven bindings every entry point may use: params, weights, input, output, aux, scratch.
-fn layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
-    let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    vec![
-        wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        },
-        storage(1, true),
-        storage(2, true),
-        storage(3, false),
-        storage(4, true),
-        storage(5, false),
-    ]
+struct Kernels {
+    /// By `Format as usize`.
+    matmul: Vec<wgpu::ComputePipeline>,
+    embed: Vec<wgpu::ComputePipeline>,
+    rms_norm: wgpu::ComputePipeline,
+    rope: wgpu::ComputePipeline,
+    silu_mul: wgpu::ComputePipeline,
+    add: wgpu::ComputePipeline,
+    attention: wgpu::ComputePipeline,
 }
 
-/// What one dispatch binds; `None` takes the matching dummy.
+fn pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, label: &str) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: None,
+        module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+fn module(device: &wgpu::Device, src: &str, label: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    })
+}
+
+impl Kernels {
+    /// Compiles every kernel; compilation errors surface through the caller's error scope.
+    fn new(device: &wgpu::Device) -> Result<Self, KernelError> {
+        let mut matmul = Vec::new();
+        let mut embed = Vec::new();
+        for format in Format::ALL {
+            let src = source::matmul_module(format)
+                .ok_or_else(|| device_err(format!("matmul shader for {format:?} lacks its unit markers")))?;
+            let m = module(device, &src, "matmul");
+            matmul.push(pipeline(device, &m, "matmul", "matmul"));
+            embed.push(pipeline(device, &m, "embed", "embed"));
+        }
+        let single = |src: &str, label: &str| pipeline(device, &module(device, src, label), "main", label);
+        Ok(Self {
+            matmul,
+            embed,
+            rms_norm: single(source::RMS_NORM, "rms_norm"),
+            rope: single(source::ROPE, "rope"),
+            silu_mul: single(source::SILU_MUL, "silu_mul"),
+            add: single(source::ADD, "add"),
+            attention: single(source::ATTENTION, "attention"),
+        })
+    }
+}
+
+/// The command encoder being recorded, if any.
 #[derive(Default)]
-struct Binds<'a> {
-    w: Option<&'a wgpu::Buffer>,
-    x: Option<&'a wgpu::Buffer>,
-    out: Option<&'a wgpu::Buffer>,
-    aux: Option<&'a wgpu::Buffer>,
-    scratch: Option<&'a wgpu::Buffer>,
+struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    recorded: usize,
+}
+
+pub struct Wgpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    kernels: Kernels,
+    rec: Mutex<Recorder>,
+    /// The first validation or device error wgpu reported outside an error scope; it would
+    /// panic by default, this backend returns it from the next op that waits.
+    error: Arc<Mutex<Option<String>>>,
 }
 
 impl Wgpu {
-    /// Opens the highest-performance adapter wgpu finds (Vulkan, Metal or DX12).
+    /// The high-performance adapter wgpu finds first (`WGPU_BACKEND` and the other `WGPU_*`
+    /// variables narrow the search), with every kernel compiled.
     pub fn new() -> Result<Self, KernelError> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
-        let instance = wgpu::Instance::new(desc);
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
-        .map_err(|e| device_err(format!("no GPU adapter (Vulkan, Metal or DX12): {e}")))?;
-        let info = adapter.get_info();
+        .map_err(|e| device_err(format!("no adapter: {e}")))?;
+        // Everything the adapter offers: the default limits cap storage buffers at 128 MiB,
+        // less than an output head.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("realm"),
-            required_limits: wgpu::Limits {
-                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-                max_buffer_size: limits.max_buffer_size,
-                max_storage_buffers_per_shader_stage: 5,
-                ..wgpu::Limits::downlevel_defaults()
-            },
+            required_limits: limits.clone(),
+            memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
         }))
-        .map_err(|e| device_err(format!("opening {}: {e}", info.name)))?;
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("kernels.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(KERNELS_WGSL.into()),
-        });
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("realm kernels"),
-            entries: &layout_entries(),
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("realm kernels"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipelines = KERNEL_NAMES
-            .iter()
-            .map(|&name| {
-                let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(name),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(name),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-                (name, p)
-            })
-            .collect();
-        let dummy = |label| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: 16,
-                usage: STORAGE,
-                mapped_at_creation: false,
-            })
-        };
-        let (dummy_ro, dummy_rw) = (dummy("unused (read)"), dummy("unused (write)"));
-        Ok(Self { device, queue, layout, pipelines, dummy_ro, dummy_rw, info })
+        .map_err(|e| device_err(format!("device request failed: {e}")))?;
+        let error = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&error);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let kernels = Kernels::new(&device);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(device_err(format!("kernel compilation failed: {e}")));
+        }
+        Ok(Self {
+            device,
+            queue,
+            info: adapter.get_info(),
+            limits,
+            kernels: kernels?,
+            rec: Mutex::new(Recorder::default()),
+            error,
+        })
     }
 
-    /// Adapter, driver backend and device type, for the start-up log line.
+    /// The adapter for a log line: name, graphics API and device type.
     pub fn adapter_name(&self) -> String {
         format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
     }
 
-    /// A CPU adapter (lavapipe, WARP): correct but slower than the CPU backend.
+    /// Whether the adapter is a CPU implementation (lavapipe, WARP): correct, but slower than
+    /// the CPU backend, so automatic backend choice skips it.
     pub fn is_software(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
 
-    fn pipeline(&self, name: &str) -> Result<&wgpu::ComputePipeline, KernelError> {
-        self.pipelines
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, p)| p)
-            .ok_or_else(|| device_err(format!("no kernel {name}")))
+    fn check_error(&self) -> Result<(), KernelError> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(device_err(e)),
+            None => Ok(()),
+        }
     }
 
-    fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        // Zero-length bindings are invalid: an empty tensor still owns one word.
-        let contents: &[u8] = if bytes.is_empty() { &[0; 4] } else { bytes };
+    /// A buffer of `bytes` (rounded up to whole vec4s, at least one), checked against the
+    /// adapter's limits.
+    fn buffer_size(&self, what: &str, bytes: u64) -> Result<u64, KernelError> {
+        let size = bytes.max(1).next_multiple_of(TENSOR_ALIGN);
+        let max = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size);
+        if size > max {
+            return Err(device_err(format!("{what} of {size} bytes exceeds the adapter's {max}-byte buffers")));
+        }
+        Ok(size)
+    }
+
+    fn tensor(&self, len: usize) -> Result<WgpuTensor, KernelError> {
+        let size = self.buffer_size("tensor", (len as u64).saturating_mul(4))?;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(WgpuTensor { buf, len })
+    }
+
+    /// A read-only storage buffer holding `words`.
+    fn words(&self, words: &[u32]) -> wgpu::Buffer {
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.resize(bytes.len().max(4).next_multiple_of(4), 0);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: STORAGE,
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE,
         })
     }
 
-    fn empty(&self, len: usize) -> Result<wgpu::Buffer, KernelError> {
-        let size = (len.max(1) * 4) as u64;
-        if size > self.device.limits().max_storage_buffer_binding_size {
-            return Err(device_err(format!("{len} floats exceed the device's largest storage buffer")));
+    /// Runs `f` on the encoder being recorded; submits it every [`FLUSH_EVERY`] calls.
+    fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+        let encoder = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        f(encoder);
+        rec.recorded += 1;
+        if rec.recorded >= FLUSH_EVERY {
+            self.submit(&mut rec);
         }
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("tensor"),
-            size,
-            usage: STORAGE,
-            mapped_at_creation: false,
-        }))
     }
 
-    /// Queues entry point `name` over `groups` workgroups, split into dispatches of at most
-    /// `MAX_GROUPS` rows of `groups.0` (each gets its `row_offset`).
+    fn submit(&self, rec: &mut Recorder) {
+        if let Some(encoder) = rec.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
+        rec.recorded = 0;
+    }
+
+    /// Records `groups` workgroups of `pipeline`, laid out on a 2-D grid when they exceed one
+    /// dimension (the shaders number them `x + y * num_workgroups.x`). `params` is binding 0.
     fn dispatch(
         &self,
-        name: &str,
-        mut params: Params,
-        groups: (usize, u32),
-        binds: Binds<'_>,
+        op: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: usize,
     ) -> Result<(), KernelError> {
-        let pipeline = self.pipeline(name)?;
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
-        let mut start = 0;
-        while start < groups.0 {
-            let count = (groups.0 - start).min(MAX_GROUPS);
-            params.row_offset = to_u32(name_static(name), start)?;
-            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: &params.bytes(),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(name),
-                layout: &self.layout,
-                entries: &[
-                    entry(0, &uniform),
-                    entry(1, binds.w.unwrap_or(&self.dummy_ro)),
-                    entry(2, binds.x.unwrap_or(&self.dummy_ro)),
-                    entry(3, binds.out.unwrap_or(&self.dummy_rw)),
-                    entry(4, binds.aux.unwrap_or(&self.dummy_ro)),
-                    entry(5, binds.scratch.unwrap_or(&self.dummy_rw)),
-                ],
-            });
-            {
-                let mut pass = encoder
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(count as u32, groups.1, 1);
-            }
-            start += count;
+        if groups == 0 {
+            return Ok(());
         }
-        self.queue.submit([encoder.finish()]);
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        let x = groups.min(max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(shape_err(op, format!("{groups} workgroups exceed the adapter's {max} x {max} grid")));
+        }
+        let mut bytes: Vec<u8> = params.iter().flat_map(|p| p.to_le_bytes()).collect();
+        bytes.resize(bytes.len().max(1).next_multiple_of(16), 0);
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(
+            buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }),
+        );
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(op),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|encoder| {
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(x as u32, y as u32, 1);
+        });
         Ok(())
     }
 
-    /// An element-wise op over `len` elements (one invocation each): `out` op= `x`.
-    fn elementwise(&self, name: &str, out: &WgpuTensor, x: &WgpuTensor, len: usize) -> Result<(), KernelError> {
-        let params = Params { n: to_u32(name_static(name), len)?, ..Params::default() };
-        let binds = Binds { x: Some(&x.buf), out: Some(&out.buf), ..Binds::default() };
-        self.dispatch(name, params, (len.div_ceil(WG as usize), 1), binds)
+    /// Workgroups for `len` elements, one thread each.
+    fn elementwise_groups(len: usize) -> usize {
+        len.div_ceil(WG)
     }
-
-    fn copy(&self, src: &wgpu::Buffer, src_elem: usize, dst: &wgpu::Buffer, dst_elem: usize, len: usize) {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
-        encoder.copy_buffer_to_buffer(src, (src_elem * 4) as u64, dst, (dst_elem * 4) as u64, (len * 4) as u64);
-        self.queue.submit([encoder.finish()]);
-    }
-
-    /// Grows `t` to hold `len` elements (doubling), keeping what it holds.
-    fn reserve(&self, t: &mut WgpuTensor, len: usize) -> Result<(), KernelError> {
-        if t.capacity() < len {
-            let grown = self.empty(len.max(2 * t.capacity()))?;
-            if t.len > 0 {
-                self.copy(&t.buf, 0, &grown, 0, t.len);
-            }
-            t.buf = grown;
-        }
-        t.len = t.len.max(len);
-        Ok(())
-    }
-}
-
-fn entry(binding: u32, b: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }
-}
-
-/// Kernel names as `'static` op names for errors.
-fn name_static(name: &str) -> &'static str {
-    KERNEL_NAMES.iter().copied().find(|n| *n == name).unwrap_or("wgpu")
 }
 
 impl Backend for Wgpu {
@@ -378,34 +369,30 @@ impl Backend for Wgpu {
     }
 
     fn load_weight(&self, w: &QTensor, _inputs: Inputs) -> Result<WgpuWeight, KernelError> {
-        let native = NATIVE.iter().find(|(t, _)| *t == w.ty).map(|&(_, id)| id);
-        let mut bytes = Vec::new();
-        let (ty, row_words) = match native {
-            Some(id) => {
-                let row_bytes = w.row(0).len();
-                let row_words = row_bytes.div_ceil(4);
-                for r in 0..w.rows {
-                    bytes.extend_from_slice(w.row(r));
-                    bytes.resize((r + 1) * row_words * 4, 0);
-                }
-                (id, row_words)
-            }
+        // Kernels read every weight at full precision, so `inputs` changes nothing here.
+        let (format, mut bytes, row_bytes) = match Format::of(w.ty).filter(|_| w.rows > 1) {
+            Some(format) => (format, w.bytes.as_slice().to_vec(), w.row(0).len()),
             None => {
-                let mut row = vec![0.0f32; w.cols];
-                for r in 0..w.rows {
-                    dequantize_row(w.ty, w.row(r), &mut row)?;
-                    bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+                let mut dense = vec![0.0f32; w.rows * w.cols];
+                for (r, out) in dense.chunks_exact_mut(w.cols.max(1)).enumerate() {
+                    dequantize_row(w.ty, w.row(r), out)?;
                 }
-                (0, w.cols)
+                (Format::F32, dense.iter().flat_map(|v| v.to_le_bytes()).collect(), w.cols * 4)
             }
         };
-        if bytes.len() as u64 > self.device.limits().max_storage_buffer_binding_size {
-            return Err(device_err(format!(
-                "a weight of {} bytes exceeds the device's largest storage buffer",
-                bytes.len()
-            )));
+        // Whole words, and a spare one so an unaligned read of the last word stays inside.
+        bytes.resize(bytes.len().next_multiple_of(4) + 4, 0);
+        let size = self.buffer_size("weight", bytes.len() as u64)?;
+        if size > u64::from(u32::MAX) {
+            return Err(device_err(format!("weight of {size} bytes is past the shaders' 32-bit offsets")));
         }
-        Ok(WgpuWeight { ty, rows: w.rows, cols: w.cols, row_words, buf: self.storage("weight", &bytes) })
+        bytes.resize(size as usize, 0);
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(WgpuWeight { buf, format, rows: w.rows, cols: w.cols, row_bytes })
     }
 
     fn weight_rows(&self, w: &WgpuWeight) -> usize {
@@ -413,47 +400,48 @@ impl Backend for Wgpu {
     }
 
     fn zeros(&self, len: usize) -> Result<WgpuTensor, KernelError> {
-        // New buffers are zero-initialised by wgpu.
-        Ok(WgpuTensor { buf: self.empty(len)?, len })
+        // wgpu zero-initialises new buffers.
+        self.tensor(len)
     }
 
     fn upload(&self, data: &[f32]) -> Result<WgpuTensor, KernelError> {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(WgpuTensor { buf: self.storage("tensor", &bytes), len: data.len() })
+        let size = self.buffer_size("tensor", data.len() as u64 * 4)?;
+        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes.resize(size as usize, 0);
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        });
+        Ok(WgpuTensor { buf, len: data.len() })
     }
 
     fn embed(&self, table: &WgpuWeight, ids: &[u32], out: &mut WgpuTensor) -> Result<(), KernelError> {
-        check_len("embed", "output", out.len, ids.len() * table.cols)?;
+        let dim = table.cols;
+        if !dim.is_multiple_of(UNIT) {
+            return Err(shape_err("embed", format!("row length {dim} is not a multiple of {UNIT}")));
+        }
+        check_len("embed", "output", out.len, ids.len() * dim)?;
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
             return Err(shape_err("embed", format!("token id {id} is outside the {}-row table", table.rows)));
         }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ids_buf = self.storage("ids", &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>());
-        let params = Params {
-            ty: table.ty,
-            rows: to_u32("embed", table.rows)?,
-            cols: to_u32("embed", table.cols)?,
-            row_words: to_u32("embed", table.row_words)?,
-            ..Params::default()
-        };
-        let binds = Binds { w: Some(&table.buf), out: Some(&out.buf), aux: Some(&ids_buf), ..Binds::default() };
-        self.dispatch("embed", params, (ids.len(), 1), binds)
+        let n = u32_of("embed", "ids", ids.len())?;
+        let params = [table.rows as u32, dim as u32, n, table.row_bytes as u32, n];
+        let ids = self.words(ids);
+        let bindings = [(1, &table.buf), (2, &out.buf), (4, &ids)];
+        self.dispatch("embed", &self.kernels.embed[table.format as usize], &params, &bindings, n as usize)
     }
 
     fn rms_norm(&self, x: &WgpuTensor, weight: &WgpuWeight, eps: f32, out: &mut WgpuTensor) -> Result<(), KernelError> {
-        if weight.rows != 1 || weight.ty != 0 {
-            return Err(shape_err("rms_norm", "weight is not an f32 vector".into()));
+        if weight.rows != 1 || weight.format != Format::F32 || weight.cols == 0 {
+            return Err(shape_err("rms_norm", "weight is not a vector".into()));
         }
         let dim = weight.cols;
-        if dim == 0 || !x.len.is_multiple_of(dim) {
-            return Err(shape_err("rms_norm", format!("input of {} elements is not rows of {dim}", x.len)));
-        }
         check_len("rms_norm", "output", out.len, x.len)?;
-        let params = Params { cols: to_u32("rms_norm", dim)?, eps, ..Params::default() };
-        let binds = Binds { w: Some(&weight.buf), x: Some(&x.buf), out: Some(&out.buf), ..Binds::default() };
-        self.dispatch("rms_norm", params, (x.len / dim, 1), binds)
+        let rows = x.len / dim;
+        let params = [u32_of("rms_norm", "dim", dim)?, u32_of("rms_norm", "rows", rows)?, eps.to_bits()];
+        let bindings = [(1, &x.buf), (2, &weight.buf), (3, &out.buf)];
+        self.dispatch("rms_norm", &self.kernels.rms_norm, &params, &bindings, rows)
     }
 
     fn matmuls(
@@ -464,6 +452,9 @@ impl Backend for Wgpu {
     ) -> Result<(), KernelError> {
         let Some(cols) = jobs.first().map(|(w, _)| w.cols) else { return Ok(()) };
         check_len("matmul", "input", x.len, n * cols)?;
+        if !cols.is_multiple_of(UNIT) {
+            return Err(shape_err("matmul", format!("{cols} columns is not a multiple of {UNIT}")));
+        }
         for (w, out) in jobs.iter() {
             if w.cols != cols {
                 return Err(shape_err(
@@ -473,56 +464,49 @@ impl Backend for Wgpu {
             }
             check_len("matmul", "output", out.len, n * w.rows)?;
         }
-        if n == 0 {
-            return Ok(());
-        }
-        let tiles = to_u32("matmul", n.div_ceil(MM_ROWS))?;
-        if tiles as usize > MAX_GROUPS {
-            return Err(shape_err("matmul", format!("{n} input rows are too many for one dispatch")));
-        }
-        for (w, out) in jobs.iter() {
-            let params = Params {
-                ty: w.ty,
-                rows: to_u32("matmul", w.rows)?,
-                cols: to_u32("matmul", w.cols)?,
-                row_words: to_u32("matmul", w.row_words)?,
-                n: to_u32("matmul", n)?,
-                ..Params::default()
-            };
-            let binds = Binds { w: Some(&w.buf), x: Some(&x.buf), out: Some(&out.buf), ..Binds::default() };
-            self.dispatch("matmul", params, (w.rows, tiles), binds)?;
+        let n32 = u32_of("matmul", "rows", n)?;
+        for (w, out) in jobs.iter_mut() {
+            let groups = w.rows * n.div_ceil(MATMUL_TILE);
+            let params = [w.rows as u32, cols as u32, n32, w.row_bytes as u32, u32_of("matmul", "workgroups", groups)?];
+            let bindings = [(1, &w.buf), (2, &out.buf), (3, &x.buf)];
+            self.dispatch("matmul", &self.kernels.matmul[w.format as usize], &params, &bindings, groups)?;
         }
         Ok(())
     }
 
     fn rope(&self, x: &mut WgpuTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
-        let rows = positions.len();
-        if rows == 0 {
+        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+            return Err(shape_err("rope", format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot)));
+        }
+        if positions.is_empty() {
             return Ok(());
         }
-        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
-            return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
+        let row_len = x.len / positions.len();
+        if !row_len.is_multiple_of(head_dim) {
+            return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
-        if !x.len.is_multiple_of(rows) || !(x.len / rows).is_multiple_of(head_dim) {
-            return Err(shape_err("rope", format!("{} elements are not {rows} rows of {head_dim}-wide heads", x.len)));
+        let pairs = rope.n_rot / 2;
+        let count = positions.len() * (row_len / head_dim) * pairs;
+        if count == 0 {
+            return Ok(());
         }
-        // The CPU's angles (f64, then rounded), so both backends rotate by the same numbers;
-        // WGSL has no f64.
-        let mut table = Vec::with_capacity(rows * rope.n_rot);
-        let mut angles = Vec::new();
-        for &p in positions {
-            crate::cpu::ops::rope_angles(p, rope, &mut angles);
-            table.extend(angles.iter().flat_map(|&(c, s)| [c, s]));
+        // The same angles as the CPU backend's, in f64 then rounded.
+        let mut angles = Vec::with_capacity(pairs);
+        let mut table = Vec::with_capacity(positions.len() * pairs * 2);
+        for &pos in positions {
+            rope_angles(pos, rope, &mut angles);
+            table.extend(angles.iter().flat_map(|&(cos, sin)| [cos.to_bits(), sin.to_bits()]));
         }
-        let aux = self.storage("rope angles", &table.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
-        let params = Params {
-            cols: to_u32("rope", x.len / rows)?,
-            head_dim: to_u32("rope", head_dim)?,
-            n_rot: to_u32("rope", rope.n_rot)?,
-            neox: u32::from(rope.layout == crate::backend::RopeLayout::Neox),
-            ..Params::default()
-        };
-        self.dispatch("rope", params, (rows, 1), Binds { out: Some(&x.buf), aux: Some(&aux), ..Binds::default() })
+        let table = self.words(&table);
+        let params = [
+            u32_of("rope", "row length", row_len)?,
+            head_dim as u32,
+            pairs as u32,
+            u32::from(rope.layout == crate::backend::RopeLayout::Neox),
+            u32_of("rope", "pairs", count)?,
+        ];
+        let bindings = [(1, &x.buf), (2, &table)];
+        self.dispatch("rope", &self.kernels.rope, &params, &bindings, Self::elementwise_groups(count))
     }
 
     fn kv_write(
@@ -534,13 +518,27 @@ impl Backend for Wgpu {
         row_len: usize,
     ) -> Result<(), KernelError> {
         let SeqRows { row, n, first_pos } = rows;
+        let src = row * row_len..(row + n) * row_len;
+        let dst = first_pos * row_len..(first_pos + n) * row_len;
         for (cached, new) in [(cache.k, k), (cache.v, v)] {
-            check_len("kv_write", "source", new.len, (row + n) * row_len)?;
-            if n == 0 || row_len == 0 {
-                continue;
+            check_len("kv_write", "source", new.len, src.end)?;
+            if cached.capacity() < dst.end {
+                // Doubling keeps the copies of a growing cache linear in its final length.
+                let max = (self.limits.max_storage_buffer_binding_size / 4) as usize;
+                let want = dst.end.max(cached.capacity().saturating_mul(2).min(max));
+                let grown = self.tensor(want)?;
+                let old = (cached.len * 4) as u64;
+                if old > 0 {
+                    self.record(|e| e.copy_buffer_to_buffer(&cached.buf, 0, &grown.buf, 0, old));
+                }
+                cached.buf = grown.buf;
             }
-            self.reserve(cached, (first_pos + n) * row_len)?;
-            self.copy(&new.buf, row * row_len, &cached.buf, first_pos * row_len, n * row_len);
+            cached.len = cached.len.max(dst.end);
+            if !src.is_empty() {
+                let bytes = (src.len() * 4) as u64;
+                let (from, to) = ((src.start * 4) as u64, (dst.start * 4) as u64);
+                self.record(|e| e.copy_buffer_to_buffer(&new.buf, from, &cached.buf, to, bytes));
+            }
         }
         Ok(())
     }
@@ -553,38 +551,49 @@ impl Backend for Wgpu {
         shape: AttentionShape,
         out: &mut WgpuTensor,
     ) -> Result<(), KernelError> {
+        self.attention_many(q, &[(cache, rows)], shape, out)
+    }
+
+    /// One dispatch per sequence (their caches are separate buffers), all in one encoder.
+    fn attention_many(
+        &self,
+        q: &WgpuTensor,
+        seqs: &[(KvLayer<&WgpuTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut WgpuTensor,
+    ) -> Result<(), KernelError> {
         let AttentionShape { n_head, n_kv_head, head_dim } = shape;
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
-        let SeqRows { row, n, first_pos } = rows;
-        let (q_len, kv_len, ctx) = (n_head * head_dim, n_kv_head * head_dim, first_pos + n);
-        check_len("attention", "q", q.len, (row + n) * q_len)?;
-        check_len("attention", "k cache", cache.k.len, ctx * kv_len)?;
-        check_len("attention", "v cache", cache.v.len, ctx * kv_len)?;
-        check_len("attention", "output", out.len, (row + n) * q_len)?;
-        if n == 0 {
-            return Ok(());
+        if head_dim == 0 || head_dim > MAX_HEAD_DIM {
+            return Err(shape_err("attention", format!("head_dim {head_dim} is outside 1..={MAX_HEAD_DIM}")));
         }
-        let scratch = self.empty(n * n_head * ctx)?;
-        let params = Params {
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            n_head: to_u32("attention", n_head)?,
-            n_kv_head: to_u32("attention", n_kv_head)?,
-            head_dim: to_u32("attention", head_dim)?,
-            first_pos: to_u32("attention", first_pos)?,
-            q_row: to_u32("attention", row)?,
-            ctx: to_u32("attention", ctx)?,
-            ..Params::default()
-        };
-        let binds = Binds {
-            w: Some(&cache.k.buf),
-            x: Some(&q.buf),
-            out: Some(&out.buf),
-            aux: Some(&cache.v.buf),
-            scratch: Some(&scratch),
-        };
-        self.dispatch("attention", params, (n, to_u32("attention", n_head)?), binds)
+        let q_len = n_head * head_dim;
+        let kv_len = n_kv_head * head_dim;
+        for (cache, rows) in seqs {
+            let SeqRows { row: q_row, n, first_pos } = *rows;
+            let n_ctx = first_pos + n;
+            check_len("attention", "q", q.len, (q_row + n) * q_len)?;
+            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
+            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
+            check_len("attention", "output", out.len, (q_row + n) * q_len)?;
+        }
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        for (cache, rows) in seqs {
+            let params = [
+                u32_of("attention", "row", rows.row)?,
+                u32_of("attention", "rows", rows.n)?,
+                u32_of("attention", "first position", rows.first_pos)?,
+                n_head as u32,
+                n_kv_head as u32,
+                head_dim as u32,
+                scale.to_bits(),
+            ];
+            let bindings = [(1, &q.buf), (2, &cache.k.buf), (3, &cache.v.buf), (4, &out.buf)];
+            self.dispatch("attention", &self.kernels.attention, &params, &bindings, rows.n * n_head)?;
+        }
+        Ok(())
     }
 
     fn gather_rows(
@@ -595,40 +604,62 @@ impl Backend for Wgpu {
         out: &mut WgpuTensor,
     ) -> Result<(), KernelError> {
         check_len("gather_rows", "output", out.len, rows.len() * row_len)?;
-        if let Some(&r) = rows.iter().find(|&&r| (r + 1) * row_len > src.len) {
-            return Err(shape_err("gather_rows", format!("row {r} is outside the source")));
+        for &r in rows {
+            check_len("gather_rows", "source", src.len, (r + 1) * row_len)?;
         }
+        if row_len == 0 || rows.is_empty() {
+            return Ok(());
+        }
+        // Runs of consecutive source rows become one copy each.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
         for (i, &r) in rows.iter().enumerate() {
-            if row_len > 0 {
-                self.copy(&src.buf, r * row_len, &out.buf, i * row_len, row_len);
+            match runs.last_mut() {
+                Some((start, at, len)) if *start + *len == r && *at + *len == i => *len += 1,
+                _ => runs.push((r, i, 1)),
             }
         }
+        let row_bytes = (row_len * 4) as u64;
+        self.record(|e| {
+            for &(start, at, len) in &runs {
+                e.copy_buffer_to_buffer(
+                    &src.buf,
+                    start as u64 * row_bytes,
+                    &out.buf,
+                    at as u64 * row_bytes,
+                    len as u64 * row_bytes,
+                );
+            }
+        });
         Ok(())
     }
 
     fn silu_mul(&self, gate: &mut WgpuTensor, up: &WgpuTensor, len: usize) -> Result<(), KernelError> {
         check_len("silu_mul", "gate", gate.len, len)?;
         check_len("silu_mul", "up", up.len, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.elementwise("silu_mul", gate, up, len)
+        let params = [u32_of("silu_mul", "length", len)?];
+        let bindings = [(1, &gate.buf), (2, &up.buf)];
+        self.dispatch("silu_mul", &self.kernels.silu_mul, &params, &bindings, Self::elementwise_groups(len))
     }
 
     fn add(&self, x: &mut WgpuTensor, y: &WgpuTensor, len: usize) -> Result<(), KernelError> {
         check_len("add", "x", x.len, len)?;
         check_len("add", "y", y.len, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        self.elementwise("add", x, y, len)
+        let params = [u32_of("add", "length", len)?];
+        let bindings = [(1, &x.buf), (2, &y.buf)];
+        self.dispatch("add", &self.kernels.add, &params, &bindings, Self::elementwise_groups(len))
     }
 
     fn synchronize(&self) -> Result<(), KernelError> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| device_err(format!("waiting for the GPU: {e}")))
+        {
+            let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+            self.submit(&mut rec);
+        }
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_err(format!("waiting: {e}")))?;
+        self.check_error()
+    }
+
+    fn read_row(&self, t: &WgpuTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
+        self.read_rows(t, row..row + 1, row_len, out)
     }
 
     fn read_rows(
@@ -644,34 +675,34 @@ impl Backend for Wgpu {
         if len == 0 {
             return Ok(());
         }
+        let bytes = (len * 4) as u64;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read back"),
-            size: (len * 4) as u64,
+            label: Some("read_rows"),
+            size: bytes,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder =
-            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read back") });
-        encoder.copy_buffer_to_buffer(&t.buf, (rows.start * row_len * 4) as u64, &staging, 0, (len * 4) as u64);
-        self.queue.submit([encoder.finish()]);
-        let slice = staging.slice(..);
+        {
+            let mut rec = self.rec.lock().unwrap_or_else(|p| p.into_inner());
+            let encoder = rec.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+            encoder.copy_buffer_to_buffer(&t.buf, (rows.start * row_len * 4) as u64, &staging, 0, bytes);
+            self.submit(&mut rec);
+        }
         let (tx, rx) = mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver waits below; a send can only fail once it has given up.
             let _ = tx.send(r);
         });
-        self.synchronize()?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_err(format!("waiting: {e}")))?;
+        self.check_error()?;
         rx.recv()
-            .map_err(|_| device_err("the read-back was dropped"))?
-            .map_err(|e| device_err(format!("mapping the read-back: {e}")))?;
+            .map_err(|_| device_err("the read-back callback never ran"))?
+            .map_err(|e| device_err(format!("read-back mapping failed: {e}")))?;
         {
-            let data = slice.get_mapped_range().map_err(|e| device_err(format!("reading the read-back: {e}")))?;
-            out.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            let view = staging.get_mapped_range(..).map_err(|e| device_err(format!("read-back view: {e}")))?;
+            out.extend(view.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         }
         staging.unmap();
         Ok(())
-    }
-
-    fn read_row(&self, t: &WgpuTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
-        self.read_rows(t, row..row + 1, row_len, out)
     }
 }

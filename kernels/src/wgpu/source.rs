@@ -1,0 +1,54 @@
+//! The WGSL kernels, embedded from `shaders/`, and the modules built from them. Each weight
+//! format's matmul module is `matmul.wgsl` with its `unit` region (dequantize 32 elements)
+//! replaced by the region of the format's file, so the tiling and reduction exist once.
+
+use super::Format;
+
+const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+pub(super) const RMS_NORM: &str = include_str!("shaders/rms_norm.wgsl");
+pub(super) const ROPE: &str = include_str!("shaders/rope.wgsl");
+pub(super) const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
+pub(super) const ADD: &str = include_str!("shaders/add.wgsl");
+pub(super) const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+
+const BEGIN: &str = "// unit:begin";
+const END: &str = "// unit:end";
+
+/// The file whose `unit` region dequantizes `format`.
+fn unit_source(format: Format) -> &'static str {
+    match format {
+        Format::F32 => MATMUL,
+        Format::Q4_0 => include_str!("shaders/q4_0.wgsl"),
+        Format::Q4_1 => include_str!("shaders/q4_1.wgsl"),
+        Format::Q8_0 => include_str!("shaders/q8_0.wgsl"),
+        Format::Q4K => include_str!("shaders/q4_k.wgsl"),
+        Format::Q5K => include_str!("shaders/q5_k.wgsl"),
+        Format::Q6K => include_str!("shaders/q6_k.wgsl"),
+    }
+}
+
+/// `(before, region, after)` around the markers; `None` when they are missing.
+fn split(src: &str) -> Option<(&str, &str, &str)> {
+    let start = src.find(BEGIN)?;
+    let end = start + src[start..].find(END)?;
+    Some((&src[..start], &src[start..end + END.len()], &src[end + END.len()..]))
+}
+
+/// The matmul and embed module of `format`; `None` when a file lacks its markers.
+pub(super) fn matmul_module(format: Format) -> Option<String> {
+    let (before, _, after) = split(MATMUL)?;
+    let (_, region, _) = split(unit_source(format))?;
+    Some(format!("{before}{region}{after}"))
+}
+
+/// Every module the backend compiles, by name, for validation outside a device.
+pub fn shader_modules() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        Format::ALL.iter().filter_map(|&f| matmul_module(f).map(|m| (format!("matmul {f:?}"), m))).collect();
+    for (name, src) in
+        [("rms_norm", RMS_NORM), ("rope", ROPE), ("silu_mul", SILU_MUL), ("add", ADD), ("attention", ATTENTION)]
+    {
+        out.push((name.to_string(), src.to_string()));
+    }
+    out
+}
