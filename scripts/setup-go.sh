@@ -41,12 +41,19 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# bookworm-backports, added once, in the deb822 format the image's own sources use.
+# bookworm-backports, added once, in the deb822 format the image's own sources use, from the
+# same mirror they name.
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  echo "setup-go: adding bookworm-backports to the apt sources" >&2
-  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
+  mirror=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2; exit}')
+  [ -n "$mirror" ] || mirror=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2; exit}')
+  if [ -z "$mirror" ]; then
+    echo "setup-go: no Debian mirror in the apt sources to add bookworm-backports from" >&2
+    exit 1
+  fi
+  echo "setup-go: adding bookworm-backports ($mirror) to the apt sources" >&2
+  cat > /etc/apt/sources.list.d/bookworm-backports.sources <<SOURCES
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
