@@ -161,10 +161,14 @@ macro_rules! golden_prompts {
             $(check_prompt($id, Path::Cuda);)*
         }
 
+        /// A raw and a chat prompt: on lavapipe (CI's Vulkan, on the CPU) all eight take ten
+        /// minutes of a two-core machine; the kernel tests cover every op on any adapter.
         #[cfg(feature = "wgpu")]
         #[test]
         fn wgpu_matches_the_reference() {
-            $(check_prompt($id, Path::Wgpu);)*
+            for id in ["raw-1", "chat-1"] {
+                check_prompt(id, Path::Wgpu);
+            }
         }
 
         #[test]
