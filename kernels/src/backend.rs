@@ -18,6 +18,20 @@ pub enum KernelError {
     Device { backend: BackendKind, reason: String },
 }
 
+/// A `Shape` error of `op`.
+pub(crate) fn shape_err(op: &'static str, reason: String) -> KernelError {
+    KernelError::Shape { op, reason }
+}
+
+/// Fails unless a tensor (`what`, holding `have` elements) holds the `need` an op reads or
+/// writes: every backend checks before touching memory.
+pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
+    if have < need {
+        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
+    }
+    Ok(())
+}
+
 /// Which implementation runs the ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {

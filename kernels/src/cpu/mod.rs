@@ -61,7 +61,9 @@ mod topology;
 
 use std::sync::Mutex;
 
-use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::backend::{
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+};
 use crate::quant::dequantize_row;
 
 pub use ops::{
@@ -218,17 +220,6 @@ impl StepActs<'_> {
         }
         Ok(())
     }
-}
-
-fn shape_err(op: &'static str, reason: String) -> KernelError {
-    KernelError::Shape { op, reason }
-}
-
-fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
-    if have < need {
-        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
-    }
-    Ok(())
 }
 
 impl Backend for Cpu {

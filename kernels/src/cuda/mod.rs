@@ -18,7 +18,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
-use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::backend::{
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+};
 use crate::quant::{GgmlType, dequantize_row};
 
 /// The kernels' source, as NVRTC compiles it.
@@ -146,17 +148,6 @@ fn device_err(reason: impl Into<String>) -> KernelError {
 
 fn driver_err(what: &str, e: DriverError) -> KernelError {
     device_err(format!("{what}: {e}"))
-}
-
-fn shape_err(op: &'static str, reason: String) -> KernelError {
-    KernelError::Shape { op, reason }
-}
-
-fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
-    if have < need {
-        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
-    }
-    Ok(())
 }
 
 fn to_i32(op: &'static str, v: usize) -> Result<i32, KernelError> {

@@ -18,11 +18,13 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use wgpu::util::DeviceExt;
 
-use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::backend::{
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+};
 use crate::cpu::rope_angles;
 use crate::quant::{GgmlType, dequantize_row};
 
-pub use source::shader_modules;
+pub use source::{BYTES, shader_modules};
 
 /// Dispatches recorded before the encoder is submitted: the device starts on a long step
 /// while the rest is recorded, and per-dispatch parameter buffers are freed as it goes.
@@ -40,17 +42,6 @@ const TENSOR_ALIGN: u64 = 16;
 
 fn device_err(reason: impl Into<String>) -> KernelError {
     KernelError::Device { backend: BackendKind::Wgpu, reason: reason.into() }
-}
-
-fn shape_err(op: &'static str, reason: String) -> KernelError {
-    KernelError::Shape { op, reason }
-}
-
-fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<(), KernelError> {
-    if have < need {
-        return Err(shape_err(op, format!("{what} holds {have} elements, needs {need}")));
-    }
-    Ok(())
 }
 
 /// A shader operand that must fit the shaders' u32 arithmetic.

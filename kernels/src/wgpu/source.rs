@@ -1,10 +1,13 @@
 //! The WGSL kernels, embedded from `shaders/`, and the modules built from them. Each weight
 //! format's matmul module is `matmul.wgsl` with its `unit` region (dequantize 32 elements)
-//! replaced by the region of the format's file, so the tiling and reduction exist once.
+//! replaced by the region of the format's file, plus the byte readers of `bytes.wgsl`, so the
+//! tiling, the reduction and the block reads exist once.
 
 use super::Format;
 
 const MATMUL: &str = include_str!("shaders/matmul.wgsl");
+/// Byte, word and f16 reads at any offset of `w`, for the formats' `unit` regions.
+pub const BYTES: &str = include_str!("shaders/bytes.wgsl");
 pub(super) const RMS_NORM: &str = include_str!("shaders/rms_norm.wgsl");
 pub(super) const ROPE: &str = include_str!("shaders/rope.wgsl");
 pub(super) const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
@@ -38,7 +41,7 @@ fn split(src: &str) -> Option<(&str, &str, &str)> {
 pub(super) fn matmul_module(format: Format) -> Option<String> {
     let (before, _, after) = split(MATMUL)?;
     let (_, region, _) = split(unit_source(format))?;
-    Some(format!("{before}{region}{after}"))
+    Some(format!("{before}{BYTES}\n{region}{after}"))
 }
 
 /// Every module the backend compiles, by name, for validation outside a device.
