@@ -239,16 +239,6 @@ impl Drop for CudaTensor {
     }
 }
 
-impl CudaTensor {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 pub struct CudaWeight {
     /// The format the bytes are in on the device (f32 where the file's has no kernel).
     ty: GgmlType,

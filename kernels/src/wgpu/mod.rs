@@ -88,14 +88,6 @@ pub struct WgpuTensor {
 }
 
 impl WgpuTensor {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     fn capacity(&self) -> usize {
         (self.buf.size() / 4) as usize
     }
