@@ -7,10 +7,13 @@ REALM_TEST_MODEL the model (default: the default model, which `realm pull` fetch
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
@@ -122,3 +125,44 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=server.base + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto in server mode on loopback with buckets `models` (the default model at
+    smollm2/model.gguf) and `jobs`: `client` (boto3, straight to moto), `env` for realm, `port`."""
+    import boto3
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1", "REALM_S3_FORCE_PATH_STYLE": "true",
+           "REALM_MODEL_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.05)
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket="models")
+    client.create_bucket(Bucket="jobs")
+    model = os.environ.get("REALM_TEST_MODEL")
+    if not model:
+        model = subprocess.run([os.environ.get("REALM_BIN", "target/release/realm"), "pull"], capture_output=True,
+                               text=True).stderr.rsplit(" at ", 1)[1].split()[0]
+    client.upload_file(model, "models", "smollm2/model.gguf")
+    yield SimpleNamespace(client=client, env=env, port=port, model=model)
+    proc.kill()
+    proc.wait()

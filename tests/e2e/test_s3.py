@@ -3,57 +3,13 @@
 starts a batch job whose results are read back from the bucket."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-
-import boto3
-import pytest
 
 from conftest import RealmServer
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1", "REALM_S3_FORCE_PATH_STYLE": "true",
-           "REALM_MODEL_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.05)
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                          region_name="us-east-1")
-    client.create_bucket(Bucket="models")
-    client.create_bucket(Bucket="jobs")
-    model = os.environ.get("REALM_TEST_MODEL")
-    if not model:
-        model = subprocess.run([os.environ.get("REALM_BIN", "target/release/realm"), "pull"], capture_output=True,
-                               text=True).stderr.rsplit(" at ", 1)[1].split()[0]
-    client.upload_file(model, "models", "smollm2/model.gguf")
-    yield client, env
-    proc.kill()
-    proc.wait()
-
-
 def test_serve_a_model_from_s3_and_run_a_batch_an_s3_notification_starts(s3):
-    client, env = s3
+    client, env = s3.client, s3.env
     lines = [json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/completions",
                          "body": {"model": "model", "prompt": f"Count to {i}:", "max_tokens": 4, "temperature": 0}})
              for i in range(5)] + ["not json"]

@@ -34,6 +34,10 @@ const PART_LINES: usize = 64;
 const PART_AGE: Duration = Duration::from_secs(2);
 /// Overload (429) and loading (503) answers are retried this many times, backing off.
 const RETRIES: u32 = 30;
+/// Attempts per object-store call. The SDKs retry a failed request a few times already; a job
+/// must also outlast a longer outage or a body that breaks off, not fail with its work done.
+const STORE_ATTEMPTS: u32 = 6;
+const STORE_MAX_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -79,6 +83,39 @@ struct OutputLine {
 enum Work {
     Run { custom_id: String, url: String, body: Value },
     Refuse(OutputLine),
+}
+
+/// `call` again, backing off, while it fails with an I/O error (a missing object or a bad URI
+/// will not change by waiting).
+async fn retried<T, F: Future<Output = Result<T, StorageError>>>(
+    what: &str,
+    mut call: impl FnMut() -> F,
+) -> Result<T, StorageError> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e @ StorageError::Io { .. }) if attempt < STORE_ATTEMPTS => {
+                tracing::warn!(what, attempt, error = %e, "object store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(STORE_MAX_DELAY);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn put(out: &Store, key: &str, body: Bytes) -> Result<(), StorageError> {
+    retried("put", || out.put(key, body.clone())).await
+}
+
+async fn get(store: &Store, key: &str) -> Result<Bytes, StorageError> {
+    retried("get", || store.get(key)).await
+}
+
+async fn list(store: &Store, prefix: &str) -> Result<Vec<String>, StorageError> {
+    retried("list", || store.list(prefix)).await
 }
 
 fn key_of(prefix: &ObjectUri, name: &str) -> String {
@@ -175,7 +212,7 @@ fn plan(text: &str, done: &HashSet<String>) -> (Vec<Work>, usize) {
 pub async fn run(router: Router, job: &Job, on_progress: impl Fn(Counts) + Send + Sync) -> Result<Counts, BatchError> {
     let input_store = Store::for_uri(&job.input).await?;
     let out = Store::for_uri(&job.output).await?;
-    let bytes = input_store.get(&job.input.key).await?;
+    let bytes = get(&input_store, &job.input.key).await?;
     let text = String::from_utf8(bytes.to_vec()).map_err(|_| BatchError::NotText { uri: job.input.to_string() })?;
 
     let (done, mut counts, mut next_part) = committed(&out, &job.output).await?;
@@ -221,13 +258,13 @@ async fn committed(out: &Store, prefix: &ObjectUri) -> Result<(HashSet<String>, 
     let mut done = HashSet::new();
     let mut counts = Counts::default();
     let mut next = 0;
-    let listed = out.list(&key_of(prefix, "part-")).await?;
+    let listed = list(out, &key_of(prefix, "part-")).await?;
     for key in listed.iter().filter(|k| k.ends_with(".commit")) {
         let stem = key.trim_end_matches(".commit");
         let n: usize = stem.rsplit("part-").next().and_then(|d| d.parse().ok()).unwrap_or(0);
         next = next.max(n + 1);
         for (suffix, failed) in [(".jsonl", false), (".errors.jsonl", true)] {
-            let body = match out.get(&format!("{stem}{suffix}")).await {
+            let body = match get(out, &format!("{stem}{suffix}")).await {
                 Ok(b) => b,
                 Err(StorageError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -260,9 +297,9 @@ async fn commit(
         }
         Bytes::from(s)
     };
-    out.put(&key_of(prefix, &part_name(n, ".jsonl")), to_jsonl(&ok)).await?;
-    out.put(&key_of(prefix, &part_name(n, ".errors.jsonl")), to_jsonl(&failed)).await?;
-    out.put(&key_of(prefix, &part_name(n, ".commit")), Bytes::from_static(b"")).await?;
+    put(out, &key_of(prefix, &part_name(n, ".jsonl")), to_jsonl(&ok)).await?;
+    put(out, &key_of(prefix, &part_name(n, ".errors.jsonl")), to_jsonl(&failed)).await?;
+    put(out, &key_of(prefix, &part_name(n, ".commit")), Bytes::from_static(b"")).await?;
     counts.completed += ok.len();
     counts.failed += failed.len();
     Ok(())
@@ -270,21 +307,21 @@ async fn commit(
 
 /// `output.jsonl` and `errors.jsonl`: the committed parts, in order.
 async fn gather(out: &Store, prefix: &ObjectUri) -> Result<(), BatchError> {
-    let listed = out.list(&key_of(prefix, "part-")).await?;
+    let listed = list(out, &key_of(prefix, "part-")).await?;
     let mut results = Vec::new();
     let mut errors = Vec::new();
     for key in listed.iter().filter(|k| k.ends_with(".commit")) {
         let stem = key.trim_end_matches(".commit");
         for (suffix, into) in [(".jsonl", &mut results), (".errors.jsonl", &mut errors)] {
-            match out.get(&format!("{stem}{suffix}")).await {
+            match get(out, &format!("{stem}{suffix}")).await {
                 Ok(b) => into.extend_from_slice(&b),
                 Err(StorageError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    out.put(&key_of(prefix, "output.jsonl"), Bytes::from(results)).await?;
-    out.put(&key_of(prefix, "errors.jsonl"), Bytes::from(errors)).await?;
+    put(out, &key_of(prefix, "output.jsonl"), Bytes::from(results)).await?;
+    put(out, &key_of(prefix, "errors.jsonl"), Bytes::from(errors)).await?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@ mod local;
 mod s3;
 mod uri;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 pub use cache::{FetchOptions, Fetched, cache_path, fetch_model, fetch_model_with};
@@ -30,6 +32,28 @@ pub enum StorageError {
     Checksum { uri: String, expected: String, actual: String },
     #[error("{op} {uri}: {message}")]
     Io { op: &'static str, uri: String, message: String },
+    #[error("{var}={value:?}: {reason}")]
+    Config { var: &'static str, value: String, reason: String },
+}
+
+/// Seconds a store call may wait for the store to answer, or for the next bytes of a body,
+/// before it fails (and is retried): a stalled connection must not hang a download or a job.
+pub const TIMEOUT_ENV: &str = "REALM_STORAGE_TIMEOUT_S";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The timeout [`TIMEOUT_ENV`] sets, or 30 s.
+pub fn request_timeout() -> Result<Duration, StorageError> {
+    let Ok(value) = std::env::var(TIMEOUT_ENV) else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(StorageError::Config {
+            var: TIMEOUT_ENV,
+            value,
+            reason: "not a number of seconds between 0 and 86400".into(),
+        }),
+    }
 }
 
 /// What a store says about one object.

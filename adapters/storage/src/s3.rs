@@ -4,8 +4,13 @@
 //! Credentials and region come from aws-config's standard chain (environment, profile files,
 //! web identity, ECS and EC2 metadata); a custom endpoint from `AWS_ENDPOINT_URL_S3` or
 //! `AWS_ENDPOINT_URL`, which aws-config reads itself. S3-compatible stores that need path-style
-//! addressing (MinIO, moto, Ceph) set `REALM_S3_FORCE_PATH_STYLE=true`.
+//! addressing (MinIO, moto, Ceph) set `REALM_S3_FORCE_PATH_STYLE=true`. Retries are the SDK's
+//! (`AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE`); a request the store does not answer within
+//! `REALM_STORAGE_TIMEOUT_S` fails and is retried like any other.
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -17,6 +22,7 @@ use crate::{ObjectMeta, StorageError};
 /// Region used when the standard chain finds none: S3-compatible stores mostly ignore it, and
 /// AWS's own environments (Lambda, ECS, EC2) always set one.
 const FALLBACK_REGION: &str = "us-east-1";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FORCE_PATH_STYLE_ENV: &str = "REALM_S3_FORCE_PATH_STYLE";
 
 /// The objects of one bucket.
@@ -24,6 +30,8 @@ pub const FORCE_PATH_STYLE_ENV: &str = "REALM_S3_FORCE_PATH_STYLE";
 pub struct S3Store {
     client: Client,
     bucket: String,
+    /// The read timeout, applied again to each chunk of a body (the SDK's covers the headers).
+    timeout: Duration,
 }
 
 fn force_path_style(bucket: &str) -> Result<bool, StorageError> {
@@ -33,10 +41,10 @@ fn force_path_style(bucket: &str) -> Result<bool, StorageError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "0" | "false" | "no" => Ok(false),
         "1" | "true" | "yes" => Ok(true),
-        other => Err(StorageError::Io {
-            op: "configure",
-            uri: format!("s3://{bucket}/"),
-            message: format!("{FORCE_PATH_STYLE_ENV}={other:?} is not true or false"),
+        _ => Err(StorageError::Config {
+            var: FORCE_PATH_STYLE_ENV,
+            value,
+            reason: format!("not true or false (for s3://{bucket}/)"),
         }),
     }
 }
@@ -51,14 +59,21 @@ impl S3Store {
     /// environment and profile files only; credentials are resolved on the first request.
     pub async fn new(bucket: &str) -> Result<Self, StorageError> {
         let path_style = force_path_style(bucket)?;
+        let timeout = crate::request_timeout()?;
         // rustls on ring rather than the SDK's default aws-lc: same protocol, no C build.
         let http =
             aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
         let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else(FALLBACK_REGION);
-        let shared =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http).region(region).load().await;
+        let timeouts =
+            TimeoutConfig::builder().connect_timeout(timeout.min(CONNECT_TIMEOUT)).read_timeout(timeout).build();
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .region(region)
+            .timeout_config(timeouts)
+            .load()
+            .await;
         let config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(path_style).build();
-        Ok(Self { client: Client::from_conf(config), bucket: bucket.to_string() })
+        Ok(Self { client: Client::from_conf(config), bucket: bucket.to_string(), timeout })
     }
 
     pub fn bucket(&self) -> &str {
@@ -84,12 +99,17 @@ impl S3Store {
         StorageError::Io { op, uri: self.uri(key), message: DisplayErrorContext(&e).to_string() }
     }
 
-    async fn collect(&self, key: &str, body: ByteStream) -> Result<Bytes, StorageError> {
-        body.collect().await.map(|b| b.into_bytes()).map_err(|e| StorageError::Io {
-            op: "read",
-            uri: self.uri(key),
-            message: DisplayErrorContext(&e).to_string(),
-        })
+    async fn collect(&self, key: &str, mut body: ByteStream) -> Result<Bytes, StorageError> {
+        let io = |message: String| StorageError::Io { op: "read", uri: self.uri(key), message };
+        let mut out = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(self.timeout, body.try_next()).await {
+                Ok(Ok(Some(chunk))) => out.extend_from_slice(&chunk),
+                Ok(Ok(None)) => return Ok(out.freeze()),
+                Ok(Err(e)) => return Err(io(DisplayErrorContext(&e).to_string())),
+                Err(_) => return Err(io(format!("the body stalled for {:?}", self.timeout))),
+            }
+        }
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
