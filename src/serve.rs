@@ -21,9 +21,14 @@ use realm_lambda::ResponseMode;
 
 use crate::{BackendArg, PrecisionArg, default_model, logging};
 
+/// The function manifest's text, for platforms that cannot mount a file (Lambda, Cloud Run
+/// without a volume); the Terraform modules set it from realm.yaml.
+const FUNCTION_YAML_ENV: &str = "REALM_FUNCTION_YAML";
+
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// A function manifest (realm.yaml); its settings apply where no flag or variable is given.
+    /// Platforms that cannot mount a file pass its text in REALM_FUNCTION_YAML instead.
     #[arg(long, env = "REALM_FUNCTION")]
     function: Option<std::path::PathBuf>,
     /// A GGUF file, or `default` for the default model (fetched when absent).
@@ -102,15 +107,22 @@ pub fn run(mut args: ServeArgs, matches: clap::ArgMatches) -> Result<()> {
     let (platform, why) = Platform::detect(|k| std::env::var(k).ok())?;
     logging::init(platform.cloud_logging());
     tracing::info!(platform = %platform, detected_by = why, "platform");
-    let function = match &args.function {
-        Some(path) => {
-            let manifest =
-                Manifest::from_file(path).with_context(|| format!("function manifest {}", path.display()))?;
-            apply_manifest(&mut args, &manifest, &matches)?;
-            Some(manifest)
+    let manifest = match (&args.function, std::env::var(FUNCTION_YAML_ENV).ok().filter(|t| !t.trim().is_empty())) {
+        (Some(_), Some(_)) => {
+            bail!("give the function manifest as --function/REALM_FUNCTION or {FUNCTION_YAML_ENV}, not both")
         }
-        None => None,
+        (Some(path), None) => {
+            Some(Manifest::from_file(path).with_context(|| format!("function manifest {}", path.display()))?)
+        }
+        (None, Some(text)) => {
+            Some(Manifest::parse(&text).with_context(|| format!("function manifest in {FUNCTION_YAML_ENV}"))?)
+        }
+        (None, None) => None,
     };
+    if let Some(m) = &manifest {
+        apply_manifest(&mut args, m, &matches)?;
+    }
+    let function = manifest;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,6 +250,7 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
         keep_alive: Duration::from_secs(args.keep_alive.max(1)),
         protect_metrics: args.protect_metrics,
         event_types: function.as_ref().map(|m| m.triggers.events.clone()).unwrap_or_default(),
+        batch_routes: function.as_ref().map(|m| m.triggers.batch.clone()).unwrap_or_default(),
         http_api: function.as_ref().is_none_or(|m| m.triggers.http),
     };
     if config.api_keys.is_empty() && platform != Platform::Lambda {

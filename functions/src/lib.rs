@@ -117,11 +117,50 @@ pub struct Triggers {
     pub http: bool,
     /// CloudEvent types that start a batch job (see `EVENT_TYPES`).
     pub events: Vec<String>,
+    /// Which new objects start a batch job and where its results go, first match wins. Empty:
+    /// every object an event names starts one, with results beside it under `<object>.out/`.
+    pub batch: Vec<BatchRoute>,
 }
 
 impl Default for Triggers {
     fn default() -> Self {
-        Self { http: true, events: Vec::new() }
+        Self { http: true, events: Vec::new(), batch: Vec::new() }
+    }
+}
+
+/// Objects whose key starts with `prefix` (in any bucket the platform delivers events for)
+/// start a batch job when a storage event of one of `events` (all, when empty) names them.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchRoute {
+    pub prefix: String,
+    pub events: Vec<String>,
+    /// Where results go: a URI (`s3://results/done/`) or a key prefix in the input's own
+    /// bucket (`results/`); the input's key after `prefix` is appended. None: beside the input.
+    pub output: Option<String>,
+}
+
+/// Storage event types: those whose object a [`BatchRoute`] can match.
+pub fn storage_event_types() -> impl Iterator<Item = &'static str> {
+    EVENT_TYPES.into_iter().filter(|t| *t != "dev.realm.batch.v1.requested")
+}
+
+/// URI schemes a batch job can write its results to.
+pub const OUTPUT_SCHEMES: [&str; 4] = ["s3", "gs", "az", "file"];
+
+/// Why `output` cannot be a route's output, if it cannot.
+fn bad_output(output: &str, prefix: &str) -> Option<String> {
+    match output.split_once("://") {
+        Some((scheme, rest)) if OUTPUT_SCHEMES.contains(&scheme) && !rest.is_empty() => None,
+        Some((scheme, _)) => Some(format!("{output:?}: scheme {scheme:?} is not one of {}", OUTPUT_SCHEMES.join(", "))),
+        None if output.is_empty() || output.starts_with('/') || output.split('/').any(|p| p == ".." || p == ".") => {
+            Some(format!("{output:?} is not a key prefix (relative, without . or .. segments)"))
+        }
+        // Results under the route's own prefix would start jobs of their own, without end.
+        None if output.starts_with(prefix) => {
+            Some(format!("{output:?} lies under the route's prefix {prefix:?}: its results would start more jobs"))
+        }
+        None => None,
     }
 }
 
@@ -276,6 +315,20 @@ impl Manifest {
         for (i, event) in self.triggers.events.iter().enumerate() {
             if !EVENT_TYPES.contains(&event.as_str()) {
                 bad(&format!("triggers.events[{i}]"), format!("{event:?} is not one of {}", EVENT_TYPES.join(", ")));
+            }
+        }
+        for (i, route) in self.triggers.batch.iter().enumerate() {
+            for (j, event) in route.events.iter().enumerate() {
+                let listed = self.triggers.events.is_empty() || self.triggers.events.contains(event);
+                if !storage_event_types().any(|t| t == event) || !listed {
+                    bad(
+                        &format!("triggers.batch[{i}].events[{j}]"),
+                        format!("{event:?} is not a storage event type listed in triggers.events"),
+                    );
+                }
+            }
+            if let Some(problem) = route.output.as_deref().and_then(|o| bad_output(o, &route.prefix)) {
+                bad(&format!("triggers.batch[{i}].output"), problem);
             }
         }
         if !self.triggers.http && self.triggers.events.is_empty() {

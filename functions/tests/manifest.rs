@@ -48,6 +48,25 @@ fn broken_manifests_name_the_path_and_value() {
         ),
         (&format!("{base}triggers:\n  http: false\n"), "triggers: neither http nor any event"),
         (
+            &format!(
+                "{base}triggers:\n  events: [aws.s3.ObjectCreated]\n  batch:\n    - events: [Microsoft.Storage.BlobCreated]\n"
+            ),
+            "triggers.batch[0].events[0]: \"Microsoft.Storage.BlobCreated\" is not a storage event type listed",
+        ),
+        (
+            &format!("{base}triggers:\n  batch:\n    - prefix: in/\n      output: in/results/\n"),
+            "triggers.batch[0].output: \"in/results/\" lies under the route's prefix \"in/\"",
+        ),
+        (
+            &format!("{base}triggers:\n  batch:\n    - output: https://host/out/\n"),
+            "triggers.batch[0].output: \"https://host/out/\": scheme \"https\" is not one of",
+        ),
+        (
+            &format!("{base}triggers:\n  batch:\n    - output: ../up/\n"),
+            "triggers.batch[0].output: \"../up/\" is not a key prefix",
+        ),
+        (&format!("{base}triggers:\n  batch:\n    - prefx: in/\n"), "triggers.batch[0].prefx: unknown field `prefx`"),
+        (
             &format!("{base}scaling:\n  min_instances: 5\n  max_instances: 2\n"),
             "scaling.min_instances: 5 is above scaling.max_instances 2",
         ),

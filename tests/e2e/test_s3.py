@@ -42,3 +42,40 @@ def test_serve_a_model_from_s3_and_run_a_batch_an_s3_notification_starts(s3):
         assert json.loads(errors.splitlines()[0])["error"]["code"] == "invalid_json"
     finally:
         assert s.stop() == 0
+
+
+def test_manifest_routes_send_results_where_they_say_and_turn_away_other_objects(s3, tmp_path):
+    manifest = tmp_path / "realm.yaml"
+    manifest.write_text("name: routed\nmodel:\n  uri: default\ntriggers:\n  events: [aws.s3.ObjectCreated]\n"
+                        "  batch:\n    - prefix: incoming/\n      output: results/\n")
+    s = RealmServer("--function", str(manifest), env=s3.env, api_keys=())
+    line = json.dumps({"custom_id": "r1", "method": "POST", "url": "/v1/completions",
+                       "body": {"model": s.model, "prompt": "Hi", "max_tokens": 2, "temperature": 0}})
+    s3.client.put_object(Bucket="jobs", Key="incoming/day2/q.jsonl", Body=line.encode())
+
+    def notify(key):
+        import http.client
+        note = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                             "s3": {"bucket": {"name": "jobs"}, "object": {"key": key}}}]}
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("POST", "/events", json.dumps(note), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        assert resp.status == 202, answer
+        return answer["batches"]
+
+    try:
+        assert notify("elsewhere/q.jsonl") == [], "no route takes it"
+        assert notify("results/day1/q.jsonl/output.jsonl") == [], "a route's own output"
+        [batch] = notify("incoming/day2/q.jsonl")
+        deadline = time.monotonic() + 60
+        while batch["status"] not in ("completed", "failed"):
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.1)
+            batch = json.loads(s.get(f"/v1/batches/{batch['id']}")[1])
+        assert batch["status"] == "completed", batch
+        assert batch["output_file_id"] == "s3://jobs/results/day2/q.jsonl/output.jsonl"
+        out = s3.client.get_object(Bucket="jobs", Key="results/day2/q.jsonl/output.jsonl")["Body"].read().decode()
+        assert json.loads(out)["custom_id"] == "r1"
+    finally:
+        assert s.stop() == 0

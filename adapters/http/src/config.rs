@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// CloudEvent types this function takes on `/events` (the manifest's `triggers.events`);
     /// empty takes any.
     pub event_types: Vec<String>,
+    /// Which objects start batch jobs and where results go (the manifest's `triggers.batch`).
+    pub batch_routes: Vec<realm_functions::BatchRoute>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             keep_alive: Duration::from_secs(15),
             protect_metrics: false,
             event_types: Vec::new(),
+            batch_routes: Vec::new(),
             http_api: true,
         }
     }

@@ -64,7 +64,7 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
     let body = body_bytes(body, state.config().max_body_bytes)?;
     if !headers.contains_key("ce-specversion")
         && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body)
-        && let Some(jobs) = batches::aws_jobs(&json)
+        && let Some(jobs) = batches::aws_jobs(&json, &state.config().batch_routes)
     {
         return start_aws(state, jobs?);
     }
@@ -74,10 +74,7 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
     check_trigger(state, kind)?;
     tracing::info!(id = event.id(), r#type = kind, source = %event.source(), "cloudevent received");
     if !KNOWN_TYPES.contains(&kind) {
-        return Err(ApiError::invalid(
-            "type",
-            format!("event type `{kind}` starts nothing here (known: {})", KNOWN_TYPES.join(", ")),
-        ));
+        return Err(unknown_type(kind));
     }
     let data =
         match event.data() {
@@ -96,9 +93,13 @@ fn accept(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesReject
         message,
         batch: None,
     };
-    let Some((input, output)) = batches::job_for_event(kind, &data)? else {
-        let r = received("ignored", "the object is a batch job's own output".into());
-        return Ok((StatusCode::OK, axum::Json(r)).into_response());
+    let (input, output) = match batches::job_for_event(kind, &data, &state.config().batch_routes)? {
+        Some(batches::Routed::Job { input, output }) => (input, output),
+        Some(turned_away) => {
+            let r = received("ignored", turned_away.reason().into());
+            return Ok((StatusCode::OK, axum::Json(r)).into_response());
+        }
+        None => return Err(unknown_type(kind)),
     };
     let Some(jobs) = state.inner.batches.get() else {
         // This server runs no batch jobs: the event is refused with a 5xx so that its sender
@@ -125,6 +126,10 @@ fn start_aws(state: &AppState, jobs: Vec<batches::ObjectJob>) -> Result<Response
     }
     let body = serde_json::json!({"status": "accepted", "batches": started});
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+fn unknown_type(kind: &str) -> ApiError {
+    ApiError::invalid("type", format!("event type `{kind}` starts nothing here (known: {})", KNOWN_TYPES.join(", ")))
 }
 
 /// CloudEvent types that start batch jobs.

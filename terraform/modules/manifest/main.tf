@@ -4,18 +4,22 @@
 
 locals {
   # realm_functions::EVENT_TYPES, MODEL_SCHEMES and the schema's enums.
-  event_types   = ["google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated", "aws.s3.ObjectCreated", "aws.eventbridge.ObjectCreated", "dev.realm.batch.v1.requested"]
-  model_schemes = ["s3", "gs", "az", "https", "file"]
-  backends      = ["auto", "cpu", "cuda", "wgpu"]
-  precisions    = ["exact", "fast"]
-  gpus          = ["none", "nvidia-l4", "nvidia-t4", "nvidia-a100", "nvidia-h100"]
+  storage_events = ["google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated", "aws.s3.ObjectCreated", "aws.eventbridge.ObjectCreated"]
+  event_types    = ["google.cloud.storage.object.v1.finalized", "Microsoft.Storage.BlobCreated", "aws.s3.ObjectCreated", "aws.eventbridge.ObjectCreated", "dev.realm.batch.v1.requested"]
+  model_schemes  = ["s3", "gs", "az", "https", "file"]
+  # realm_functions::OUTPUT_SCHEMES: where a batch route may write.
+  output_schemes = ["s3", "gs", "az", "file"]
+  backends       = ["auto", "cpu", "cuda", "wgpu"]
+  precisions     = ["exact", "fast"]
+  gpus           = ["none", "nvidia-l4", "nvidia-t4", "nvidia-a100", "nvidia-h100"]
 
   known_keys = {
     top        = ["name", "model", "runtime", "generation", "triggers", "scaling", "limits"]
     model      = ["uri", "sha256"]
     runtime    = ["backend", "context_length", "max_batch", "kv_cache_mib", "threads", "precision"]
     generation = ["temperature", "max_tokens", "top_p", "top_k", "min_p"]
-    triggers   = ["http", "events"]
+    triggers   = ["http", "events", "batch"]
+    route      = ["prefix", "events", "output"]
     scaling    = ["min_instances", "max_instances", "concurrency", "gpu"]
     limits     = ["requests_per_minute", "tokens_per_minute", "request_timeout_s", "max_tokens"]
   }
@@ -33,6 +37,7 @@ locals {
     [for k in try(keys(local.raw.runtime), []) : "runtime.${k}" if !contains(local.known_keys.runtime, k)],
     [for k in try(keys(local.raw.generation), []) : "generation.${k}" if !contains(local.known_keys.generation, k)],
     [for k in try(keys(local.raw.triggers), []) : "triggers.${k}" if !contains(local.known_keys.triggers, k)],
+    flatten([for i, r in try(tolist(local.raw.triggers.batch), []) : [for k in try(keys(r), []) : "triggers.batch[${i}].${k}" if !contains(local.known_keys.route, k)]]),
     [for k in try(keys(local.raw.scaling), []) : "scaling.${k}" if !contains(local.known_keys.scaling, k)],
     [for k in try(keys(local.raw.limits), []) : "limits.${k}" if !contains(local.known_keys.limits, k)],
   )
@@ -55,6 +60,7 @@ locals {
     min_p               = try(local.raw.generation.min_p, null)
     http                = try(local.raw.triggers.http, null)
     events              = try(local.raw.triggers.events, null)
+    batch               = try(local.raw.triggers.batch, null)
     min_instances       = try(local.raw.scaling.min_instances, null)
     max_instances       = try(local.raw.scaling.max_instances, null)
     concurrency         = try(local.raw.scaling.concurrency, null)
@@ -87,6 +93,11 @@ locals {
 
     http   = local.given.http == null ? true : try(tobool(local.given.http), null)
     events = local.given.events == null ? [] : try([for e in local.given.events : tostring(e)], null)
+    batch = local.given.batch == null ? [] : try([for r in local.given.batch : {
+      prefix = try(r.prefix, null) == null ? "" : tostring(r.prefix)
+      events = try(r.events, null) == null ? [] : [for e in r.events : tostring(e)]
+      output = try(r.output, null) == null ? null : tostring(r.output)
+    }], null)
 
     min_instances = local.given.min_instances == null ? 0 : try(tonumber(local.given.min_instances), -1)
     max_instances = local.given.max_instances == null ? 10 : try(tonumber(local.given.max_instances), -1)
@@ -99,7 +110,13 @@ locals {
     limit_max_tokens    = local.given.limit_max_tokens == null ? null : try(tonumber(local.given.limit_max_tokens), -1)
   }
 
-  events      = local.m.events == null ? [] : local.m.events
+  events = local.m.events == null ? [] : local.m.events
+  batch  = local.m.batch == null ? [] : local.m.batch
+  # Each route's output split as scheme and rest ("" and the output itself for a key prefix).
+  route_outputs = [for r in local.batch : r.output == null ? null : {
+    scheme = length(split("://", r.output)) > 1 ? split("://", r.output)[0] : ""
+    rest   = length(split("://", r.output)) > 1 ? join("://", slice(split("://", r.output), 1, length(split("://", r.output)))) : r.output
+  }]
   uri_scheme  = length(split("://", local.m.model_uri)) > 1 ? split("://", local.m.model_uri)[0] : ""
   uri_rest    = length(split("://", local.m.model_uri)) > 1 ? join("://", slice(split("://", local.m.model_uri), 1, length(split("://", local.m.model_uri)))) : ""
   is_int      = { for k in ["max_batch", "kv_cache_mib", "threads", "min_instances", "max_instances", "concurrency"] : k => floor(local.m[k]) == local.m[k] }
@@ -136,6 +153,11 @@ locals {
     local.m.http == null ? ["triggers.http: ${jsonencode(local.given.http)} is not true or false"] : [],
     local.m.events == null ? ["triggers.events: ${jsonencode(local.given.events)} is not a list of event types"] : [],
     [for i, e in local.events : "triggers.events[${i}]: ${jsonencode(e)} is not one of ${join(", ", local.event_types)}" if !contains(local.event_types, e)],
+    local.m.batch == null ? ["triggers.batch: ${jsonencode(local.given.batch)} is not a list of routes ({prefix, events, output})"] : [],
+    flatten([for i, r in local.batch : [for j, e in r.events : "triggers.batch[${i}].events[${j}]: ${jsonencode(e)} is not a storage event type listed in triggers.events" if !contains(local.storage_events, e) || (length(local.events) > 0 && !contains(local.events, e))]]),
+    [for i, o in local.route_outputs : "triggers.batch[${i}].output: ${jsonencode(local.batch[i].output)}: scheme ${jsonencode(o.scheme)} is not one of ${join(", ", local.output_schemes)}" if o != null && o.scheme != "" && (!contains(local.output_schemes, o.scheme) || o.rest == "")],
+    [for i, o in local.route_outputs : "triggers.batch[${i}].output: ${jsonencode(local.batch[i].output)} is not a key prefix (relative, without . or .. segments)" if o != null && o.scheme == "" && (o.rest == "" || startswith(o.rest, "/") || contains(split("/", o.rest), "..") || contains(split("/", o.rest), "."))],
+    [for i, o in local.route_outputs : "triggers.batch[${i}].output: ${jsonencode(local.batch[i].output)} lies under the route's prefix ${jsonencode(local.batch[i].prefix)}: its results would start more jobs" if o != null && o.scheme == "" && o.rest != "" && startswith(o.rest, local.batch[i].prefix) && !startswith(o.rest, "/") && !contains(split("/", o.rest), "..") && !contains(split("/", o.rest), ".")],
     local.m.http == false && length(local.events) == 0 ? ["triggers: neither http nor any event: nothing would reach the function"] : [],
     !(local.is_int.max_instances && local.m.max_instances >= 1) ? ["scaling.max_instances: ${jsonencode(local.given.max_instances)} is out of range (at least 1)"] : [],
     !(local.is_int.min_instances && local.m.min_instances >= 0) ? ["scaling.min_instances: ${jsonencode(local.given.min_instances)} is out of range (at least 0)"] : [],
@@ -177,8 +199,11 @@ locals {
     local.m.limit_max_tokens == null ? {} : { REALM_MAX_TOKENS_LIMIT = tostring(local.m.limit_max_tokens) },
     local.m.max_tokens == null ? {} : { REALM_DEFAULT_MAX_TOKENS = tostring(local.m.max_tokens) },
   )
-  env           = merge({ for k, v in local.derived_env : k => tostring(v) }, var.extra_env)
-  function_env  = merge(local.env, { REALM_FUNCTION = var.container_manifest_path })
+  base_env = merge({ for k, v in local.derived_env : k => tostring(v) }, var.extra_env)
+  # Where the file is not mounted, its text travels whole, so triggers (batch routes among them)
+  # reach the runtime too.
+  env           = merge(local.base_env, { REALM_FUNCTION_YAML = local.text })
+  function_env  = merge(local.base_env, { REALM_FUNCTION = var.container_manifest_path })
   request_limit = local.m.request_timeout_s == null ? 600 : local.m.request_timeout_s
 }
 

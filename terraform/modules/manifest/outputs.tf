@@ -5,7 +5,7 @@ output "manifest" {
     model      = { uri = local.m.model_uri, sha256 = local.m.model_sha256 }
     runtime    = { backend = local.m.backend, context_length = local.m.context_length, max_batch = local.m.max_batch, kv_cache_mib = local.m.kv_cache_mib, threads = local.m.threads, precision = local.m.precision }
     generation = { temperature = local.m.temperature, max_tokens = local.m.max_tokens, top_p = local.m.top_p, top_k = local.m.top_k, min_p = local.m.min_p }
-    triggers   = { http = local.m.http, events = local.events }
+    triggers   = { http = local.m.http, events = local.events, batch = local.batch }
     scaling    = { min_instances = local.m.min_instances, max_instances = local.m.max_instances, concurrency = local.m.concurrency, gpu = local.m.gpu }
     limits     = { requests_per_minute = local.m.requests_per_minute, tokens_per_minute = local.m.tokens_per_minute, request_timeout_s = local.m.request_timeout_s, max_tokens = local.m.limit_max_tokens }
   }
@@ -47,12 +47,12 @@ output "container_manifest_path" {
 }
 
 output "env" {
-  description = "The container's environment derived from the manifest (REALM_*; PORT is left to the platform), without REALM_FUNCTION; extra_env merged over it."
+  description = "The container's environment derived from the manifest (REALM_*; PORT is left to the platform), with the manifest's text in REALM_FUNCTION_YAML for platforms that do not mount the file; extra_env merged over it."
   value       = local.env
 }
 
 output "function_env" {
-  description = "env plus REALM_FUNCTION, for platforms that mount the manifest at container_manifest_path."
+  description = "The same REALM_* variables with REALM_FUNCTION (instead of REALM_FUNCTION_YAML), for platforms that mount the manifest at container_manifest_path."
   value       = local.function_env
 }
 

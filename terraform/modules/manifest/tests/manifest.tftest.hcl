@@ -59,6 +59,23 @@ run "batch_example" {
   }
 }
 
+run "batch_routes" {
+  command = plan
+
+  variables {
+    manifest_path = "tests/fixtures/routes.yaml"
+  }
+
+  assert {
+    condition     = output.manifest.triggers.batch[0].prefix == "incoming/" && output.manifest.triggers.batch[0].output == "results/" && output.manifest.triggers.batch[1].prefix == ""
+    error_message = "triggers.batch is not read with its defaults."
+  }
+  assert {
+    condition     = output.env["REALM_FUNCTION_YAML"] == file("tests/fixtures/routes.yaml") && !contains(keys(output.function_env), "REALM_FUNCTION_YAML")
+    error_message = "The manifest's text does not reach the environment of platforms that do not mount it."
+  }
+}
+
 run "defaults_fill_in" {
   command = plan
 
@@ -201,6 +218,14 @@ run "unknown_event_type" {
   command = plan
   variables {
     manifest_path = "tests/fixtures/bad-event.yaml"
+  }
+  expect_failures = [output.manifest]
+}
+
+run "batch_route_output_under_its_prefix" {
+  command = plan
+  variables {
+    manifest_path = "tests/fixtures/bad-route.yaml"
   }
   expect_failures = [output.manifest]
 }
