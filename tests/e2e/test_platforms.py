@@ -131,13 +131,17 @@ def test_function_validate_examples_and_broken(tmp_path):
     assert "runtime" in json.dumps(schema)
 
 
-def test_serve_with_a_function_manifest(tmp_path):
+@pytest.mark.parametrize("given_as", ["file", "REALM_FUNCTION_YAML"])
+def test_serve_with_a_function_manifest(tmp_path, given_as):
     manifest = tmp_path / "realm.yaml"
     manifest.write_text(
         "name: tiny-chat\nmodel:\n  uri: {}\nruntime:\n  context_length: 64\n"
         "generation:\n  temperature: 0\n  max_tokens: 5\ntriggers:\n  events: [dev.realm.batch.v1.requested]\n"
         .format(os.environ.get("REALM_TEST_MODEL", "default")))
-    s = RealmServer("--function", str(manifest), api_keys=())
+    if given_as == "file":
+        s = RealmServer("--function", str(manifest), api_keys=())
+    else:
+        s = RealmServer(api_keys=(), env={"REALM_FUNCTION_YAML": manifest.read_text()})
     try:
         body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
         resp, data = request(s, "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
