@@ -109,3 +109,64 @@ def test_an_event_starts_a_job_whose_status_is_visible(tmp_path):
         assert s.get("/v1/batches/batch_nope", auth=True)[0] == 404
     finally:
         s.stop()
+
+
+def test_bad_events_get_clear_errors_and_a_missing_input_loses_nothing(tmp_path):
+    import http.client
+
+    s = RealmServer("--batch-local-root", str(tmp_path))
+
+    def post(kind, data, structured=None):
+        if structured is not None:
+            body, headers = structured, {"Content-Type": "application/cloudevents+json"}
+        else:
+            ev = CloudEvent({"type": kind, "source": "//test", "id": f"e-{time.monotonic_ns()}",
+                             "specversion": "1.0", "datacontenttype": "application/json"}, data)
+            msg = to_binary(ev, JSONFormat())
+            body, headers = msg.body, msg.headers
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("POST", "/events", body, headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    try:
+        status, body = post("com.example.unknown", {"input": "x"})
+        assert status == 400 and body["error"]["param"] == "type", body
+        status, body = post("dev.realm.batch.v1.requested", {"input": "ftp://host/in.jsonl", "output": "s3://b/o/"})
+        assert status == 400 and body["error"]["param"] == "input" and "ftp" in body["error"]["message"], body
+        status, body = post("dev.realm.batch.v1.requested", {"input": f"file://{tmp_path}/in.jsonl"})
+        assert status == 400 and body["error"]["param"] == "data.output", body
+        status, body = post("google.cloud.storage.object.v1.finalized", {"name": "in.jsonl"})
+        assert status == 400 and body["error"]["param"] == "data.bucket", body
+        status, body = post(None, None, structured=b'{"specversion": "1.0", "type": ')
+        assert status == 400 and body["error"]["param"] == "cloudevent", body
+        status, body = post("dev.realm.batch.v1.requested", {"input": "/etc/passwd", "output": "/tmp/x/"})
+        assert status == 400 and body["error"]["param"] == "input", body
+
+        # An input that does not exist yet: the job fails saying so; once the object is there,
+        # the same event delivered again runs the job to the end.
+        inp, out = tmp_path / "late.jsonl", tmp_path / "late-out"
+        data = {"input": f"file://{inp}", "output": f"file://{out}/"}
+        status, body = post("dev.realm.batch.v1.requested", data)
+        assert status == 202, body
+        batch = wait_for_batch(s, body["batch"]["id"])
+        assert batch["status"] == "failed" and "no such object" in batch["errors"]["data"][0]["message"], batch
+        write_input(inp, 4, bad=False, model=s.model)
+        status, body = post("dev.realm.batch.v1.requested", data)
+        assert status == 202, body
+        batch = wait_for_batch(s, body["batch"]["id"])
+        assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 4, batch
+        assert sorted(r["custom_id"] for r in read_jsonl(out / "output.jsonl")) == [f"req-{i}" for i in range(4)]
+    finally:
+        assert s.stop() == 0
+
+
+def wait_for_batch(s, batch_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = s.get(f"/v1/batches/{batch_id}", auth=True)
+        batch = json.loads(body)
+        if batch["status"] in ("completed", "failed"):
+            return batch
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.05)
