@@ -9,6 +9,8 @@ macro_rules! entry_points {
         const Q4_0: u8 = 0;
         const Q4_1: u8 = 1;
         const Q8_0: u8 = 2;
+        const Q5_0: u8 = 3;
+        const Q5_1: u8 = 4;
 
         /// # Safety
         /// The module's CPU features must be available; every `q[k]` holds the same whole
@@ -27,6 +29,8 @@ macro_rules! entry_points {
                 match ty {
                     GgmlType::Q4_0 => dot_blocks::<Q4_0, N>(w, d, sum, q),
                     GgmlType::Q4_1 => dot_blocks::<Q4_1, N>(w, d, sum, q),
+                    GgmlType::Q5_0 => dot_blocks::<Q5_0, N>(w, d, sum, q),
+                    GgmlType::Q5_1 => dot_blocks::<Q5_1, N>(w, d, sum, q),
                     _ => dot_blocks::<Q8_0, N>(w, d, sum, q),
                 }
             }

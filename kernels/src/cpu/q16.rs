@@ -5,7 +5,7 @@
 //! 8-bit path's, so these matmuls stay within f32 noise of the exact path while still reading
 //! only the quantized weights.
 
-use super::q8::{Isa, QB, half, layout};
+use super::q8::{Isa, QB, half, layout, small_quant};
 use crate::quant::GgmlType;
 
 /// Rows of activations quantized to 16 bits.
@@ -118,7 +118,7 @@ pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f3
 
 /// The reference twin of the SIMD dot.
 mod scalar {
-    use super::{GgmlType, QB, half, layout};
+    use super::{GgmlType, QB, half, layout, small_quant};
 
     pub fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i16]) -> f32 {
         let size = ty.type_size() as usize;
@@ -130,9 +130,7 @@ mod scalar {
                     let wq = if ty == GgmlType::Q8_0 {
                         i64::from(wb[at + j] as i8)
                     } else {
-                        // Low nibbles hold elements 0..16, high nibbles 16..32.
-                        let byte = wb[at + j % 16];
-                        i64::from(if j < 16 { byte & 0x0F } else { byte >> 4 }) - i64::from(offset)
+                        i64::from(small_quant(ty, wb, at, j) - offset)
                     };
                     wq * i64::from(qb[j])
                 })
@@ -171,10 +169,12 @@ mod avx2 {
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
+            Q5_0 => (22, 6),
+            Q5_1 => (24, 8),
             _ => (34, 2),
         };
         let mask = _mm_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi16(8);
+        let offset = _mm256_set1_epi16(if TY == Q5_0 { 16 } else { 8 });
         let mut acc = [_mm256_setzero_ps(); N];
         let mut min_acc = [0.0f32; N];
         // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
@@ -193,9 +193,20 @@ mod avx2 {
             } else {
                 // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
                 let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
-                let lo = _mm256_cvtepu8_epi16(_mm_and_si128(raw, mask));
-                let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-                if TY == Q4_0 { (_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)) } else { (lo, hi) }
+                let (mut lo, mut hi) = (_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+                if TY == Q5_0 || TY == Q5_1 {
+                    // SAFETY: a Q5 block holds its 32 fifth bits in the 4 bytes before `at`.
+                    let bits =
+                        super::super::q8::fifth_bits_avx2(unsafe { wb.add(at - 4).cast::<u32>().read_unaligned() });
+                    lo = _mm_or_si128(lo, _mm256_castsi256_si128(bits));
+                    hi = _mm_or_si128(hi, _mm256_extracti128_si256(bits, 1));
+                }
+                let (lo, hi) = (_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi));
+                if TY == Q4_0 || TY == Q5_0 {
+                    (_mm256_sub_epi16(lo, offset), _mm256_sub_epi16(hi, offset))
+                } else {
+                    (lo, hi)
+                }
             };
             let dw = _mm256_broadcastss_ps(dm);
             for k in 0..N {
@@ -209,7 +220,7 @@ mod avx2 {
                 // SAFETY: `d[k]` covers `nb` blocks.
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(unsafe { *d[k].get_unchecked(b) }));
                 acc[k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(products), acc[k]);
-                if TY == Q4_1 {
+                if TY == Q4_1 || TY == Q5_1 {
                     // SAFETY: `sum[k]` covers `nb` blocks.
                     min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
                 }
@@ -248,10 +259,12 @@ mod avx512 {
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
+            Q5_0 => (22, 6),
+            Q5_1 => (24, 8),
             _ => (34, 2),
         };
         let mask = _mm_set1_epi8(0x0F);
-        let eight = _mm512_set1_epi16(8);
+        let offset = _mm512_set1_epi16(if TY == Q5_0 { 16 } else { 8 });
         let mut acc = [_mm512_setzero_ps(); N];
         let mut min_acc = [0.0f32; N];
         // The block index drives pointer offsets into `w` and every `q[k]`, `d[k]`, `sum[k]`.
@@ -269,9 +282,15 @@ mod avx512 {
             } else {
                 // SAFETY: a Q4 block holds 16 nibble bytes from `at`.
                 let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
-                let nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+                let mut nibbles =
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+                if TY == Q5_0 || TY == Q5_1 {
+                    // SAFETY: a Q5 block holds its 32 fifth bits in the 4 bytes before `at`.
+                    let bits = unsafe { wb.add(at - 4).cast::<u32>().read_unaligned() };
+                    nibbles = _mm256_or_si256(nibbles, _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(16)));
+                }
                 let wide = _mm512_cvtepu8_epi16(nibbles);
-                if TY == Q4_0 { _mm512_sub_epi16(wide, eight) } else { wide }
+                if TY == Q4_0 || TY == Q5_0 { _mm512_sub_epi16(wide, offset) } else { wide }
             };
             let dw = _mm_cvtss_f32(dm);
             for k in 0..N {
@@ -280,7 +299,7 @@ mod avx512 {
                 // |w| ≤ 128 and |x| ≤ 32767: each pair sum fits i32, and so do 32 products.
                 let products = _mm512_dpwssd_epi32(_mm512_setzero_si512(), weights, x);
                 acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(dw * dx), _mm512_cvtepi32_ps(products), acc[k]);
-                if TY == Q4_1 {
+                if TY == Q4_1 || TY == Q5_1 {
                     // SAFETY: as above.
                     min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
                 }
@@ -297,7 +316,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::q8::tests::random_row;
+    use crate::cpu::q8::tests::{random_row, simd_isas};
     use crate::quant::dequantize_row;
 
     /// 16-bit rounding moves each activation by at most amax / 65534.
@@ -308,7 +327,7 @@ mod tests {
     fn integer_dots_match_dequantized_math() {
         let cols = 256;
         let mut rng = crate::cpu::q8::tests::Rng(11);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in crate::cpu::q8::tests::FORMATS {
             for _ in 0..20 {
                 let w = random_row(ty, cols, &mut rng);
                 // Heavy-tailed: one element per row a hundred times the rest.
@@ -322,9 +341,12 @@ mod tests {
                 let mut acts = Q16Acts::default();
                 acts.quantize(&x, 1, cols);
                 let reference = dot(Isa::Baseline, ty, &w, &acts.d, &acts.sum, &acts.q);
-                let simd = dot(Isa::detect(), ty, &w, &acts.d, &acts.sum, &acts.q);
                 assert!((reference - exact).abs() <= bound, "{ty}: {reference} vs {exact} (bound {bound})");
-                assert!((simd - reference).abs() <= SIMD_TOL * reference.abs().max(1.0), "{ty}: {simd} vs {reference}");
+                for isa in simd_isas() {
+                    let simd = dot(isa, ty, &w, &acts.d, &acts.sum, &acts.q);
+                    let close = (simd - reference).abs() <= SIMD_TOL * reference.abs().max(1.0);
+                    assert!(close, "{ty} {isa:?}: {simd} vs {reference}");
+                }
             }
         }
     }
@@ -333,13 +355,13 @@ mod tests {
     fn a_run_of_rows_matches_row_by_row() {
         let (cols, rows) = (128, 5);
         let mut rng = crate::cpu::q8::tests::Rng(9);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in crate::cpu::q8::tests::FORMATS {
             let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
             let x: Vec<f32> = (0..cols).map(|_| rng.f() * 50.0).collect();
             let mut acts = Q16Acts::default();
             acts.quantize(&x, 1, cols);
             let row_bytes = w.len() / rows;
-            for isa in [Isa::Baseline, Isa::detect()] {
+            for isa in std::iter::once(Isa::Baseline).chain(simd_isas()) {
                 let mut out = vec![0.0; rows];
                 dot_rows_single(isa, ty, &w, &acts.d, &acts.sum, &acts.q, &mut out);
                 for (r, got) in out.iter().enumerate() {

@@ -63,7 +63,7 @@ impl Q8Acts {
 
 /// Whether `ty` has an integer kernel here.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
 }
 
 /// Which instantiation of the dot products runs, fixed once at start-up.
@@ -172,18 +172,35 @@ pub(super) fn half(lo: u8, hi: u8) -> f32 {
 }
 
 /// Where a block's quants start, what is subtracted from each, and whether a minimum follows
-/// the scale.
+/// the scale. Q5 formats keep their fifth bits in the 4 bytes before the nibbles.
 pub(super) fn layout(ty: GgmlType) -> (usize, i32, bool) {
     match ty {
         GgmlType::Q4_0 => (2, 8, false),
         GgmlType::Q4_1 => (4, 0, true),
+        GgmlType::Q5_0 => (6, 16, false),
+        GgmlType::Q5_1 => (8, 0, true),
         _ => (2, 0, false),
+    }
+}
+
+/// Element `j` (of 32) of a 4- or 5-bit block whose nibbles start at `at`, before the offset:
+/// low nibbles hold elements 0..16, high nibbles 16..32, and bit `j` of the 32-bit word before
+/// the nibbles is a Q5 element's fifth bit.
+#[inline(always)]
+pub(super) fn small_quant(ty: GgmlType, block: &[u8], at: usize, j: usize) -> i32 {
+    let byte = block[at + j % 16];
+    let nibble = i32::from(if j < 16 { byte & 0x0F } else { byte >> 4 });
+    if matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1) {
+        let high = u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]]);
+        nibble | (((high >> j) & 1) as i32) << 4
+    } else {
+        nibble
     }
 }
 
 /// The reference twins of the SIMD dots.
 mod scalar {
-    use super::{GgmlType, QA, QB, half, layout};
+    use super::{GgmlType, QA, QB, half, layout, small_quant};
 
     pub fn dot(ty: GgmlType, w: &[u8], d: &[f32], sum: &[f32], q: &[i8]) -> f32 {
         let size = ty.type_size() as usize;
@@ -196,11 +213,10 @@ mod scalar {
                 };
                 (half_dot(0..QA), half_dot(QA..QB))
             } else {
-                // Low nibbles hold elements 0..16, high nibbles 16..32.
-                let nib = &wb[at..at + QA];
-                let lo = (0..QA).map(|j| (i32::from(nib[j] & 0x0F) - offset) * i32::from(qb[j])).sum();
-                let hi = (0..QA).map(|j| (i32::from(nib[j] >> 4) - offset) * i32::from(qb[j + QA])).sum();
-                (lo, hi)
+                let half_dot = |r: std::ops::Range<usize>| -> i32 {
+                    r.map(|j| (small_quant(ty, wb, at, j) - offset) * i32::from(qb[j])).sum()
+                };
+                (half_dot(0..QA), half_dot(QA..QB))
             };
             acc += half(wb[0], wb[1]) * (d[2 * b] * lo as f32 + d[2 * b + 1] * hi as f32);
             if has_min {
@@ -236,10 +252,12 @@ mod avx2 {
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
+            Q5_0 => (22, 6),
+            Q5_1 => (24, 8),
             _ => (34, 2),
         };
         let mask = _mm_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi8(8);
+        let offset = _mm256_set1_epi8(if TY == Q5_0 { 16 } else { 8 });
         let ones = _mm256_set1_epi16(1);
         // Spreads two adjacent activation scales over the lanes of the two halves.
         let halves = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
@@ -265,11 +283,16 @@ mod avx2 {
                 let raw = unsafe { _mm_loadu_si128(wb.add(at).cast()) };
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                let nibbles = _mm256_set_m128i(hi, lo);
-                if TY == Q4_1 {
+                let mut nibbles = _mm256_set_m128i(hi, lo);
+                if TY == Q5_0 || TY == Q5_1 {
+                    // SAFETY: a Q5 block holds its 32 fifth bits in the 4 bytes before `at`.
+                    let bits = unsafe { wb.add(at - 4).cast::<u32>().read_unaligned() };
+                    nibbles = _mm256_or_si256(nibbles, fifth_bits(bits));
+                }
+                if TY == Q4_1 || TY == Q5_1 {
                     (nibbles, nibbles)
                 } else {
-                    let centred = _mm256_sub_epi8(nibbles, eight);
+                    let centred = _mm256_sub_epi8(nibbles, offset);
                     (_mm256_sign_epi8(centred, centred), centred)
                 }
             };
@@ -282,13 +305,13 @@ mod avx2 {
                         _mm_castsi128_ps(_mm_loadl_epi64(d[k].as_ptr().add(2 * b).cast())),
                     )
                 };
-                let x = if TY == Q4_1 { x } else { _mm256_sign_epi8(x, signs) };
+                let x = if TY == Q4_1 || TY == Q5_1 { x } else { _mm256_sign_epi8(x, signs) };
                 let products = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, x), ones);
                 // Lanes 0..4 sum elements 0..16 and lanes 4..8 elements 16..32: each half gets
                 // its own activation scale.
                 let scales = _mm256_mul_ps(dw, _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dx), halves));
                 acc[k] = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(products), acc[k]);
-                if TY == Q4_1 {
+                if TY == Q4_1 || TY == Q5_1 {
                     // SAFETY: `sum[k]` covers `nb` blocks.
                     min_acc[k] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * unsafe { *sum[k].get_unchecked(b) };
                 }
@@ -299,6 +322,21 @@ mod avx2 {
             out[k] = hsum(acc[k]) + min_acc[k];
         }
         out
+    }
+
+    /// Byte `j` is 16 where bit `j` of `bits` is set, else 0: a Q5 block's fifth bits in
+    /// element order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(in crate::cpu) fn fifth_bits(bits: u32) -> __m256i {
+        // Byte j takes byte j / 8 of `bits`, then tests its bit j % 8.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        );
+        let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
     }
 
     #[inline]
@@ -335,10 +373,12 @@ mod avx512 {
         let (size, at) = match TY {
             Q4_0 => (18, 2),
             Q4_1 => (20, 4),
+            Q5_0 => (22, 6),
+            Q5_1 => (24, 8),
             _ => (34, 2),
         };
         let mask = _mm256_set1_epi8(0x0F);
-        let eight = _mm512_set1_epi8(8);
+        let offset = _mm512_set1_epi8(if TY == Q5_0 { 16 } else { 8 });
         // Lane i of the products sums bytes 4i..4i+4: lanes 0..4, 4..8, 8..12, 12..16 are the
         // four 16-element halves, each with its own activation scale.
         let quarters = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -375,13 +415,24 @@ mod avx512 {
                 let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
                 let first = _mm256_permute2x128_si256(lo, hi, 0x20);
                 let second = _mm256_permute2x128_si256(lo, hi, 0x31);
-                let nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
-                if TY == Q4_0 { _mm512_sub_epi8(nibbles, eight) } else { nibbles }
+                let mut nibbles = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+                if TY == Q5_0 || TY == Q5_1 {
+                    // SAFETY: a Q5 block holds its 32 fifth bits in the 4 bytes before `at`.
+                    let bits = unsafe {
+                        u64::from(w0.add(at - 4).cast::<u32>().read_unaligned())
+                            | u64::from(w1.add(at - 4).cast::<u32>().read_unaligned()) << 32
+                    };
+                    nibbles = _mm512_or_si512(nibbles, _mm512_maskz_mov_epi8(bits, _mm512_set1_epi8(16)));
+                }
+                if TY == Q4_0 || TY == Q5_0 { _mm512_sub_epi8(nibbles, offset) } else { nibbles }
             };
             // `dpbusd` multiplies unsigned by signed bytes: signed weights give up their sign
             // to the activations.
-            let (unsigned, negative) =
-                if TY == Q4_1 { (weights, 0) } else { (_mm512_abs_epi8(weights), _mm512_movepi8_mask(weights)) };
+            let (unsigned, negative) = if TY == Q4_1 || TY == Q5_1 {
+                (weights, 0)
+            } else {
+                (_mm512_abs_epi8(weights), _mm512_movepi8_mask(weights))
+            };
             let dw = _mm512_castpd_ps(_mm512_insertf64x4(
                 _mm512_castps_pd(_mm512_broadcastss_ps(dm0)),
                 _mm256_castps_pd(_mm256_broadcastss_ps(dm1)),
@@ -396,11 +447,15 @@ mod avx512 {
                 let (x, dx) = unsafe {
                     (_mm512_loadu_si512(q[k].as_ptr().add(b * QB).cast()), _mm_loadu_ps(d[k].as_ptr().add(2 * b)))
                 };
-                let x = if TY == Q4_1 { x } else { _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x) };
+                let x = if TY == Q4_1 || TY == Q5_1 {
+                    x
+                } else {
+                    _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
+                };
                 let products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unsigned, x);
                 let scales = _mm512_mul_ps(dw, _mm512_permutexvar_ps(quarters, _mm512_castps128_ps512(dx)));
                 acc[k] = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(products), acc[k]);
-                if TY == Q4_1 {
+                if TY == Q4_1 || TY == Q5_1 {
                     // SAFETY: `sum[k]` covers `nb` blocks, so `b + 1` is in it.
                     let sums = unsafe { _mm_castsi128_ps(_mm_loadl_epi64(sum[k].as_ptr().add(b).cast())) };
                     min_acc[k] = _mm_fmadd_ps(mins, sums, min_acc[k]);
@@ -416,7 +471,7 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx2::hsum as hsum_avx2;
+pub(super) use avx2::{fifth_bits as fifth_bits_avx2, hsum as hsum_avx2};
 
 #[cfg(test)]
 pub(super) mod tests {
@@ -429,6 +484,19 @@ pub(super) mod tests {
     const F32_SLACK: f32 = 1e-3;
     /// The SIMD twin sums the same integers; only the f32 accumulation order differs.
     const SIMD_TOL: f32 = 1e-5;
+    /// Every format with an integer kernel.
+    pub const FORMATS: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+    /// Every SIMD instantiation this machine can run: the detected one and those below it.
+    pub fn simd_isas() -> Vec<Isa> {
+        match Isa::detect() {
+            Isa::Baseline => Vec::new(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => vec![Isa::Avx2],
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => vec![Isa::Avx2, Isa::Avx512],
+        }
+    }
 
     pub struct Rng(pub u64);
     impl Rng {
@@ -451,7 +519,7 @@ pub(super) mod tests {
             }
             // Sane scales: |d| ≤ 1/16, |m| ≤ 1/2.
             blk[..2].copy_from_slice(&f16::from_f32(rng.f() / 16.0).to_le_bytes());
-            if ty == GgmlType::Q4_1 {
+            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
                 blk[2..4].copy_from_slice(&f16::from_f32(rng.f() / 2.0).to_le_bytes());
             }
         }
@@ -462,7 +530,7 @@ pub(super) mod tests {
     fn integer_dots_match_dequantized_math() {
         let cols = 256;
         let mut rng = Rng(7);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in FORMATS {
             assert!(supported(ty));
             for _ in 0..20 {
                 let w = random_row(ty, cols, &mut rng);
@@ -475,8 +543,11 @@ pub(super) mod tests {
                 let mut acts = Q8Acts::default();
                 acts.quantize(&x, 1, cols);
                 let reference = dot(Isa::Baseline, ty, &w, &acts.d, &acts.sum, &acts.q);
-                let simd = dot(Isa::detect(), ty, &w, &acts.d, &acts.sum, &acts.q);
-                assert!((simd - reference).abs() <= SIMD_TOL * reference.abs().max(1.0), "{ty}: {simd} vs {reference}");
+                for isa in simd_isas() {
+                    let simd = dot(isa, ty, &w, &acts.d, &acts.sum, &acts.q);
+                    let close = (simd - reference).abs() <= SIMD_TOL * reference.abs().max(1.0);
+                    assert!(close, "{ty} {isa:?}: {simd} vs {reference}");
+                }
                 assert!((reference - exact).abs() <= bound, "{ty}: {reference} vs {exact} (bound {bound})");
             }
         }
@@ -486,13 +557,13 @@ pub(super) mod tests {
     fn a_run_of_rows_matches_row_by_row() {
         let (cols, rows) = (128, 7);
         let mut rng = Rng(5);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in FORMATS {
             let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, &mut rng)).collect();
             let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
             let mut acts = Q8Acts::default();
             acts.quantize(&x, 1, cols);
             let row_bytes = w.len() / rows;
-            for isa in [Isa::Baseline, Isa::detect()] {
+            for isa in std::iter::once(Isa::Baseline).chain(simd_isas()) {
                 let mut out = vec![0.0; rows];
                 dot_rows_single(isa, ty, &w, &acts.d, &acts.sum, &acts.q, &mut out);
                 for (r, got) in out.iter().enumerate() {
@@ -507,12 +578,12 @@ pub(super) mod tests {
     fn a_tile_of_activation_rows_matches_one_by_one() {
         let cols = 192;
         let mut rng = Rng(21);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in FORMATS {
             let w = random_row(ty, cols, &mut rng);
             let x: Vec<f32> = (0..4 * cols).map(|_| rng.f()).collect();
             let mut acts = Q8Acts::default();
             acts.quantize(&x, 4, cols);
-            for isa in [Isa::Baseline, Isa::detect()] {
+            for isa in std::iter::once(Isa::Baseline).chain(simd_isas()) {
                 let tile: [f32; 4] = acts.dot_rows(isa, ty, &w, 0, cols);
                 for (t, got) in tile.iter().enumerate() {
                     let [want] = acts.dot_rows::<1>(isa, ty, &w, t, cols);
