@@ -57,6 +57,7 @@ macro_rules! entry_points {
     };
 }
 
+mod kquant;
 mod ops;
 mod pool;
 mod q16;

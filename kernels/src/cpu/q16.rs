@@ -67,10 +67,13 @@ pub fn dot_many<const N: usize>(
     sum: [&[f32]; N],
     q: [&[i16]; N],
 ) -> [f32; N] {
+    if super::kquant::supported(ty) {
+        return super::kquant::dot_many_q16(isa, ty, w, d, sum, q);
+    }
     let nb = q.first().map_or(0, |q| q.len() / QB);
     let size = ty.type_size() as usize;
     let fits = (0..N).all(|k| q[k].len() == nb * QB && d[k].len() >= nb && sum[k].len() >= nb);
-    if !super::q8::supported(ty) || w.len() < nb * size || !fits {
+    if !super::q8::small_block(ty) || w.len() < nb * size || !fits {
         return [f32::NAN; N];
     }
     match isa {
@@ -89,9 +92,16 @@ pub fn dot_many<const N: usize>(
 /// Consecutive weight rows (`rows`, encoded back to back) times one activation row, one
 /// result per row into `out`: the decode shape, with the row loop inside the kernel.
 pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i16], out: &mut [f32]) {
+    if super::kquant::supported(ty) {
+        let row_bytes = rows.len() / out.len().max(1);
+        for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
+            [*o] = super::kquant::dot_many_q16(isa, ty, row, [d], [sum], [q]);
+        }
+        return;
+    }
     let nb = q.len() / QB;
     let row_bytes = nb * ty.type_size() as usize;
-    if !super::q8::supported(ty)
+    if !super::q8::small_block(ty)
         || q.len() != nb * QB
         || d.len() < nb
         || sum.len() < nb

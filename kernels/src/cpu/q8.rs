@@ -61,8 +61,13 @@ impl Q8Acts {
     }
 }
 
-/// Whether `ty` has an integer kernel here.
+/// Whether `ty` has an integer kernel: here (32-element blocks) or in `kquant`.
 pub fn supported(ty: GgmlType) -> bool {
+    small_block(ty) || super::kquant::supported(ty)
+}
+
+/// The 32-element formats whose kernels are in this module.
+pub(super) fn small_block(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
 }
 
@@ -115,10 +120,13 @@ pub fn dot_many<const N: usize>(
     sum: [&[f32]; N],
     q: [&[i8]; N],
 ) -> [f32; N] {
+    if super::kquant::supported(ty) {
+        return super::kquant::dot_many_q8(isa, ty, w, d, sum, q);
+    }
     let nb = q.first().map_or(0, |q| q.len() / QB);
     let size = ty.type_size() as usize;
     let fits = (0..N).all(|k| q[k].len() == nb * QB && d[k].len() >= 2 * nb && sum[k].len() >= nb);
-    if !supported(ty) || w.len() < nb * size || !fits {
+    if !small_block(ty) || w.len() < nb * size || !fits {
         return [f32::NAN; N];
     }
     match isa {
@@ -140,9 +148,20 @@ pub fn dot_many<const N: usize>(
 /// Consecutive weight rows (`rows`, encoded back to back) times one activation row, one
 /// result per row into `out`: the decode shape, with the row loop inside the kernel.
 pub fn dot_rows_single(isa: Isa, ty: GgmlType, rows: &[u8], d: &[f32], sum: &[f32], q: &[i8], out: &mut [f32]) {
+    if super::kquant::supported(ty) {
+        let row_bytes = rows.len() / out.len().max(1);
+        for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
+            [*o] = super::kquant::dot_many_q8(isa, ty, row, [d], [sum], [q]);
+        }
+        return;
+    }
     let nb = q.len() / QB;
     let row_bytes = nb * ty.type_size() as usize;
-    if !supported(ty) || q.len() != nb * QB || d.len() < 2 * nb || sum.len() < nb || rows.len() != out.len() * row_bytes
+    if !small_block(ty)
+        || q.len() != nb * QB
+        || d.len() < 2 * nb
+        || sum.len() < nb
+        || rows.len() != out.len() * row_bytes
     {
         out.fill(f32::NAN);
         return;

@@ -184,7 +184,7 @@ fn to_f32(x: f16) -> f32 {
 
 /// The eight 6-bit scales and eight 6-bit mins of Q4_K and Q5_K (`get_scale_min_k4`).
 #[inline(always)]
-fn scale_min_k4(s: &[u8; K_SCALE_SIZE]) -> ([u8; 8], [u8; 8]) {
+pub fn scale_min_k4(s: &[u8; K_SCALE_SIZE]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0; 8];
     let mut m = [0; 8];
     for j in 0..4 {

@@ -7,7 +7,7 @@ mod types;
 
 pub use blocks::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8K,
-    K_SCALE_SIZE, QK, QK_K, f16_bits_to_f32,
+    K_SCALE_SIZE, QK, QK_K, f16_bits_to_f32, scale_min_k4,
 };
 pub use dequant::dequantize_row;
 pub use quantize::{quantize_row, quantize_row_parallel};
