@@ -4,9 +4,10 @@
 //!
 //! Activations carry one scale per 16 elements (`x ≈ d·q`), half a weight block: on the
 //! default model this keeps logits measurably closer to the exact pass than one scale per 32
-//! (see docs/precision.md), and both halves fall out of the same 32-byte integer dot. Formats
-//! without a kernel here take the exact path. The AVX2 instantiation is chosen at run time;
-//! the scalar twin is the reference. Issue #3 brings the other ISAs and more formats.
+//! (see docs/precision.md), and both halves fall out of the same 32-byte integer dot. The
+//! K-quants are unpacked per super-block (`kquant`) and take the same dots; formats without a
+//! kernel take the exact path. The AVX2 or AVX-512 instantiation is chosen at run time; the
+//! scalar twin is the reference. NEON (aarch64) has no instantiation yet (issue #3).
 
 use crate::quant::{GgmlType, f16_bits_to_f32};
 
