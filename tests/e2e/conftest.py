@@ -85,6 +85,27 @@ class RealmServer:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
+    def post_event(self, body, headers):
+        """POSTs an event to /events; returns the status and the JSON answer."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request("POST", "/events", body, headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+
+    def wait_batch(self, batch_id, timeout=120):
+        """The batch object once the job has completed or failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = self.get(f"/v1/batches/{batch_id}", auth=True)
+            batch = json.loads(body)
+            assert status == 200 and batch["object"] == "batch", batch
+            if batch["status"] in ("completed", "failed"):
+                return batch
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.05)
+
     def wait_ready(self, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -134,7 +155,17 @@ def free_port():
 
 
 @pytest.fixture(scope="session")
-def s3(tmp_path_factory):
+def model_file():
+    """The default model's file (REALM_TEST_MODEL, or where `realm pull` put it)."""
+    model = os.environ.get("REALM_TEST_MODEL")
+    if not model or not os.path.isfile(model):
+        model = subprocess.run([os.environ.get("REALM_BIN", "target/release/realm"), "pull"], capture_output=True,
+                               text=True).stderr.rsplit(" at ", 1)[1].split()[0]
+    return model
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory, model_file):
     """moto in server mode on loopback with buckets `models` (the default model at
     smollm2/model.gguf) and `jobs`: `client` (boto3, straight to moto), `env` for realm, `port`."""
     import boto3
@@ -158,10 +189,7 @@ def s3(tmp_path_factory):
                           region_name="us-east-1")
     client.create_bucket(Bucket="models")
     client.create_bucket(Bucket="jobs")
-    model = os.environ.get("REALM_TEST_MODEL")
-    if not model:
-        model = subprocess.run([os.environ.get("REALM_BIN", "target/release/realm"), "pull"], capture_output=True,
-                               text=True).stderr.rsplit(" at ", 1)[1].split()[0]
+    model = model_file
     client.upload_file(model, "models", "smollm2/model.gguf")
     yield SimpleNamespace(client=client, env=env, port=port, model=model)
     proc.kill()

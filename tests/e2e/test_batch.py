@@ -112,22 +112,15 @@ def test_an_event_starts_a_job_whose_status_is_visible(tmp_path):
 
 
 def test_bad_events_get_clear_errors_and_a_missing_input_loses_nothing(tmp_path):
-    import http.client
-
     s = RealmServer("--batch-local-root", str(tmp_path))
 
     def post(kind, data, structured=None):
         if structured is not None:
-            body, headers = structured, {"Content-Type": "application/cloudevents+json"}
-        else:
-            ev = CloudEvent({"type": kind, "source": "//test", "id": f"e-{time.monotonic_ns()}",
-                             "specversion": "1.0", "datacontenttype": "application/json"}, data)
-            msg = to_binary(ev, JSONFormat())
-            body, headers = msg.body, msg.headers
-        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
-        conn.request("POST", "/events", body, headers)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
+            return s.post_event(structured, {"Content-Type": "application/cloudevents+json"})
+        ev = CloudEvent({"type": kind, "source": "//test", "id": f"e-{time.monotonic_ns()}", "specversion": "1.0",
+                         "datacontenttype": "application/json"}, data)
+        msg = to_binary(ev, JSONFormat())
+        return s.post_event(msg.body, msg.headers)
 
     try:
         status, body = post("com.example.unknown", {"input": "x"})
@@ -149,24 +142,14 @@ def test_bad_events_get_clear_errors_and_a_missing_input_loses_nothing(tmp_path)
         data = {"input": f"file://{inp}", "output": f"file://{out}/"}
         status, body = post("dev.realm.batch.v1.requested", data)
         assert status == 202, body
-        batch = wait_for_batch(s, body["batch"]["id"])
+        batch = s.wait_batch(body["batch"]["id"])
         assert batch["status"] == "failed" and "no such object" in batch["errors"]["data"][0]["message"], batch
         write_input(inp, 4, bad=False, model=s.model)
         status, body = post("dev.realm.batch.v1.requested", data)
         assert status == 202, body
-        batch = wait_for_batch(s, body["batch"]["id"])
+        batch = s.wait_batch(body["batch"]["id"])
         assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 4, batch
         assert sorted(r["custom_id"] for r in read_jsonl(out / "output.jsonl")) == [f"req-{i}" for i in range(4)]
     finally:
         assert s.stop() == 0
 
-
-def wait_for_batch(s, batch_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = s.get(f"/v1/batches/{batch_id}", auth=True)
-        batch = json.loads(body)
-        if batch["status"] in ("completed", "failed"):
-            return batch
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.05)

@@ -3,7 +3,6 @@
 starts a batch job whose results are read back from the bucket."""
 
 import json
-import time
 
 from conftest import RealmServer
 
@@ -19,20 +18,9 @@ def test_serve_a_model_from_s3_and_run_a_batch_an_s3_notification_starts(s3):
         assert s.model == "model", "the id is the object's file name"
         note = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
                              "s3": {"bucket": {"name": "jobs"}, "object": {"key": "in/day1.jsonl"}}}]}
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
-        conn.request("POST", "/events", json.dumps(note), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        answer = json.loads(resp.read())
-        assert resp.status == 202, answer
-        batch_id = answer["batches"][0]["id"]
-        deadline = time.monotonic() + 120
-        while True:
-            batch = json.loads(s.get(f"/v1/batches/{batch_id}")[1])
-            if batch["status"] in ("completed", "failed"):
-                break
-            assert time.monotonic() < deadline, batch
-            time.sleep(0.1)
+        status, answer = s.post_event(json.dumps(note), {"Content-Type": "application/json"})
+        assert status == 202, answer
+        batch = s.wait_batch(answer["batches"][0]["id"])
         assert batch["status"] == "completed", batch
         assert batch["request_counts"] == {"total": 6, "completed": 5, "failed": 1}
         out = client.get_object(Bucket="jobs", Key="in/day1.jsonl.out/output.jsonl")["Body"].read().decode()
@@ -54,25 +42,17 @@ def test_manifest_routes_send_results_where_they_say_and_turn_away_other_objects
     s3.client.put_object(Bucket="jobs", Key="incoming/day2/q.jsonl", Body=line.encode())
 
     def notify(key):
-        import http.client
         note = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
                              "s3": {"bucket": {"name": "jobs"}, "object": {"key": key}}}]}
-        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
-        conn.request("POST", "/events", json.dumps(note), {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        answer = json.loads(resp.read())
-        assert resp.status == 202, answer
+        status, answer = s.post_event(json.dumps(note), {"Content-Type": "application/json"})
+        assert status == 202, answer
         return answer["batches"]
 
     try:
         assert notify("elsewhere/q.jsonl") == [], "no route takes it"
         assert notify("results/day1/q.jsonl/output.jsonl") == [], "a route's own output"
-        [batch] = notify("incoming/day2/q.jsonl")
-        deadline = time.monotonic() + 60
-        while batch["status"] not in ("completed", "failed"):
-            assert time.monotonic() < deadline, batch
-            time.sleep(0.1)
-            batch = json.loads(s.get(f"/v1/batches/{batch['id']}")[1])
+        [started] = notify("incoming/day2/q.jsonl")
+        batch = s.wait_batch(started["id"])
         assert batch["status"] == "completed", batch
         assert batch["output_file_id"] == "s3://jobs/results/day2/q.jsonl/output.jsonl"
         out = s3.client.get_object(Bucket="jobs", Key="results/day2/q.jsonl/output.jsonl")["Body"].read().decode()
