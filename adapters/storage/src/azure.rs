@@ -228,12 +228,21 @@ impl AzureStore {
     fn err(&self, op: &'static str, key: &str, e: azure_core::Error) -> StorageError {
         // A missing container is a configuration error, not a missing blob: both answer 404,
         // told apart by the error code (the `x-ms-error-code` header, so HEAD has it too).
-        let container_missing =
-            matches!(e.kind(), ErrorKind::HttpResponse { error_code: Some(code), .. } if code == "ContainerNotFound");
-        if e.http_status() == Some(StatusCode::NotFound) && !container_missing {
+        let code = match e.kind() {
+            ErrorKind::HttpResponse { error_code, .. } => error_code.as_deref(),
+            _ => None,
+        };
+        if e.http_status() == Some(StatusCode::NotFound) && code != Some("ContainerNotFound") {
             return StorageError::NotFound { uri: self.uri(key) };
         }
-        StorageError::Io { op, uri: self.uri(key), message: e.to_string() }
+        let text = e.to_string();
+        // A HEAD answer has no body: its error code comes only in a header, which the SDK's
+        // message leaves out.
+        let message = match code {
+            Some(code) if !text.contains(code) => format!("{code}: {text}"),
+            _ => text,
+        };
+        StorageError::Io { op, uri: self.uri(key), message }
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {

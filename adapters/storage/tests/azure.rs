@@ -248,7 +248,10 @@ async fn store_put_get_list_size() -> Result<()> {
         r => bail!("get from a missing container gave {r:?}"),
     }
     match other.stat("k").await {
-        Err(e @ StorageError::Io { .. }) => ensure!(e.to_string().contains("az://no-such-container/k"), "{e}"),
+        Err(e @ StorageError::Io { .. }) => {
+            let text = e.to_string();
+            ensure!(text.contains("az://no-such-container/k") && text.contains("ContainerNotFound"), "{text}");
+        }
         r => bail!("stat in a missing container gave {r:?}"),
     }
     Ok(())
