@@ -13,6 +13,10 @@ echo "== set-up: lavapipe, a Vulkan driver on the CPU (the wgpu backend's tests)
 VK_DRIVER_FILES=$(bash scripts/setup-vulkan.sh)
 export VK_DRIVER_FILES
 
+echo "== set-up: Azurite, the Azure Blob emulator (realm-storage's az:// tests)"
+REALM_AZURITE_BLOB=$(bash scripts/setup-azurite.sh)
+export REALM_AZURITE_BLOB
+
 echo "== set-up: Go toolchain (sdks/go)"
 GO=$(bash scripts/setup-go.sh)
 PATH="$(dirname "$GO"):$PATH"

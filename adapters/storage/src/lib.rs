@@ -4,6 +4,8 @@
 //! backends sit behind cargo features; a URI whose backend is not compiled in is a clear error.
 //! [`fetch_model`] brings a model object into the local model cache.
 
+#[cfg(feature = "azure")]
+mod azure;
 mod cache;
 mod local;
 #[cfg(feature = "s3")]
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[cfg(feature = "azure")]
+pub use azure::{ACCOUNT_ENV as AZURE_ACCOUNT_ENV, AzureStore, CONNECTION_STRING_ENV as AZURE_CONNECTION_STRING_ENV};
 pub use cache::{FetchOptions, Fetched, cache_path, fetch_model, fetch_model_with};
 pub use local::LocalStore;
 #[cfg(feature = "s3")]
@@ -71,6 +75,17 @@ pub enum Store {
     Local(LocalStore),
     #[cfg(feature = "s3")]
     S3(S3Store),
+    #[cfg(feature = "azure")]
+    Azure(AzureStore),
+}
+
+/// Makes ring rustls's process-wide crypto provider unless one is set already: the cloud SDKs'
+/// reqwest clients are built with rustls but no provider of their own (see the workspace
+/// Cargo.toml), so that aws-lc is not compiled in.
+#[cfg(feature = "azure")]
+fn install_crypto_provider() {
+    // An error only says that a provider is installed already, which is all this needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl Store {
@@ -83,6 +98,9 @@ impl Store {
             #[cfg(not(feature = "s3"))]
             Scheme::S3 => Err(StorageError::NotCompiled { scheme: "s3", feature: "s3" }),
             Scheme::Gs => Err(StorageError::NotCompiled { scheme: "gs", feature: "gcs" }),
+            #[cfg(feature = "azure")]
+            Scheme::Az => Ok(Store::Azure(AzureStore::new(&uri.bucket)?)),
+            #[cfg(not(feature = "azure"))]
             Scheme::Az => Err(StorageError::NotCompiled { scheme: "az", feature: "azure" }),
             Scheme::Https => Err(StorageError::NotCompiled { scheme: "https", feature: "https" }),
         }
@@ -94,6 +112,8 @@ impl Store {
             Store::Local(s) => s.get(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.get(key).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.get(key).await,
         }
     }
 
@@ -103,6 +123,8 @@ impl Store {
             Store::Local(s) => s.put(key, body).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.put(key, body).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.put(key, body).await,
         }
     }
 
@@ -112,6 +134,8 @@ impl Store {
             Store::Local(s) => s.list(prefix).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.list(prefix).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.list(prefix).await,
         }
     }
 
@@ -121,6 +145,8 @@ impl Store {
             Store::Local(s) => s.size(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.size(key).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.size(key).await,
         }
     }
 
@@ -130,6 +156,8 @@ impl Store {
             Store::Local(s) => s.get_range(key, start, len).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.get_range(key, start, len).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.get_range(key, start, len).await,
         }
     }
 
@@ -139,6 +167,8 @@ impl Store {
             Store::Local(s) => s.stat(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.stat(key).await,
+            #[cfg(feature = "azure")]
+            Store::Azure(s) => s.stat(key).await,
         }
     }
 }
