@@ -7,6 +7,8 @@
 #[cfg(feature = "azure")]
 mod azure;
 mod cache;
+#[cfg(feature = "https")]
+mod https;
 mod local;
 #[cfg(feature = "s3")]
 mod s3;
@@ -19,6 +21,8 @@ use bytes::Bytes;
 #[cfg(feature = "azure")]
 pub use azure::{ACCOUNT_ENV as AZURE_ACCOUNT_ENV, AzureStore, CONNECTION_STRING_ENV as AZURE_CONNECTION_STRING_ENV};
 pub use cache::{FetchOptions, Fetched, cache_path, fetch_model, fetch_model_with};
+#[cfg(feature = "https")]
+pub use https::HttpsStore;
 pub use local::LocalStore;
 #[cfg(feature = "s3")]
 pub use s3::{FORCE_PATH_STYLE_ENV, S3Store};
@@ -77,12 +81,14 @@ pub enum Store {
     S3(S3Store),
     #[cfg(feature = "azure")]
     Azure(AzureStore),
+    #[cfg(feature = "https")]
+    Https(HttpsStore),
 }
 
 /// Makes ring rustls's process-wide crypto provider unless one is set already: the cloud SDKs'
 /// reqwest clients are built with rustls but no provider of their own (see the workspace
 /// Cargo.toml), so that aws-lc is not compiled in.
-#[cfg(feature = "azure")]
+#[cfg(any(feature = "azure", feature = "https"))]
 fn install_crypto_provider() {
     // An error only says that a provider is installed already, which is all this needs.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -102,6 +108,9 @@ impl Store {
             Scheme::Az => Ok(Store::Azure(AzureStore::new(&uri.bucket)?)),
             #[cfg(not(feature = "azure"))]
             Scheme::Az => Err(StorageError::NotCompiled { scheme: "az", feature: "azure" }),
+            #[cfg(feature = "https")]
+            Scheme::Https => Ok(Store::Https(HttpsStore::new(&uri.bucket)?)),
+            #[cfg(not(feature = "https"))]
             Scheme::Https => Err(StorageError::NotCompiled { scheme: "https", feature: "https" }),
         }
     }
@@ -114,6 +123,8 @@ impl Store {
             Store::S3(s) => s.get(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.get(key).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.get(key).await,
         }
     }
 
@@ -125,6 +136,8 @@ impl Store {
             Store::S3(s) => s.put(key, body).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.put(key, body).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.put(key, body).await,
         }
     }
 
@@ -136,6 +149,8 @@ impl Store {
             Store::S3(s) => s.list(prefix).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.list(prefix).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.list(prefix).await,
         }
     }
 
@@ -147,6 +162,8 @@ impl Store {
             Store::S3(s) => s.size(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.size(key).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.size(key).await,
         }
     }
 
@@ -158,6 +175,8 @@ impl Store {
             Store::S3(s) => s.get_range(key, start, len).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.get_range(key, start, len).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.get_range(key, start, len).await,
         }
     }
 
@@ -169,6 +188,8 @@ impl Store {
             Store::S3(s) => s.stat(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.stat(key).await,
+            #[cfg(feature = "https")]
+            Store::Https(s) => s.stat(key).await,
         }
     }
 }
