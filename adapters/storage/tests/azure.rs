@@ -17,17 +17,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use realm_storage::{FetchOptions, ObjectUri, StorageError, Store, fetch_model, fetch_model_with};
-use sha2::{Digest, Sha256};
+use realm_storage::{ObjectUri, StorageError, Store};
+
+mod common;
+
+use common::{BUCKET, Cloud};
 
 const CHILD_ENV: &str = "REALM_STORAGE_AZURE_TEST_CHILD";
-/// Set to `uri cache_dir`: this binary only fetches (slowly) and is then killed by a case.
-const FETCH_ENV: &str = "REALM_STORAGE_AZURE_TEST_FETCH";
+static CLOUD: Cloud = Cloud { scheme: "az", child_env: CHILD_ENV, fetch_env: "REALM_STORAGE_AZURE_TEST_FETCH" };
 /// The azurite-blob launcher; when unset, `scripts/setup-azurite.sh` installs it and says where.
 const AZURITE_ENV: &str = "REALM_AZURITE_BLOB";
-const BUCKET: &str = "realm-models";
-const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 /// Azurite's development account and its key, which Microsoft publishes for every emulator user.
 const DEV_ACCOUNT: &str = "devstoreaccount1";
 const DEV_ACCOUNT_KEY: &str =
@@ -105,12 +104,8 @@ fn answers(port: u16) -> bool {
 }
 
 fn main() -> Result<()> {
-    if let Ok(job) = std::env::var(FETCH_ENV) {
-        let (u, dir) = job.split_once(' ').context("FETCH_ENV is `uri dir`")?;
-        let opts = FetchOptions { range_size: 256 << 10, concurrency: 1, ..FetchOptions::default() };
-        let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(fetch_model_with(&ObjectUri::parse(u)?, Path::new(dir), None, &opts))?;
-        return Ok(());
+    if let Some(done) = CLOUD.fetch_child() {
+        return done;
     }
     if std::env::var_os(CHILD_ENV).is_some() {
         // RUST_LOG=realm_storage=info shows the fetch's progress lines.
@@ -138,69 +133,14 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-type Case = std::pin::Pin<Box<dyn Future<Output = Result<()>>>>;
-
 async fn cases() -> Result<()> {
-    let Store::Azure(s) = store().await? else { bail!("az:// gave another store") };
+    let Store::Azure(s) = CLOUD.store().await? else { bail!("az:// gave another store") };
     s.client().create(None).await.context("creating the container")?;
-    let cases: [(&str, Case); 7] = [
-        ("store_put_get_list_size", Box::pin(store_put_get_list_size())),
-        ("fetch_multi_range_object", Box::pin(fetch_multi_range_object())),
-        ("fetch_wrong_sha256", Box::pin(fetch_wrong_sha256())),
-        ("fetch_resumes_after_interruption", Box::pin(fetch_resumes_after_interruption())),
-        ("fetch_resumes_after_kill", Box::pin(fetch_resumes_after_kill())),
-        ("concurrent_fetches_download_once", Box::pin(concurrent_fetches_download_once())),
-        ("fetch_default_model", Box::pin(fetch_default_model())),
-    ];
-    let mut failed = 0;
-    for (name, case) in cases {
-        let started = Instant::now();
-        match case.await {
-            Ok(()) => println!("test azure::{name} ... ok ({:.2} s)", started.elapsed().as_secs_f64()),
-            Err(e) => {
-                println!("test azure::{name} ... FAILED: {e:#}");
-                failed += 1;
-            }
-        }
-    }
-    ensure!(failed == 0, "{failed} case(s) failed");
-    Ok(())
-}
-
-async fn store() -> Result<Store> {
-    Ok(Store::for_uri(&ObjectUri::parse(&format!("az://{BUCKET}/"))?).await?)
-}
-
-fn uri(key: &str) -> Result<ObjectUri> {
-    Ok(ObjectUri::parse(&format!("az://{BUCKET}/{key}"))?)
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), so no data file is checked in.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
+    CLOUD.run_cases(Box::pin(store_put_get_list_size())).await
 }
 
 async fn store_put_get_list_size() -> Result<()> {
-    let s = store().await?;
+    let s = CLOUD.store().await?;
     s.put("docs/a.jsonl", Bytes::from_static(b"{\"a\":1}\n")).await?;
     assert_eq!(s.get("docs/a.jsonl").await?, Bytes::from_static(b"{\"a\":1}\n"));
     assert_eq!(s.size("docs/a.jsonl").await?, Some(8));
@@ -254,213 +194,5 @@ async fn store_put_get_list_size() -> Result<()> {
         }
         r => bail!("stat in a missing container gave {r:?}"),
     }
-    Ok(())
-}
-
-const MIB: u64 = 1 << 20;
-
-async fn fetch_multi_range_object() -> Result<()> {
-    let data = random_bytes(20 * MIB as usize + 12_345, 1);
-    let sha = sha256_hex(&data);
-    store().await?.put("models/random-20m.bin", Bytes::from(data.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let u = uri("models/random-20m.bin")?;
-    let got = fetch_model_with(&u, cache.path(), Some(&sha), &FetchOptions::default()).await?;
-    assert_eq!(got.downloaded, data.len() as u64);
-    ensure!(std::fs::read(&got.path)? == data, "fetched bytes differ");
-    assert_eq!(got.path, realm_storage::cache_path(&u, cache.path()));
-    let names: Vec<String> = std::fs::read_dir(cache.path())?
-        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_>>()?;
-    let mut names = names;
-    names.sort();
-    // Only the model and its sha256 marker are left: no partial, sidecar or lock.
-    let base = got.path.file_name().context("name")?.to_string_lossy().into_owned();
-    assert_eq!(names, vec![base.clone(), format!("{base}.sha256")]);
-    // Cached: nothing is read again, with or without the hash.
-    assert_eq!(fetch_model_with(&u, cache.path(), Some(&sha), &FetchOptions::default()).await?.downloaded, 0);
-    assert_eq!(fetch_model(&u, cache.path(), None).await?, got.path);
-    Ok(())
-}
-
-async fn fetch_wrong_sha256() -> Result<()> {
-    let data = random_bytes(9 * MIB as usize, 2);
-    store().await?.put("models/wrong-hash.bin", Bytes::from(data.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let wrong = "ab".repeat(32);
-    let err = fetch_model(&uri("models/wrong-hash.bin")?, cache.path(), Some(&wrong))
-        .await
-        .err()
-        .context("a wrong sha256 was accepted")?;
-    let text = err.to_string();
-    ensure!(matches!(err, StorageError::Checksum { .. }), "{err:?}");
-    ensure!(text.contains(&wrong) && text.contains(&sha256_hex(&data)), "the error names both hashes: {text}");
-    ensure!(text.contains("az://realm-models/models/wrong-hash.bin"), "the error names the object: {text}");
-    ensure!(std::fs::read_dir(cache.path())?.next().is_none(), "files were left behind");
-    match fetch_model(&uri("models/absent.bin")?, cache.path(), None).await {
-        Err(StorageError::NotFound { uri }) => assert_eq!(uri, "az://realm-models/models/absent.bin"),
-        other => bail!("fetching a missing object gave {other:?}"),
-    }
-    // A hash that is not one is refused before anything is read.
-    ensure!(fetch_model(&uri("models/wrong-hash.bin")?, cache.path(), Some("xyz")).await.is_err());
-    Ok(())
-}
-
-async fn fetch_resumes_after_interruption() -> Result<()> {
-    let data = random_bytes(20 * MIB as usize, 3);
-    let sha = sha256_hex(&data);
-    store().await?.put("models/resume.bin", Bytes::from(data.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let u = uri("models/resume.bin")?;
-    let target = realm_storage::cache_path(&u, cache.path());
-    let sidecar = with_suffix(&target, ".partial.ranges");
-    // Small ranges one at a time, so the fetch is still going when it is cut off.
-    let opts = FetchOptions { range_size: 256 << 10, concurrency: 1, ..FetchOptions::default() };
-    let first = {
-        let (u, dir, opts, sha) = (u.clone(), cache.path().to_path_buf(), opts.clone(), sha.clone());
-        tokio::spawn(async move { fetch_model_with(&u, &dir, Some(&sha), &opts).await })
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let recorded = std::fs::read_to_string(&sidecar).map(|t| t.lines().count()).unwrap_or(0);
-        if recorded >= 4 {
-            break;
-        }
-        ensure!(!first.is_finished(), "the fetch ended before it could be interrupted");
-        ensure!(Instant::now() < deadline, "the fetch made no progress");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    first.abort();
-    ensure!(first.await.is_err_and(|e| e.is_cancelled()), "the fetch was not cancelled");
-    ensure!(with_suffix(&target, ".partial").exists() && !target.exists(), "no partial download left behind");
-    ensure!(!with_suffix(&target, ".lock").exists(), "a cancelled fetch left its lock");
-
-    let got = fetch_model_with(&u, cache.path(), Some(&sha), &opts).await?;
-    ensure!(
-        got.downloaded < data.len() as u64 && got.downloaded > 0,
-        "resumed fetch read {} of {} bytes",
-        got.downloaded,
-        data.len()
-    );
-    ensure!(std::fs::read(&got.path)? == data, "resumed bytes differ");
-    ensure!(!sidecar.exists() && !with_suffix(&target, ".partial").exists());
-
-    // A partial of another version of the object (another ETag) is not trusted: it is
-    // fetched from the start.
-    std::fs::remove_file(&got.path)?;
-    std::fs::write(with_suffix(&target, ".partial"), vec![0u8; data.len()])?;
-    let header = format!("realm-fetch v1 size={} range={} version=\"0123\"", data.len(), 8 * MIB);
-    std::fs::write(&sidecar, format!("{header}\n0\n1\n"))?;
-    let again = fetch_model_with(&u, cache.path(), Some(&sha), &FetchOptions::default()).await?;
-    assert_eq!(again.downloaded, data.len() as u64);
-    Ok(())
-}
-
-/// A fetching process killed with SIGKILL leaves its partial, sidecar and lock; the next fetch
-/// takes the lock over once it is stale and reads only the ranges still missing.
-async fn fetch_resumes_after_kill() -> Result<()> {
-    let data = random_bytes(20 * MIB as usize, 5);
-    let sha = sha256_hex(&data);
-    store().await?.put("models/killed.bin", Bytes::from(data.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let u = uri("models/killed.bin")?;
-    let target = realm_storage::cache_path(&u, cache.path());
-    let sidecar = with_suffix(&target, ".partial.ranges");
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(FETCH_ENV, format!("{u} {}", cache.path().display()))
-        .env_remove(CHILD_ENV)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let recorded = std::fs::read_to_string(&sidecar).map(|t| t.lines().count()).unwrap_or(0);
-        if recorded >= 4 {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("the fetching process ended ({status}) before it could be killed");
-        }
-        ensure!(Instant::now() < deadline, "the fetching process made no progress");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    child.kill()?;
-    child.wait()?;
-    ensure!(with_suffix(&target, ".lock").exists(), "a killed process cannot remove its lock");
-    ensure!(with_suffix(&target, ".partial").exists() && !target.exists());
-
-    // The killed process's range size, so its ranges count.
-    let opts = FetchOptions {
-        range_size: 256 << 10,
-        stale_lock: Duration::from_secs(1),
-        poll: Duration::from_millis(50),
-        ..FetchOptions::default()
-    };
-    let started = Instant::now();
-    let got = fetch_model_with(&u, cache.path(), Some(&sha), &opts).await?;
-    ensure!(started.elapsed() >= Duration::from_millis(500), "the lock was taken over before it went stale");
-    ensure!(got.downloaded > 0 && got.downloaded < data.len() as u64, "read {} of {}", got.downloaded, data.len());
-    ensure!(std::fs::read(&got.path)? == data, "resumed bytes differ");
-    ensure!(!with_suffix(&target, ".lock").exists());
-    Ok(())
-}
-
-async fn concurrent_fetches_download_once() -> Result<()> {
-    let data = random_bytes(20 * MIB as usize, 4);
-    let sha = sha256_hex(&data);
-    store().await?.put("models/shared.bin", Bytes::from(data.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let u = uri("models/shared.bin")?;
-    let opts = FetchOptions { poll: Duration::from_millis(20), ..FetchOptions::default() };
-    let (a, b) = tokio::join!(
-        fetch_model_with(&u, cache.path(), Some(&sha), &opts),
-        fetch_model_with(&u, cache.path(), Some(&sha), &opts)
-    );
-    let (a, b) = (a?, b?);
-    assert_eq!(a.path, b.path);
-    assert_eq!(a.downloaded + b.downloaded, data.len() as u64, "exactly one fetch downloads");
-    ensure!(std::fs::read(&a.path)? == data, "fetched bytes differ");
-    Ok(())
-}
-
-/// The default model, as `scripts/test.sh` fetches it (see adapters/http/tests/common).
-fn default_model_path() -> Result<PathBuf> {
-    let path = if let Some(p) = std::env::var_os("REALM_TEST_MODEL") {
-        PathBuf::from(p)
-    } else if let Some(dir) = std::env::var_os("REALM_MODEL_CACHE").filter(|d| !d.is_empty()) {
-        PathBuf::from(dir).join(DEFAULT_MODEL)
-    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        PathBuf::from(dir).join("realm/models").join(DEFAULT_MODEL)
-    } else {
-        PathBuf::from(std::env::var_os("HOME").context("HOME is set")?).join(".cache/realm/models").join(DEFAULT_MODEL)
-    };
-    ensure!(path.is_file(), "default model not found at {}: run scripts/test.sh (it fetches it)", path.display());
-    Ok(path)
-}
-
-async fn fetch_default_model() -> Result<()> {
-    let model = std::fs::read(default_model_path()?)?;
-    ensure!(sha256_hex(&model) == DEFAULT_MODEL_SHA256, "the local default model is not the expected file");
-    let key = format!("smollm2/{DEFAULT_MODEL}");
-    store().await?.put(&key, Bytes::from(model.clone())).await?;
-    let cache = tempfile::tempdir()?;
-    let started = Instant::now();
-    let path = fetch_model(&uri(&key)?, cache.path(), Some(DEFAULT_MODEL_SHA256)).await?;
-    let ranged = started.elapsed();
-    ensure!(std::fs::read(&path)? == model, "fetched model differs");
-    // For the record: the same fetch without the hash, and one plain Get Blob.
-    let started = Instant::now();
-    let bare = tempfile::tempdir()?;
-    fetch_model(&uri(&key)?, bare.path(), None).await?;
-    let unhashed = started.elapsed();
-    let started = Instant::now();
-    let whole = store().await?.get(&key).await?;
-    let single = started.elapsed();
-    ensure!(whole.len() == model.len());
-    println!(
-        "default model ({} MB): fetch_model {:.2} s with sha256, {:.2} s without; single Get Blob {:.2} s",
-        model.len() / 1_000_000,
-        ranged.as_secs_f64(),
-        unhashed.as_secs_f64(),
-        single.as_secs_f64()
-    );
     Ok(())
 }
