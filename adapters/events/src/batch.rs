@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http_body_util::BodyExt;
 use realm_http::auth::Internal;
-use realm_storage::{ObjectUri, StorageError, Store};
+use realm_storage::{ObjectUri, StorageError, Store, retry_io};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -34,10 +34,9 @@ const PART_LINES: usize = 64;
 const PART_AGE: Duration = Duration::from_secs(2);
 /// Overload (429) and loading (503) answers are retried this many times, backing off.
 const RETRIES: u32 = 30;
-/// Attempts per object-store call. The SDKs retry a failed request a few times already; a job
-/// must also outlast a longer outage or a body that breaks off, not fail with its work done.
+/// Attempts per object-store call: a job must outlast a short outage, not fail with its work
+/// done.
 const STORE_ATTEMPTS: u32 = 6;
-const STORE_MAX_DELAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -85,37 +84,16 @@ enum Work {
     Refuse(OutputLine),
 }
 
-/// `call` again, backing off, while it fails with an I/O error (a missing object or a bad URI
-/// will not change by waiting).
-async fn retried<T, F: Future<Output = Result<T, StorageError>>>(
-    what: &str,
-    mut call: impl FnMut() -> F,
-) -> Result<T, StorageError> {
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e @ StorageError::Io { .. }) if attempt < STORE_ATTEMPTS => {
-                tracing::warn!(what, attempt, error = %e, "object store call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(STORE_MAX_DELAY);
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 async fn put(out: &Store, key: &str, body: Bytes) -> Result<(), StorageError> {
-    retried("put", || out.put(key, body.clone())).await
+    retry_io("put", STORE_ATTEMPTS, || out.put(key, body.clone())).await
 }
 
 async fn get(store: &Store, key: &str) -> Result<Bytes, StorageError> {
-    retried("get", || store.get(key)).await
+    retry_io("get", STORE_ATTEMPTS, || store.get(key)).await
 }
 
 async fn list(store: &Store, prefix: &str) -> Result<Vec<String>, StorageError> {
-    retried("list", || store.list(prefix)).await
+    retry_io("list", STORE_ATTEMPTS, || store.list(prefix)).await
 }
 
 fn key_of(prefix: &ObjectUri, name: &str) -> String {

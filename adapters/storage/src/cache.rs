@@ -406,27 +406,15 @@ async fn fetch_range(
     len: u64,
     attempts: u32,
 ) -> Result<(), StorageError> {
-    let mut attempt = 1;
-    let bytes = loop {
-        match store.get_range(key, start, len).await {
-            Ok(b) if b.len() as u64 == len => break b,
-            Ok(b) => {
-                // A short range means the object changed under us; retrying will not help.
-                return Err(StorageError::Io {
-                    op: "get range",
-                    uri: uri.to_string(),
-                    message: format!("asked for {len} bytes at {start}, got {} (did the object change?)", b.len()),
-                });
-            }
-            Err(e @ StorageError::NotFound { .. }) => return Err(e),
-            Err(e) if attempt >= attempts => return Err(e),
-            Err(e) => {
-                tracing::warn!(uri, start, len, attempt, error = %e, "range failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 << attempt.min(5))).await;
-                attempt += 1;
-            }
-        }
-    };
+    let bytes = crate::retry_io("get range", attempts, || store.get_range(key, start, len)).await?;
+    if bytes.len() as u64 != len {
+        // A short range means the object changed under us; retrying will not help.
+        return Err(StorageError::Io {
+            op: "get range",
+            uri: uri.to_string(),
+            message: format!("asked for {len} bytes at {start}, got {} (did the object change?)", bytes.len()),
+        });
+    }
     // One positioned write on a blocking thread, handed the buffer itself (tokio::fs would copy
     // it through its own in 2 MiB steps, a thread hop each).
     let path = partial.to_path_buf();

@@ -64,6 +64,32 @@ pub fn request_timeout() -> Result<Duration, StorageError> {
     }
 }
 
+/// `call`, tried again while it fails with an I/O error, `attempts` times in all, waiting
+/// 200 ms and twice as long each time after (at most 5 s). The SDKs retry a failed request a
+/// few times themselves; this also outlasts a longer outage or a body that breaks off. A missing
+/// object or a bad URI is returned at once: waiting will not change it.
+pub async fn retry_io<T, F: Future<Output = Result<T, StorageError>>>(
+    what: &str,
+    attempts: u32,
+    mut call: impl FnMut() -> F,
+) -> Result<T, StorageError> {
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+    let mut delay = FIRST_DELAY;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e @ StorageError::Io { .. }) if attempt < attempts => {
+                tracing::warn!(what, attempt, error = %e, "object store call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_DELAY);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What a store says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
