@@ -48,6 +48,45 @@ impl Cloud {
         })())
     }
 
+    /// Put, get, size, ranges and missing keys, then `listed` keys listed back in order (more
+    /// than one page of the store's listing).
+    pub async fn put_get_list(&self, listed: u32) -> Result<()> {
+        let s = self.store().await?;
+        s.put("docs/a.jsonl", Bytes::from_static(b"{\"a\":1}\n")).await?;
+        assert_eq!(s.get("docs/a.jsonl").await?, Bytes::from_static(b"{\"a\":1}\n"));
+        assert_eq!(s.size("docs/a.jsonl").await?, Some(8));
+        assert_eq!(s.size("docs/missing").await?, None);
+        match s.get("docs/missing").await {
+            Err(StorageError::NotFound { uri }) => assert_eq!(uri, self.uri("docs/missing")?.to_string()),
+            other => bail!("get of a missing key gave {other:?}"),
+        }
+        // Ranges: inside, cut short by the end, empty.
+        assert_eq!(s.get_range("docs/a.jsonl", 2, 3).await?, Bytes::from_static(b"a\":"));
+        assert_eq!(s.get_range("docs/a.jsonl", 6, 100).await?, Bytes::from_static(b"}\n"));
+        assert_eq!(s.get_range("docs/a.jsonl", 0, 0).await?, Bytes::new());
+        assert!(matches!(s.get_range("docs/missing", 0, 4).await, Err(StorageError::NotFound { .. })));
+
+        // Past one listing page, written out of order by 8 tasks.
+        let mut puts = tokio::task::JoinSet::new();
+        for chunk in (0..listed).rev().collect::<Vec<_>>().chunks(listed.div_ceil(8) as usize) {
+            let (s, chunk) = (s.clone(), chunk.to_vec());
+            puts.spawn(async move {
+                for i in chunk {
+                    s.put(&format!("many/part-{i:05}.jsonl"), Bytes::from(format!("{i}\n"))).await?;
+                }
+                Ok::<_, StorageError>(())
+            });
+        }
+        while let Some(r) = puts.join_next().await {
+            r??;
+        }
+        let want: Vec<String> = (0..listed).map(|i| format!("many/part-{i:05}.jsonl")).collect();
+        assert_eq!(s.list("many/part-").await?, want);
+        assert_eq!(s.list("docs/").await?, vec!["docs/a.jsonl".to_string()]);
+        assert_eq!(s.list("nothing/").await?, Vec::<String>::new());
+        Ok(())
+    }
+
     /// `store_case` (the backend's own), then every shared case, each reported like a test.
     pub async fn run_cases(&'static self, store_case: Case) -> Result<()> {
         let cases: [(&str, Case); 7] = [
