@@ -1,5 +1,6 @@
-// Byte-level reads of GGML blocks for the quantized formats' `unit` functions: source.rs
-// puts this into every matmul module, whose `w: array<u32>` holds the weights.
+// Byte-level reads of GGML blocks (and the K-quants' packed scales) for the quantized formats'
+// `unit` functions: source.rs puts this into every matmul module, whose `w: array<u32>` holds
+// the weights.
 
 // The 4 bytes at byte offset `off`, whatever its alignment (the buffer has a spare word at
 // the end, so the second read stays inside it).
@@ -41,4 +42,19 @@ fn fields(q: u32, shift: u32, mask: u32) -> vec4<f32> {
         f32((q >> (shift + 16u)) & mask),
         f32((q >> (shift + 24u)) & mask),
     );
+}
+
+// The 6-bit scale and min of group j of a Q4_K/Q5_K super-block whose 12 scale bytes start
+// at `s` (get_scale_min_k4), times d and dmin.
+fn scale_min(s: u32, j: u32, d: f32, dmin: f32) -> vec2<f32> {
+    var sc: u32;
+    var mn: u32;
+    if j < 4u {
+        sc = byte_at(s + j) & 63u;
+        mn = byte_at(s + j + 4u) & 63u;
+    } else {
+        sc = (byte_at(s + j + 4u) & 15u) | ((byte_at(s + j - 4u) >> 6u) << 4u);
+        mn = (byte_at(s + j + 4u) >> 4u) | ((byte_at(s + j) >> 6u) << 4u);
+    }
+    return vec2<f32>(d * f32(sc), dmin * f32(mn));
 }

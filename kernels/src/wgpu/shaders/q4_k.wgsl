@@ -5,21 +5,6 @@
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 
 // unit:begin
-// The 6-bit scale and min of group j of a Q4_K/Q5_K super-block whose 12 scale bytes start
-// at `s` (get_scale_min_k4), times d and dmin.
-fn scale_min(s: u32, j: u32, d: f32, dmin: f32) -> vec2<f32> {
-    var sc: u32;
-    var mn: u32;
-    if j < 4u {
-        sc = byte_at(s + j) & 63u;
-        mn = byte_at(s + j + 4u) & 63u;
-    } else {
-        sc = (byte_at(s + j + 4u) & 15u) | ((byte_at(s + j - 4u) >> 6u) << 4u);
-        mn = (byte_at(s + j + 4u) >> 4u) | ((byte_at(s + j) >> 6u) << 4u);
-    }
-    return vec2<f32>(d * f32(sc), dmin * f32(mn));
-}
-
 fn unit(base: u32, u: u32) -> array<vec4<f32>, 8> {
     let b = base + (u / 8u) * 144u;
     let j = u % 8u;
