@@ -52,24 +52,42 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// What [`SharedBytes`] live in: a memory-mapped model file, or a buffer.
+pub trait Backing: AsRef<[u8]> + Send + Sync {
+    /// Says that `range` will not be read for a while (a backend made its own copy of it), so
+    /// memory held for it can go: a file mapping drops those pages, which come back from the
+    /// file if they are read again.
+    fn release(&self, _range: std::ops::Range<usize>) {}
+}
+
+impl Backing for Vec<u8> {}
+
 /// Bytes shared with whatever owns them (a memory-mapped model file), so weights are never
 /// copied to be used on the CPU.
 #[derive(Clone)]
 pub struct SharedBytes {
-    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    owner: Arc<dyn Backing>,
     start: usize,
     len: usize,
 }
 
 impl SharedBytes {
     /// A window of `owner`; `None` when the range is not inside it.
-    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Option<Self> {
+    pub fn new(owner: Arc<dyn Backing>, start: usize, len: usize) -> Option<Self> {
         let end = start.checked_add(len)?;
         ((*owner).as_ref().len() >= end).then_some(Self { owner, start, len })
     }
 
     pub fn as_slice(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+
+    /// [`Backing::release`] for bytes `range` of this window.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        if range.start < end {
+            self.owner.release(self.start + range.start..self.start + end);
+        }
     }
 }
 
@@ -98,6 +116,11 @@ impl QTensor {
     /// The encoded bytes of row `r` (`r < rows`).
     pub fn row(&self, r: usize) -> &[u8] {
         self.rows(r..r + 1)
+    }
+
+    /// [`Backing::release`] for the bytes of `rows`: a copy of them is what will be read.
+    pub fn release_rows(&self, rows: std::ops::Range<usize>) {
+        self.bytes.release(rows.start * self.row_bytes..rows.end * self.row_bytes);
     }
 
     /// The encoded bytes of consecutive rows (within `0..rows`).

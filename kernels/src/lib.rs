@@ -12,7 +12,8 @@ pub mod quant;
 pub mod wgpu;
 
 pub use backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows, SharedBytes,
+    AttentionShape, Backend, BackendKind, Backing, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows,
+    SharedBytes,
 };
 pub use device::{Device, DeviceTensor, DeviceWeight};
 pub use quant::{GgmlType, QuantError};

@@ -13,8 +13,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::Mmap;
-use realm_kernels::{GgmlType, QTensor, SharedBytes};
+use memmap2::{Mmap, UncheckedAdvice};
+use realm_kernels::{Backing, GgmlType, QTensor, SharedBytes};
 
 pub use parse::{MAX_ARRAY_DEPTH, MAX_DIMS};
 pub use value::{Array, Value, ValueType};
@@ -71,6 +71,17 @@ impl Bytes {
 impl AsRef<[u8]> for Bytes {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
+    }
+}
+
+impl Backing for Bytes {
+    fn release(&self, range: std::ops::Range<usize>) {
+        if let Bytes::Mapped(m) = self {
+            // SAFETY: the map is private and read-only, so dropped pages hold nothing that is
+            // not in the file: a later read faults them back in from it. The result is only
+            // advice, and a failure leaves the pages where they were.
+            let _ = unsafe { m.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, range.len()) };
+        }
     }
 }
 
@@ -212,7 +223,7 @@ impl GgufFile {
         }
         let cols = usize::try_from(info.dims[0]).map_err(|e| bad(e.to_string()))?;
         let rows = usize::try_from(info.dims.get(1).copied().unwrap_or(1)).map_err(|e| bad(e.to_string()))?;
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.bytes.clone();
+        let owner: Arc<dyn Backing> = self.bytes.clone();
         let bytes = SharedBytes::new(owner, info.file_offset as usize, info.byte_size as usize)
             .ok_or_else(|| bad("data lies outside the file".into()))?;
         QTensor::new(info.ggml_type, rows, cols, bytes).map_err(|e| bad(e.to_string()))

@@ -59,12 +59,13 @@ macro_rules! entry_points {
 
 mod kquant;
 mod ops;
+mod packed;
 mod pool;
 mod q16;
 mod q8;
 mod topology;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
@@ -82,6 +83,12 @@ pub use topology::physical_cores;
 pub struct CpuWeight {
     pub q: QTensor,
     dense: Option<Vec<f32>>,
+    /// Whether matmuls repack the rows for the AVX-512 kernels (this machine has them, and
+    /// the format and shape fit).
+    packable: bool,
+    /// The repacked rows, made on first use: the embedding table is never repacked, and
+    /// start-up stays a mapping of the file.
+    packed: OnceLock<Option<packed::Packed>>,
     inputs: Inputs,
 }
 
@@ -131,6 +138,52 @@ impl Cpu {
         rows.div_ceil(self.threads() * TASKS_PER_THREAD).max(MIN_ROWS)
     }
 
+    /// `w`'s repacked rows, packed now (in parallel) if this is their first use.
+    fn packed<'w>(&self, w: &'w CpuWeight) -> Option<&'w packed::Packed> {
+        if !w.packable {
+            return None;
+        }
+        w.packed.get_or_init(|| packed::Packed::new(&w.q, |tasks, task| self.pool.run(tasks, task))).as_ref()
+    }
+
+    /// [`Backend::matmuls`] for weights that are all packed: tasks own runs of 16-row groups
+    /// and write their rows of every activation row straight into the outputs.
+    fn matmuls_packed(&self, x: &[f32], n: usize, cols: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) {
+        let (mut q8, mut q16) = (q8::Q8Acts::default(), q16::Q16Acts::default());
+        if jobs.iter().any(|(w, _)| w.inputs == Inputs::Robust) {
+            q8.quantize(x, n, cols);
+        }
+        if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
+            q16.quantize(x, n, cols);
+            q16.split();
+        }
+        let total: usize = jobs.iter().filter_map(|(w, _)| self.packed(w)).map(|p| p.groups()).sum();
+        let per_task = total.div_ceil(self.threads() * 4).max(1);
+        let mut tasks = Vec::new();
+        let mut targets = Vec::new();
+        for (w, out) in jobs.iter_mut() {
+            let Some(p) = self.packed(w) else { continue };
+            let j = targets.len();
+            let acts = match w.inputs {
+                Inputs::Robust => packed::Acts::Q8(&q8),
+                Inputs::Sensitive => packed::Acts::Q16(&q16),
+            };
+            targets.push((p, acts, OutPtr(out.as_mut_ptr())));
+            for g in (0..p.groups()).step_by(per_task) {
+                tasks.push((j, g..(g + per_task).min(p.groups())));
+            }
+        }
+        let isa = self.isa;
+        self.pool.run(tasks.len(), &|i| {
+            let (j, groups) = tasks[i].clone();
+            let (p, acts, out) = &targets[j];
+            // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by `matmuls`),
+            // tasks cover disjoint groups, the activations hold `n` rows of `cols`, and the
+            // pool joins every task before the outputs are touched again.
+            unsafe { p.matmul_groups(isa, *acts, n, groups, out.0, p.rows()) };
+        });
+    }
+
     /// How `w` meets this backend's activations.
     fn row_kernel(&self, w: &CpuWeight) -> RowKernel {
         let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && w.q.cols.is_multiple_of(q8::QB);
@@ -141,6 +194,16 @@ impl Cpu {
         }
     }
 }
+
+/// A matmul output that the packed tasks write disjoint rows of.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: shared only within `matmuls_packed`'s parallel section, where every task writes its
+// own groups' rows and the section ends before the output is used again.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for OutPtr {}
 
 /// A run of one weight's rows: which weight, its first row, and where its results go
 /// (`rows × n`, row-major).
@@ -243,7 +306,8 @@ impl Backend for Cpu {
         } else {
             None
         };
-        Ok(CpuWeight { q: w.clone(), dense, inputs })
+        let packable = self.isa == q8::Isa::Avx512 && self.activations == Activations::Q8 && packed::Packed::fits(w);
+        Ok(CpuWeight { q: w.clone(), dense, packable, packed: OnceLock::new(), inputs })
     }
 
     fn weight_rows(&self, w: &CpuWeight) -> usize {
@@ -297,6 +361,10 @@ impl Backend for Cpu {
             return Ok(());
         }
         let x = &x[..n * cols];
+        if jobs.iter().all(|(w, _)| self.packed(w).is_some()) {
+            self.matmuls_packed(x, n, cols, jobs);
+            return Ok(());
+        }
         let kernels: Vec<RowKernel> = jobs.iter().map(|(w, _)| self.row_kernel(w)).collect();
         let mut acts = StepActs { x, cols, q8: q8::Q8Acts::default(), q16: q16::Q16Acts::default() };
         if kernels.contains(&RowKernel::Q8) {
@@ -614,7 +682,7 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0).collect();
         let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
         let len = bytes.len();
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(bytes);
+        let owner: Arc<dyn crate::Backing> = Arc::new(bytes);
         let q = QTensor::new(crate::GgmlType::F32, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes"))
             .expect("tensor");
         let b = backend();
@@ -635,7 +703,7 @@ mod tests {
     #[test]
     fn embed_rejects_ids_outside_the_table() {
         use std::sync::Arc;
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(vec![0u8; 2 * 32 * 4]);
+        let owner: Arc<dyn crate::Backing> = Arc::new(vec![0u8; 2 * 32 * 4]);
         let q = QTensor::new(crate::GgmlType::F32, 2, 32, crate::SharedBytes::new(owner, 0, 256).expect("bytes"))
             .expect("tensor");
         let b = backend();

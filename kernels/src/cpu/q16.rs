@@ -16,6 +16,12 @@ pub struct Q16Acts {
     /// Per block `d · Σq`, for formats with an additive minimum.
     pub sum: Vec<f32>,
     pub q: Vec<i16>,
+    /// After [`Q16Acts::split`], each quant as `256·hi + lo` (the packed kernels' operands),
+    /// and per block `Σ q` and `Σ hi`.
+    pub hi: Vec<i8>,
+    pub lo: Vec<u8>,
+    pub qsum: Vec<i32>,
+    pub hisum: Vec<i32>,
 }
 
 impl Q16Acts {
@@ -37,6 +43,26 @@ impl Q16Acts {
             }
             self.d[b] = d;
             self.sum[b] = d * isum as f32;
+        }
+    }
+
+    /// Fills `hi`, `lo`, `qsum` and `hisum` from the quants.
+    pub fn split(&mut self) {
+        self.hi.clear();
+        self.lo.clear();
+        self.qsum.clear();
+        self.hisum.clear();
+        for qs in self.q.chunks_exact(QB) {
+            let (mut qsum, mut hisum) = (0i32, 0i32);
+            for &q in qs {
+                let hi = (q >> 8) as i8;
+                self.hi.push(hi);
+                self.lo.push(q as u8);
+                qsum += i32::from(q);
+                hisum += i32::from(hi);
+            }
+            self.qsum.push(qsum);
+            self.hisum.push(hisum);
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Q8Acts {
     pub d: Vec<f32>,
     /// Per [`QB`]-element block, `Σ d·q` over it, for formats with an additive minimum.
     pub sum: Vec<f32>,
+    /// Per scale, `Σ q`: what the packed kernels subtract for formats stored with a bias.
+    pub qsum: Vec<i32>,
     pub q: Vec<i8>,
 }
 
@@ -32,6 +34,7 @@ impl Q8Acts {
         let len = n * cols;
         self.d.resize(len / QA, 0.0);
         self.sum.resize(len / QB, 0.0);
+        self.qsum.resize(len / QA, 0);
         self.q.resize(len, 0);
         for (h, (xs, qs)) in x[..len].chunks_exact(QA).zip(self.q.chunks_exact_mut(QA)).enumerate() {
             let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -44,6 +47,7 @@ impl Q8Acts {
                 isum += i32::from(r);
             }
             self.d[h] = d;
+            self.qsum[h] = isum;
             if h % 2 == 0 {
                 self.sum[h / 2] = 0.0;
             }

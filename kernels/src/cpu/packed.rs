@@ -1,0 +1,546 @@
+//! Weights repacked for the AVX-512 VNNI kernels: rows in groups of [`GROUP`], interleaved 4
+//! quant bytes at a time, so one `vpdpbusd` multiplies 4 quants of each of 16 rows by the same
+//! 4 broadcast activations. Each lane holds one row's running sum: no horizontal reductions,
+//! scales applied to 16 rows per instruction, and a block unpacked once serves every
+//! activation row of the call (prefill and batched decode read each weight once per step).
+//!
+//! For one (row, activation row) the operations and their order do not depend on how many
+//! activation rows the call holds or how they are tiled, so a sequence gets the same numbers
+//! batched as alone. The scalar twin performs the same operations in the same order.
+//!
+//! Layout, per group and per 32-element block, in 64-byte lines:
+//! - Q4_0, Q4_1: 4 lines of quants, line `j` holding row `r`'s quant bytes `4j..4j + 4` at
+//!   `4r` (their low nibbles are elements `4j..4j + 4`, their high nibbles `16 + 4j..`), then a
+//!   line of f16 scales (row `r` at `2r`) and, for Q4_1, f16 minimums (at `32 + 2r`).
+//! - Q8_0: 8 lines, line `j` holding row `r`'s quants `4j..4j + 4` plus 128 (`vpdpbusd` wants
+//!   one operand unsigned), then the scale line.
+
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::q8::{Isa, Q8Acts, QA, QB};
+use super::q16::Q16Acts;
+use crate::backend::QTensor;
+use crate::quant::{GgmlType, f16_bits_to_f32};
+
+/// Rows per interleaved group: one per lane of a 512-bit vector of i32.
+pub const GROUP: usize = 16;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A weight matrix in the interleaved layout.
+pub struct Packed {
+    ty: GgmlType,
+    rows: usize,
+    /// Blocks per row.
+    blocks: usize,
+    lines: Vec<Line>,
+}
+
+/// Whether `ty` has packed kernels.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+fn quant_lines(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q8_0 { 8 } else { 4 }
+}
+
+/// Activations as the packed kernels read them.
+#[derive(Clone, Copy)]
+pub enum Acts<'a> {
+    Q8(&'a Q8Acts),
+    /// 16-bit activations, [`Q16Acts::split`] done.
+    Q16(&'a Q16Acts),
+}
+
+impl Packed {
+    /// Whether [`Packed::new`] takes `w`: a format with packed kernels, whole groups of rows
+    /// and whole blocks.
+    pub fn fits(w: &QTensor) -> bool {
+        supported(w.ty) && w.rows > 0 && w.rows.is_multiple_of(GROUP) && w.cols.is_multiple_of(QB)
+    }
+
+    /// `w` repacked, or `None` when it does not [fit](Packed::fits). `parallel(tasks, task)`
+    /// runs `task(i)` for every `i < tasks` (a thread pool's section); each task packs a run
+    /// of groups and then [releases](QTensor::release_rows) their source rows, so the file's
+    /// pages and the copy are not both held for a whole matrix.
+    pub fn new(w: &QTensor, parallel: impl FnOnce(usize, &(dyn Fn(usize) + Sync))) -> Option<Self> {
+        if !Self::fits(w) {
+            return None;
+        }
+        let ty = w.ty;
+        let blocks = w.cols / QB;
+        let per_group = blocks * (quant_lines(ty) + 1);
+        let groups = w.rows / GROUP;
+        let mut lines: Vec<Line> = Vec::with_capacity(groups * per_group);
+        // Groups per task: about 64 KiB of lines each.
+        let per_task = 1024usize.div_ceil(per_group);
+        let chunks: Vec<Mutex<&mut [MaybeUninit<Line>]>> =
+            lines.spare_capacity_mut()[..groups * per_group].chunks_mut(per_task * per_group).map(Mutex::new).collect();
+        let filled = AtomicUsize::new(0);
+        parallel(chunks.len(), &|i| {
+            let Ok(mut chunk) = chunks[i].lock() else { return };
+            for (k, group) in chunk.chunks_exact_mut(per_group).enumerate() {
+                pack_group(w, (i * per_task + k) * GROUP, group);
+            }
+            let first = i * per_task * GROUP;
+            w.release_rows(first..(first + per_task * GROUP).min(w.rows));
+            filled.fetch_add(1, Ordering::Release);
+        });
+        let done = filled.load(Ordering::Acquire) == chunks.len();
+        drop(chunks);
+        if !done {
+            return None;
+        }
+        // SAFETY: every task ran to its end, and together they wrote every line of the first
+        // `groups * per_group` (each `pack_group` writes all lines of its group).
+        unsafe { lines.set_len(groups * per_group) };
+        Some(Self { ty, rows: w.rows, blocks, lines })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn groups(&self) -> usize {
+        self.rows / GROUP
+    }
+
+    /// The lines of group `g`.
+    fn group(&self, g: usize) -> &[Line] {
+        let per_group = self.blocks * (quant_lines(self.ty) + 1);
+        &self.lines[g * per_group..(g + 1) * per_group]
+    }
+
+    /// Groups `groups` times activation rows `0..n`: row `r`'s result for activation row `t`
+    /// goes to `out[t * stride + r]`.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `n * stride` floats, `stride >= self.rows()`, nothing
+    /// else reads or writes the elements of these groups' rows meanwhile, and `acts` holds at
+    /// least `n` rows of `self.blocks * 32` elements.
+    pub unsafe fn matmul_groups(
+        &self,
+        isa: Isa,
+        acts: Acts,
+        n: usize,
+        groups: std::ops::Range<usize>,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        for g in groups {
+            let lines = self.group(g);
+            // SAFETY: the caller's guarantees cover every row of the group for every `t`.
+            let at = |t: usize| unsafe { out.add(t * stride + g * GROUP) };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx512` means AVX-512 F/BW/VL/VNNI, FMA and F16C were detected;
+                // the lines and activations cover `self.blocks` blocks.
+                Isa::Avx512 => unsafe { avx512::group(self.ty, lines, self.blocks, acts, n, at) },
+                _ => {
+                    for t in 0..n {
+                        let sums = scalar::group(self.ty, lines, self.blocks, acts, t);
+                        // SAFETY: as above, 16 floats from `at(t)`.
+                        unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), at(t), GROUP) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes every line of the group whose first row is `first` into `dst`.
+fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
+    let ty = w.ty;
+    let size = ty.type_size() as usize;
+    let quants = quant_lines(ty);
+    let quants_at = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+    let flip = if ty == GgmlType::Q8_0 { 0x8080_8080u32 } else { 0 };
+    let rows: [&[u8]; GROUP] = std::array::from_fn(|r| w.row(first + r));
+    for (b, block) in dst.chunks_exact_mut(quants + 1).enumerate() {
+        let src: [&[u8]; GROUP] = std::array::from_fn(|r| &rows[r][b * size..(b + 1) * size]);
+        for (j, line) in block[..quants].iter_mut().enumerate() {
+            let mut out = Line([0; 64]);
+            for (r, src) in src.iter().enumerate() {
+                let at = quants_at + 4 * j;
+                let word = u32::from_le_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]]) ^ flip;
+                out.0[4 * r..4 * r + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            line.write(out);
+        }
+        let mut scales = Line([0; 64]);
+        for (r, src) in src.iter().enumerate() {
+            scales.0[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+            if ty == GgmlType::Q4_1 {
+                scales.0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
+            }
+        }
+        block[quants].write(scales);
+    }
+}
+
+/// A block's offset into each activation form: quants, 16-element scales, 32-element blocks.
+#[derive(Clone, Copy)]
+struct At {
+    quant: usize,
+    half: usize,
+    block: usize,
+}
+
+impl At {
+    fn new(t: usize, b: usize, blocks: usize) -> Self {
+        let block = t * blocks + b;
+        Self { quant: block * QB, half: block * QB / QA, block }
+    }
+}
+
+/// The reference twin: the same integer sums, then the same f32 operations in the same order
+/// as the SIMD lanes.
+mod scalar {
+    use super::*;
+
+    fn quant(ty: GgmlType, lines: &[Line], r: usize, e: usize) -> i32 {
+        let byte = if ty == GgmlType::Q8_0 {
+            lines[e / 4].0[4 * r + e % 4]
+        } else {
+            let b = lines[(e % 16) / 4].0[4 * r + e % 4];
+            if e < 16 { b & 0x0F } else { b >> 4 }
+        };
+        i32::from(byte)
+    }
+
+    fn scale(line: &Line, at: usize) -> f32 {
+        f16_bits_to_f32(u16::from_le_bytes([line.0[at], line.0[at + 1]]))
+    }
+
+    pub(super) fn group(ty: GgmlType, lines: &[Line], blocks: usize, acts: Acts, t: usize) -> [f32; GROUP] {
+        let per_block = quant_lines(ty) + 1;
+        let mut acc = [0.0f32; GROUP];
+        for b in 0..blocks {
+            let block = &lines[b * per_block..(b + 1) * per_block];
+            let at = At::new(t, b, blocks);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let dw = scale(&block[per_block - 1], 2 * r);
+                let w = |e: usize| quant(ty, block, r, e);
+                match acts {
+                    Acts::Q8(a) => {
+                        let x = |e: usize| i32::from(a.q[at.quant + e]);
+                        let mut lo: i32 = (0..QA).map(|e| w(e) * x(e)).sum();
+                        let mut hi: i32 = (QA..QB).map(|e| w(e) * x(e)).sum();
+                        if let Some(offset) = offset(ty) {
+                            lo -= offset * a.qsum[at.half];
+                            hi -= offset * a.qsum[at.half + 1];
+                        }
+                        *acc = (lo as f32).mul_add(dw * a.d[at.half], *acc);
+                        *acc = (hi as f32).mul_add(dw * a.d[at.half + 1], *acc);
+                        if ty == GgmlType::Q4_1 {
+                            *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
+                        }
+                    }
+                    Acts::Q16(a) => {
+                        let mut s: i32 = (0..QB).map(|e| w(e) * i32::from(a.hi[at.quant + e])).sum();
+                        if ty == GgmlType::Q8_0 {
+                            s -= 128 * a.hisum[at.block];
+                        }
+                        let signed = |e: usize| if ty == GgmlType::Q8_0 { w(e) - 128 } else { w(e) };
+                        s = (s << 8) + (0..QB).map(|e| signed(e) * i32::from(a.lo[at.quant + e])).sum::<i32>();
+                        if ty == GgmlType::Q4_0 {
+                            s -= 8 * a.qsum[at.block];
+                        }
+                        *acc = (s as f32).mul_add(dw * a.d[at.block], *acc);
+                        if ty == GgmlType::Q4_1 {
+                            *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// What the 8-bit path subtracts per activation: the stored quant's bias.
+    fn offset(ty: GgmlType) -> Option<i32> {
+        match ty {
+            GgmlType::Q4_0 => Some(8),
+            GgmlType::Q8_0 => Some(128),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Acts, At, GROUP, Line, Q8Acts, Q16Acts, QB};
+    use crate::quant::GgmlType;
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    /// Activation rows per tile: each block is unpacked once per tile, and the tile's
+    /// accumulators stay in registers next to the 8 (16 for Q8_0 on 16-bit activations)
+    /// unpacked quant vectors.
+    const TILE: usize = 4;
+
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI, FMA and F16C are available; `lines` holds `blocks` blocks of a
+    /// group of format `ty`; `acts` holds rows `0..n` of `blocks` blocks; `out(t)` is valid for
+    /// 16 floats for every `t < n`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group(
+        ty: GgmlType,
+        lines: &[Line],
+        blocks: usize,
+        acts: Acts,
+        n: usize,
+        out: impl Fn(usize) -> *mut f32,
+    ) {
+        let mut t = 0;
+        // SAFETY (all calls below): forwarded from the caller, rows `t..t + N` within `0..n`.
+        while t + TILE <= n {
+            unsafe { tile::<TILE>(ty, lines, blocks, acts, t, &out) };
+            t += TILE;
+        }
+        while t < n {
+            unsafe { tile::<1>(ty, lines, blocks, acts, t, &out) };
+            t += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn tile<const N: usize>(
+        ty: GgmlType,
+        lines: &[Line],
+        blocks: usize,
+        acts: Acts,
+        t: usize,
+        out: &impl Fn(usize) -> *mut f32,
+    ) {
+        // SAFETY (all calls below): forwarded from the caller.
+        let acc: [__m512; N] = unsafe {
+            match (acts, ty) {
+                (Acts::Q8(a), GgmlType::Q4_0) => q8::<Q4_0, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q4_1) => q8::<Q4_1, N>(lines, blocks, a, t),
+                (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
+                (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
+            }
+        };
+        for (k, acc) in acc.into_iter().enumerate() {
+            // SAFETY: `out(t + k)` is valid for 16 floats.
+            unsafe { _mm512_storeu_ps(out(t + k), acc) };
+        }
+    }
+
+    /// Block `b`'s quants as 8 vectors (elements `4j..4j + 4` of each row in lane `r` of
+    /// vector `j`), its scales and its minimums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512) {
+        let per_block = if TY == Q8_0 { 9 } else { 5 };
+        // SAFETY: the caller guarantees block `b` is in `lines`; lines are 64-byte aligned.
+        unsafe {
+            let block = lines.as_ptr().add(b * per_block).cast::<__m512i>();
+            let mut w = [_mm512_setzero_si512(); 8];
+            if TY == Q8_0 {
+                for (j, w) in w.iter_mut().enumerate() {
+                    *w = _mm512_load_si512(block.add(j));
+                }
+            } else {
+                let mask = _mm512_set1_epi8(0x0F);
+                for j in 0..4 {
+                    let v = _mm512_load_si512(block.add(j));
+                    w[j] = _mm512_and_si512(v, mask);
+                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+                }
+            }
+            let scales = block.add(per_block - 1).cast::<__m256i>();
+            let dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
+            let mw = if TY == Q4_1 { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
+            (w, dw, mw)
+        }
+    }
+
+    /// Four activation bytes from `p`, broadcast to every lane.
+    #[inline(always)]
+    unsafe fn broadcast<T>(p: *const T) -> __m512i {
+        // SAFETY: the caller guarantees 4 readable bytes at `p`.
+        unsafe { _mm512_set1_epi32(p.cast::<i32>().read_unaligned()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q8<const TY: u8, const N: usize>(lines: &[Line], blocks: usize, a: &Q8Acts, t: usize) -> [__m512; N] {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let offset = if TY == Q4_0 { 8 } else { 128 };
+        for b in 0..blocks {
+            // SAFETY: block `b` of the group, by the caller's guarantee.
+            let (w, dw, mw) = unsafe { unpack::<TY>(lines, b) };
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let at = At::new(t + k, b, blocks);
+                // SAFETY: activation row `t + k` holds block `b`: 32 quants from `at.quant`,
+                // scales and sums at `at.half`, `at.block`.
+                unsafe {
+                    let x = a.q.as_ptr().add(at.quant);
+                    let mut lo = _mm512_setzero_si512();
+                    let mut hi = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        lo = _mm512_dpbusd_epi32(lo, w[j], broadcast(x.add(4 * j)));
+                        hi = _mm512_dpbusd_epi32(hi, w[j + 4], broadcast(x.add(16 + 4 * j)));
+                    }
+                    if TY != Q4_1 {
+                        let qsum = a.qsum.as_ptr().add(at.half);
+                        lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(offset * *qsum));
+                        hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(offset * *qsum.add(1)));
+                    }
+                    let d = a.d.as_ptr().add(at.half);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, _mm512_set1_ps(*d)), *acc);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw, _mm512_set1_ps(*d.add(1))), *acc);
+                    if TY == Q4_1 {
+                        *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// 16-bit activations as `256·hi + lo`: the weights' unsigned form meets the signed high
+    /// bytes and their signed form the unsigned low bytes, both in `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q16<const TY: u8, const N: usize>(lines: &[Line], blocks: usize, a: &Q16Acts, t: usize) -> [__m512; N] {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..blocks {
+            // SAFETY: block `b` of the group, by the caller's guarantee.
+            let (w, dw, mw) = unsafe { unpack::<TY>(lines, b) };
+            let signed = if TY == Q8_0 { w.map(|w| _mm512_xor_si512(w, _mm512_set1_epi8(-128))) } else { w };
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let at = At::new(t + k, b, blocks);
+                // SAFETY: activation row `t + k` holds block `b`: 32 high and low bytes from
+                // `at.quant`, one scale and sum at `at.block`.
+                unsafe {
+                    let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
+                    let mut s = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        s = _mm512_dpbusd_epi32(s, w[j], broadcast(hi.add(4 * j)));
+                        s = _mm512_dpbusd_epi32(s, w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                    }
+                    if TY == Q8_0 {
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *a.hisum.as_ptr().add(at.block)));
+                    }
+                    s = _mm512_slli_epi32(s, 8);
+                    for j in 0..4 {
+                        s = _mm512_dpbusd_epi32(s, broadcast(lo.add(4 * j)), signed[j]);
+                        s = _mm512_dpbusd_epi32(s, broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
+                    }
+                    if TY == Q4_0 {
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *a.qsum.as_ptr().add(at.block)));
+                    }
+                    let d = _mm512_set1_ps(*a.d.as_ptr().add(at.block));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, d), *acc);
+                    if TY == Q4_1 {
+                        *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    const _: () = assert!(GROUP == 16 && QB == 32);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::SharedBytes;
+    use crate::cpu::q8::tests::{Rng, random_row, simd_isas};
+
+    fn tensor(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> QTensor {
+        let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, rng)).collect();
+        let len = bytes.len();
+        let owner: Arc<dyn crate::Backing> = Arc::new(bytes);
+        QTensor::new(ty, rows, cols, SharedBytes::new(owner, 0, len).expect("bytes")).expect("tensor")
+    }
+
+    fn run(isa: Isa, p: &Packed, acts: Acts, n: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; n * p.rows()];
+        // SAFETY: `out` holds `n` rows of `p.rows()` floats and is ours alone.
+        unsafe { p.matmul_groups(isa, acts, n, 0..p.groups(), out.as_mut_ptr(), p.rows()) };
+        out
+    }
+
+    /// Packed results against the row-major integer kernels' scalar reference (the same
+    /// integer sums; only the f32 order differs), every SIMD instantiation against the
+    /// scalar twin bit for bit, and one activation row alone against the same row in a batch.
+    #[test]
+    fn packed_kernels_match_the_row_kernels_and_their_twin() {
+        const ROW_TOL: f32 = 1e-5;
+        let (rows, cols, n) = (32, 256, 6);
+        let mut rng = Rng(11);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w = tensor(ty, rows, cols, &mut rng);
+            let p = Packed::new(&w, serial).expect("packs");
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
+            let mut a8 = Q8Acts::default();
+            a8.quantize(&x, n, cols);
+            let mut a16 = Q16Acts::default();
+            a16.quantize(&x, n, cols);
+            a16.split();
+            for (acts, name) in [(Acts::Q8(&a8), "q8"), (Acts::Q16(&a16), "q16")] {
+                let want = run(Isa::Baseline, &p, acts, n);
+                for t in 0..n {
+                    for r in 0..rows {
+                        let reference = match acts {
+                            Acts::Q8(a) => {
+                                let [v] = a.dot_rows::<1>(Isa::Baseline, ty, w.row(r), t, cols);
+                                v
+                            }
+                            Acts::Q16(a) => {
+                                let [v] = a.dot_rows::<1>(Isa::Baseline, ty, w.row(r), t, cols);
+                                v
+                            }
+                        };
+                        let got = want[t * rows + r];
+                        assert!(
+                            (got - reference).abs() <= ROW_TOL * (1.0 + reference.abs()),
+                            "{ty:?} {name} row {r} act {t}: packed {got} vs row kernel {reference}"
+                        );
+                    }
+                }
+                for isa in simd_isas() {
+                    let got = run(isa, &p, acts, n);
+                    assert_eq!(bits(&got), bits(&want), "{ty:?} {name} {isa:?} vs the scalar twin");
+                    let alone = run(isa, &p, acts, 1);
+                    assert_eq!(bits(&alone), bits(&got[..rows]), "{ty:?} {name} {isa:?}: alone vs batched");
+                }
+            }
+        }
+    }
+
+    fn serial(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        (0..tasks).for_each(task);
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn shapes_without_whole_groups_are_not_packed() {
+        let mut rng = Rng(3);
+        assert!(Packed::new(&tensor(GgmlType::Q4_1, 24, 64, &mut rng), serial).is_none());
+        assert!(Packed::new(&tensor(GgmlType::Q5_0, 16, 64, &mut rng), serial).is_none());
+    }
+}
