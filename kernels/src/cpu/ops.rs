@@ -78,6 +78,16 @@ pub struct HeadRows<'a> {
 /// per-position dot products inline into the AVX2 code.
 pub fn attend_partial(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        match kv.len {
+            // SAFETY: the features were detected just above.
+            64 => return unsafe { avx512::attend_partial::<4>(q, kv, positions, scale, out) },
+            // SAFETY: as above.
+            128 => return unsafe { avx512::attend_partial::<8>(q, kv, positions, scale, out) },
+            _ => {}
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the features were detected just above.
         unsafe { attend_partial_avx2(q, kv, positions, scale, out) };
@@ -125,6 +135,84 @@ fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, sc
         let acc = &mut out[h * (hd + 2) + 2..(h + 1) * (hd + 2)];
         for (&w, p) in scores[h * len..(h + 1) * len].iter().zip(positions.clone()) {
             axpy_body(w, &kv.v[row(p)], acc);
+        }
+    }
+}
+
+/// Heads of 64 or 128 elements in 512-bit vectors: a head's query and output stay in
+/// registers, and score and value loops run without bounds checks.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::HeadRows;
+
+    /// Scores of this many (head, position) pairs stay on the stack.
+    const STACK_SCORES: usize = 1024;
+
+    /// [`super::attend_partial`] for heads of `16 * C` elements.
+    ///
+    /// # Safety
+    /// AVX-512F and FMA are available; `kv.len == 16 * C`; both caches hold every position of
+    /// `positions` at `offset..offset + len` of its row; `out` holds `head_dim + 2` floats per
+    /// query head of `q`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn attend_partial<const C: usize>(
+        q: &[f32],
+        kv: &HeadRows<'_>,
+        positions: Range<usize>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = 16 * C;
+        let group = q.len() / hd;
+        let len = positions.len();
+        let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
+        let scores = if group * len <= STACK_SCORES {
+            &mut stack[..group * len]
+        } else {
+            heap.resize(group * len, 0.0);
+            &mut heap[..]
+        };
+        let row = |cache: &[f32], p: usize| cache[p * kv.stride + kv.offset..][..hd].as_ptr();
+        for h in 0..group {
+            // SAFETY: `q` holds `group` heads of `hd` floats.
+            let qh: [__m512; C] = std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) });
+            for (s, p) in scores[h * len..(h + 1) * len].iter_mut().zip(positions.clone()) {
+                let k = row(kv.k, p);
+                let mut acc = _mm512_setzero_ps();
+                for (c, qc) in qh.iter().enumerate() {
+                    // SAFETY: `k` points at `hd` floats (sliced above).
+                    acc = _mm512_fmadd_ps(*qc, unsafe { _mm512_loadu_ps(k.add(16 * c)) }, acc);
+                }
+                *s = _mm512_reduce_add_ps(acc) * scale;
+            }
+        }
+        for h in 0..group {
+            let s = &mut scores[h * len..(h + 1) * len];
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let mut acc = [_mm512_setzero_ps(); C];
+            for (&w, p) in s.iter().zip(positions.clone()) {
+                let v = row(kv.v, p);
+                let w = _mm512_set1_ps(w);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: `v` points at `hd` floats (sliced above).
+                    *acc = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.add(16 * c)) }, *acc);
+                }
+            }
+            let part = &mut out[h * (hd + 2)..(h + 1) * (hd + 2)];
+            part[0] = max;
+            part[1] = sum;
+            for (c, acc) in acc.iter().enumerate() {
+                // SAFETY: `part[2..]` holds `hd` floats.
+                unsafe { _mm512_storeu_ps(part[2 + 16 * c..].as_mut_ptr(), *acc) };
+            }
         }
     }
 }

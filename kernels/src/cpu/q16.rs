@@ -37,7 +37,7 @@ impl Q16Acts {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut isum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = (v * id).round() as i16;
+                let r = super::q8::round_small(v * id) as i16;
                 *q = r;
                 isum += i32::from(r);
             }

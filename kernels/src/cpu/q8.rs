@@ -42,7 +42,7 @@ impl Q8Acts {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut isum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = (v * id).round() as i8;
+                let r = round_small(v * id) as i8;
                 *q = r;
                 isum += i32::from(r);
             }
@@ -64,6 +64,15 @@ impl Q8Acts {
         let q = std::array::from_fn(|k| &self.q[(t + k) * cols..(t + k + 1) * cols]);
         dot_many(isa, ty, row, d, sum, q)
     }
+}
+
+/// `x` rounded to the nearest integer (ties to even) for `|x| < 2^22`: adding and taking
+/// away 1.5·2^23 leaves just the integer part in the mantissa. Plain arithmetic, so the
+/// quantization loops vectorise (`f32::round` is a libm call on baseline x86-64).
+#[inline(always)]
+pub(super) fn round_small(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (x + SHIFT) - SHIFT
 }
 
 /// Whether `ty` has an integer kernel: here (32-element blocks) or in `kquant`.
