@@ -93,6 +93,10 @@ impl Packed {
         });
         let done = filled.load(Ordering::Acquire) == chunks.len();
         drop(chunks);
+        // Once more for the whole matrix: reading one run faults in the file's pages around it
+        // (the kernel maps 64 KiB around a fault), including the start of runs other tasks had
+        // already released.
+        w.release_rows(0..w.rows);
         if !done {
             return None;
         }
