@@ -43,6 +43,9 @@ struct Shared {
     /// [`OPEN`] while workers may join the current section, plus how many are inside it.
     state: AtomicUsize,
     wake: Condvar,
+    /// Workers waiting on `wake` (changed under the `section` lock): a section only pays for
+    /// the wake-up system call when one sleeps.
+    sleepers: AtomicUsize,
     stop: AtomicBool,
     /// A task panicked on a worker: the caller re-raises it rather than lose it.
     panicked: AtomicBool,
@@ -64,6 +67,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             state: AtomicUsize::new(0),
             wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
         });
@@ -105,8 +109,12 @@ impl Pool {
             s.next.store(0, Ordering::Relaxed);
             s.state.store(OPEN, Ordering::Relaxed);
             s.generation.fetch_add(1, Ordering::Release);
+            // A worker that is not counted here saw the lock free after this section was
+            // published, so it will find it without being woken.
+            if s.sleepers.load(Ordering::Relaxed) > 0 {
+                s.wake.notify_all();
+            }
         }
-        s.wake.notify_all();
         // A panic here must not unwind past workers still running `task`: it waits below.
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_tasks(s, task, tasks)));
         // Every task is claimed: late workers may no longer join; wait for those inside.
@@ -174,7 +182,10 @@ fn worker(s: &Shared) {
             }
             let guard = s.section.lock().unwrap_or_else(|e| e.into_inner());
             if s.generation.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Relaxed) {
-                let _unused = s.wake.wait_timeout(guard, Duration::from_millis(100));
+                s.sleepers.fetch_add(1, Ordering::Relaxed);
+                let guard = s.wake.wait_timeout(guard, Duration::from_millis(100)).map(|(g, _)| g);
+                s.sleepers.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
             }
         }
         seen = s.generation.load(Ordering::Acquire);
