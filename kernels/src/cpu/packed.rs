@@ -12,6 +12,9 @@
 //! - Q4_0, Q4_1: 4 lines of quants, line `j` holding row `r`'s quant bytes `4j..4j + 4` at
 //!   `4r` (their low nibbles are elements `4j..4j + 4`, their high nibbles `16 + 4j..`), then a
 //!   line of f16 scales (row `r` at `2r`) and, for Q4_1, f16 minimums (at `32 + 2r`).
+//! - Q5_0, Q5_1: the 4 nibble lines, then a line of fifth bits, row `r`'s at `4r` with bit `j`
+//!   of byte `c` for element `4j + c` (one shift and mask moves a vector's bits into place),
+//!   then the scale line (with Q5_1's minimums).
 //! - Q8_0: 8 lines, line `j` holding row `r`'s quants `4j..4j + 4` plus 128 (`vpdpbusd` wants
 //!   one operand unsigned), then the scale line.
 
@@ -42,11 +45,24 @@ pub struct Packed {
 
 /// Whether `ty` has packed kernels.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
+}
+
+fn five_bits(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1)
+}
+
+/// Formats with an additive minimum per block.
+fn has_min(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
 }
 
 fn quant_lines(ty: GgmlType) -> usize {
-    if ty == GgmlType::Q8_0 { 8 } else { 4 }
+    match ty {
+        GgmlType::Q8_0 => 8,
+        GgmlType::Q5_0 | GgmlType::Q5_1 => 5,
+        _ => 4,
+    }
 }
 
 /// Activations as the packed kernels read them.
@@ -162,12 +178,13 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
     let ty = w.ty;
     let size = ty.type_size() as usize;
     let quants = quant_lines(ty);
-    let quants_at = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+    let (quants_at, _, min) = super::q8::layout(ty);
     let flip = if ty == GgmlType::Q8_0 { 0x8080_8080u32 } else { 0 };
+    let nibble_lines = if ty == GgmlType::Q8_0 { 8 } else { 4 };
     let rows: [&[u8]; GROUP] = std::array::from_fn(|r| w.row(first + r));
     for (b, block) in dst.chunks_exact_mut(quants + 1).enumerate() {
         let src: [&[u8]; GROUP] = std::array::from_fn(|r| &rows[r][b * size..(b + 1) * size]);
-        for (j, line) in block[..quants].iter_mut().enumerate() {
+        for (j, line) in block[..nibble_lines].iter_mut().enumerate() {
             let mut out = Line([0; 64]);
             for (r, src) in src.iter().enumerate() {
                 let at = quants_at + 4 * j;
@@ -176,10 +193,21 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
             }
             line.write(out);
         }
+        if five_bits(ty) {
+            let mut out = Line([0; 64]);
+            for (r, src) in src.iter().enumerate() {
+                let at = quants_at - 4;
+                let bits = u32::from_le_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]]);
+                for e in 0..QB {
+                    out.0[4 * r + e % 4] |= (((bits >> e) & 1) as u8) << (e / 4);
+                }
+            }
+            block[quants - 1].write(out);
+        }
         let mut scales = Line([0; 64]);
         for (r, src) in src.iter().enumerate() {
             scales.0[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
-            if ty == GgmlType::Q4_1 {
+            if min {
                 scales.0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
             }
         }
@@ -208,13 +236,12 @@ mod scalar {
     use super::*;
 
     fn quant(ty: GgmlType, lines: &[Line], r: usize, e: usize) -> i32 {
-        let byte = if ty == GgmlType::Q8_0 {
-            lines[e / 4].0[4 * r + e % 4]
-        } else {
-            let b = lines[(e % 16) / 4].0[4 * r + e % 4];
-            if e < 16 { b & 0x0F } else { b >> 4 }
-        };
-        i32::from(byte)
+        if ty == GgmlType::Q8_0 {
+            return i32::from(lines[e / 4].0[4 * r + e % 4]);
+        }
+        let b = lines[(e % 16) / 4].0[4 * r + e % 4];
+        let nibble = i32::from(if e < 16 { b & 0x0F } else { b >> 4 });
+        if five_bits(ty) { nibble | i32::from((lines[4].0[4 * r + e % 4] >> (e / 4)) & 1) << 4 } else { nibble }
     }
 
     fn scale(line: &Line, at: usize) -> f32 {
@@ -241,7 +268,7 @@ mod scalar {
                         }
                         *acc = (lo as f32).mul_add(dw * a.d[at.half], *acc);
                         *acc = (hi as f32).mul_add(dw * a.d[at.half + 1], *acc);
-                        if ty == GgmlType::Q4_1 {
+                        if has_min(ty) {
                             *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
                         }
                     }
@@ -252,11 +279,11 @@ mod scalar {
                         }
                         let signed = |e: usize| if ty == GgmlType::Q8_0 { w(e) - 128 } else { w(e) };
                         s = (s << 8) + (0..QB).map(|e| signed(e) * i32::from(a.lo[at.quant + e])).sum::<i32>();
-                        if ty == GgmlType::Q4_0 {
-                            s -= 8 * a.qsum[at.block];
+                        if let (Some(offset), false) = (offset(ty), ty == GgmlType::Q8_0) {
+                            s -= offset * a.qsum[at.block];
                         }
                         *acc = (s as f32).mul_add(dw * a.d[at.block], *acc);
-                        if ty == GgmlType::Q4_1 {
+                        if has_min(ty) {
                             *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
                         }
                     }
@@ -270,6 +297,7 @@ mod scalar {
     fn offset(ty: GgmlType) -> Option<i32> {
         match ty {
             GgmlType::Q4_0 => Some(8),
+            GgmlType::Q5_0 => Some(16),
             GgmlType::Q8_0 => Some(128),
             _ => None,
         }
@@ -286,6 +314,25 @@ mod avx512 {
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
+    const Q5_0: u8 = 3;
+    const Q5_1: u8 = 4;
+
+    const fn five_bits(ty: u8) -> bool {
+        matches!(ty, Q5_0 | Q5_1)
+    }
+
+    const fn has_min(ty: u8) -> bool {
+        matches!(ty, Q4_1 | Q5_1)
+    }
+
+    /// What a stored quant is above its value, for formats without a minimum.
+    const fn offset(ty: u8) -> i32 {
+        match ty {
+            Q4_0 => 8,
+            Q5_0 => 16,
+            _ => 128,
+        }
+    }
 
     /// Activation rows per tile: each block is unpacked once per tile, and the tile's
     /// accumulators stay in registers next to the 8 (16 for Q8_0 on 16-bit activations)
@@ -332,9 +379,13 @@ mod avx512 {
             match (acts, ty) {
                 (Acts::Q8(a), GgmlType::Q4_0) => q8::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q4_1) => q8::<Q4_1, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q5_0) => q8::<Q5_0, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q5_1) => q8::<Q5_1, N>(lines, blocks, a, t),
                 (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q5_0) => q16::<Q5_0, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q5_1) => q16::<Q5_1, N>(lines, blocks, a, t),
                 (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
             }
         };
@@ -349,7 +400,11 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512) {
-        let per_block = if TY == Q8_0 { 9 } else { 5 };
+        let per_block = match TY {
+            Q8_0 => 9,
+            Q5_0 | Q5_1 => 6,
+            _ => 5,
+        };
         // SAFETY: the caller guarantees block `b` is in `lines`; lines are 64-byte aligned.
         unsafe {
             let block = lines.as_ptr().add(b * per_block).cast::<__m512i>();
@@ -365,10 +420,23 @@ mod avx512 {
                     w[j] = _mm512_and_si512(v, mask);
                     w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
                 }
+                if five_bits(TY) {
+                    // Bit `j` of each byte is vector `j`'s fifth bit: shifted to bit 4.
+                    let bits = _mm512_load_si512(block.add(4));
+                    let fifth = _mm512_set1_epi8(0x10);
+                    for (j, w) in w.iter_mut().enumerate() {
+                        let shifted = if j <= 4 {
+                            _mm512_sll_epi32(bits, _mm_cvtsi32_si128(4 - j as i32))
+                        } else {
+                            _mm512_srl_epi32(bits, _mm_cvtsi32_si128(j as i32 - 4))
+                        };
+                        *w = _mm512_or_si512(*w, _mm512_and_si512(shifted, fifth));
+                    }
+                }
             }
             let scales = block.add(per_block - 1).cast::<__m256i>();
             let dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
-            let mw = if TY == Q4_1 { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
+            let mw = if has_min(TY) { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
             (w, dw, mw)
         }
     }
@@ -384,7 +452,7 @@ mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q8<const TY: u8, const N: usize>(lines: &[Line], blocks: usize, a: &Q8Acts, t: usize) -> [__m512; N] {
         let mut acc = [_mm512_setzero_ps(); N];
-        let offset = if TY == Q4_0 { 8 } else { 128 };
+        let offset = offset(TY);
         for b in 0..blocks {
             // SAFETY: block `b` of the group, by the caller's guarantee.
             let (w, dw, mw) = unsafe { unpack::<TY>(lines, b) };
@@ -400,7 +468,7 @@ mod avx512 {
                         lo = _mm512_dpbusd_epi32(lo, w[j], broadcast(x.add(4 * j)));
                         hi = _mm512_dpbusd_epi32(hi, w[j + 4], broadcast(x.add(16 + 4 * j)));
                     }
-                    if TY != Q4_1 {
+                    if !has_min(TY) {
                         let qsum = a.qsum.as_ptr().add(at.half);
                         lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(offset * *qsum));
                         hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(offset * *qsum.add(1)));
@@ -408,7 +476,7 @@ mod avx512 {
                     let d = a.d.as_ptr().add(at.half);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, _mm512_set1_ps(*d)), *acc);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw, _mm512_set1_ps(*d.add(1))), *acc);
-                    if TY == Q4_1 {
+                    if has_min(TY) {
                         *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
                     }
                 }
@@ -446,12 +514,12 @@ mod avx512 {
                         s = _mm512_dpbusd_epi32(s, broadcast(lo.add(4 * j)), signed[j]);
                         s = _mm512_dpbusd_epi32(s, broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
                     }
-                    if TY == Q4_0 {
-                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * *a.qsum.as_ptr().add(at.block)));
+                    if TY == Q4_0 || TY == Q5_0 {
+                        s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset(TY) * *a.qsum.as_ptr().add(at.block)));
                     }
                     let d = _mm512_set1_ps(*a.d.as_ptr().add(at.block));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, d), *acc);
-                    if TY == Q4_1 {
+                    if has_min(TY) {
                         *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
                     }
                 }
@@ -493,7 +561,7 @@ mod tests {
         const ROW_TOL: f32 = 1e-5;
         let (rows, cols, n) = (32, 256, 6);
         let mut rng = Rng(11);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let w = tensor(ty, rows, cols, &mut rng);
             let p = Packed::new(&w, serial).expect("packs");
             let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
@@ -545,6 +613,8 @@ mod tests {
     fn shapes_without_whole_groups_are_not_packed() {
         let mut rng = Rng(3);
         assert!(Packed::new(&tensor(GgmlType::Q4_1, 24, 64, &mut rng), serial).is_none());
-        assert!(Packed::new(&tensor(GgmlType::Q5_0, 16, 64, &mut rng), serial).is_none());
+        let owner: Arc<dyn crate::Backing> = Arc::new(vec![0u8; 16 * 64 * 4]);
+        let f32s = QTensor::new(GgmlType::F32, 16, 64, SharedBytes::new(owner, 0, 16 * 64 * 4).expect("bytes"));
+        assert!(Packed::new(&f32s.expect("tensor"), serial).is_none());
     }
 }
