@@ -108,6 +108,9 @@ pub enum Activations {
 
 pub struct Cpu {
     pool: pool::Pool,
+    /// The packed matmuls' quantized activations, kept between calls: a prefill's are
+    /// megabytes, which fresh allocations would fault in page by page on every call.
+    packed_acts: Mutex<(q8::Q8Acts, q16::Q16Acts)>,
     activations: Activations,
     isa: q8::Isa,
 }
@@ -121,7 +124,7 @@ impl Cpu {
         };
         let pool =
             pool::Pool::new(threads).map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
-        Ok(Self { pool, activations, isa: q8::Isa::detect() })
+        Ok(Self { pool, packed_acts: Mutex::default(), activations, isa: q8::Isa::detect() })
     }
 
     pub fn threads(&self) -> usize {
@@ -151,13 +154,14 @@ impl Cpu {
     /// [`Backend::matmuls`] for weights that are all packed: tasks own runs of 16-row groups
     /// and write their rows of every activation row straight into the outputs.
     fn matmuls_packed(&self, x: &[f32], n: usize, cols: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) {
-        let (mut q8, mut q16) = (q8::Q8Acts::default(), q16::Q16Acts::default());
+        let mut acts = self.packed_acts.lock().unwrap_or_else(|e| e.into_inner());
+        let (q8, q16) = &mut *acts;
+        let parallel = |tasks: usize, task: &q8::Parallel| self.pool.run(tasks, task);
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Robust) {
-            q8.quantize(x, n, cols);
+            q8.quantize_with(x, n, cols, parallel);
         }
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
-            q16.quantize(x, n, cols);
-            q16.split();
+            q16.quantize_with(x, n, cols, true, parallel);
         }
         let total: usize = jobs.iter().filter_map(|(w, _)| self.packed(w)).map(|p| p.groups()).sum();
         let per_task = total.div_ceil(self.threads() * 4).max(1);
@@ -167,8 +171,8 @@ impl Cpu {
             let Some(p) = self.packed(w) else { continue };
             let j = targets.len();
             let acts = match w.inputs {
-                Inputs::Robust => packed::Acts::Q8(&q8),
-                Inputs::Sensitive => packed::Acts::Q16(&q16),
+                Inputs::Robust => packed::Acts::Q8(q8),
+                Inputs::Sensitive => packed::Acts::Q16(q16),
             };
             targets.push((p, acts, OutPtr(out.as_mut_ptr())));
             for g in (0..p.groups()).step_by(per_task) {

@@ -69,7 +69,7 @@ fn quant_lines(ty: GgmlType) -> usize {
 #[derive(Clone, Copy)]
 pub enum Acts<'a> {
     Q8(&'a Q8Acts),
-    /// 16-bit activations, [`Q16Acts::split`] done.
+    /// 16-bit activations, split (`Q16Acts::quantize_with`).
     Q16(&'a Q16Acts),
 }
 
@@ -568,8 +568,7 @@ mod tests {
             let mut a8 = Q8Acts::default();
             a8.quantize(&x, n, cols);
             let mut a16 = Q16Acts::default();
-            a16.quantize(&x, n, cols);
-            a16.split();
+            a16.quantize_with(&x, n, cols, true, crate::cpu::q8::serial);
             for (acts, name) in [(Acts::Q8(&a8), "q8"), (Acts::Q16(&a16), "q16")] {
                 let want = run(Isa::Baseline, &p, acts, n);
                 for t in 0..n {

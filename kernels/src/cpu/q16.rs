@@ -5,7 +5,9 @@
 //! 8-bit path's, so these matmuls stay within f32 noise of the exact path while still reading
 //! only the quantized weights.
 
-use super::q8::{Isa, QB, half, layout, small_quant};
+use std::sync::Mutex;
+
+use super::q8::{Isa, Parallel, QB, blocks_per_task, half, layout, serial, small_quant};
 use crate::quant::GgmlType;
 
 /// Rows of activations quantized to 16 bits.
@@ -16,7 +18,7 @@ pub struct Q16Acts {
     /// Per block `d · Σq`, for formats with an additive minimum.
     pub sum: Vec<f32>,
     pub q: Vec<i16>,
-    /// After [`Q16Acts::split`], each quant as `256·hi + lo` (the packed kernels' operands),
+    /// After [`Q16Acts::quantize_with`] with `split`, each quant as `256·hi + lo` (the packed kernels' operands),
     /// and per block `Σ q` and `Σ hi`.
     pub hi: Vec<i8>,
     pub lo: Vec<u8>,
@@ -27,43 +29,61 @@ pub struct Q16Acts {
 impl Q16Acts {
     /// Quantizes `n` rows of `cols` elements (`cols` a multiple of [`QB`]).
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        self.quantize_with(x, n, cols, false, serial);
+    }
+
+    /// [`Q16Acts::quantize`], also split into `hi`, `lo`, `qsum` and `hisum` when `split`, runs of blocks spread
+    /// by `parallel(tasks, task)` (a pool's section).
+    pub fn quantize_with(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        split: bool,
+        parallel: impl Fn(usize, &Parallel),
+    ) {
         let len = n * cols;
         self.d.resize(len / QB, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.q.resize(len, 0);
-        for (b, (xs, qs)) in x[..len].chunks_exact(QB).zip(self.q.chunks_exact_mut(QB)).enumerate() {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 32767.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut isum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = super::q8::round_small(v * id) as i16;
-                *q = r;
-                isum += i32::from(r);
-            }
-            self.d[b] = d;
-            self.sum[b] = d * isum as f32;
+        let run = blocks_per_task(len / QB);
+        let parts: Vec<Mutex<_>> = x[..len]
+            .chunks(run * QB)
+            .zip(self.q.chunks_mut(run * QB))
+            .zip(self.d.chunks_mut(run).zip(self.sum.chunks_mut(run)))
+            .map(Mutex::new)
+            .collect();
+        parallel(parts.len(), &|i| {
+            let Ok(mut part) = parts[i].lock() else { return };
+            let ((x, q), (d, sum)) = &mut *part;
+            quantize_q16(x, q, d, sum);
+        });
+        drop(parts);
+        if split {
+            self.split_with(&parallel);
         }
     }
 
     /// Fills `hi`, `lo`, `qsum` and `hisum` from the quants.
-    pub fn split(&mut self) {
-        self.hi.clear();
-        self.lo.clear();
-        self.qsum.clear();
-        self.hisum.clear();
-        for qs in self.q.chunks_exact(QB) {
-            let (mut qsum, mut hisum) = (0i32, 0i32);
-            for &q in qs {
-                let hi = (q >> 8) as i8;
-                self.hi.push(hi);
-                self.lo.push(q as u8);
-                qsum += i32::from(q);
-                hisum += i32::from(hi);
-            }
-            self.qsum.push(qsum);
-            self.hisum.push(hisum);
-        }
+    fn split_with(&mut self, parallel: &impl Fn(usize, &Parallel)) {
+        let len = self.q.len();
+        self.hi.resize(len, 0);
+        self.lo.resize(len, 0);
+        self.qsum.resize(len / QB, 0);
+        self.hisum.resize(len / QB, 0);
+        let run = blocks_per_task(len / QB);
+        let parts: Vec<Mutex<_>> = self
+            .q
+            .chunks(run * QB)
+            .zip(self.hi.chunks_mut(run * QB).zip(self.lo.chunks_mut(run * QB)))
+            .zip(self.qsum.chunks_mut(run).zip(self.hisum.chunks_mut(run)))
+            .map(Mutex::new)
+            .collect();
+        parallel(parts.len(), &|i| {
+            let Ok(mut part) = parts[i].lock() else { return };
+            let ((q, (hi, lo)), (qsum, hisum)) = &mut *part;
+            split_blocks(q, hi, lo, qsum, hisum);
+        });
     }
 
     /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`, each weight
@@ -74,6 +94,39 @@ impl Q16Acts {
         let sum = std::array::from_fn(|k| &self.sum[(t + k) * blocks..(t + k + 1) * blocks]);
         let q = std::array::from_fn(|k| &self.q[(t + k) * cols..(t + k + 1) * cols]);
         dot_many(isa, ty, row, d, sum, q)
+    }
+}
+
+/// Quantizes whole blocks: one scale and `Σ d·q` per 32 elements.
+fn quantize_q16(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32]) {
+    for (b, (xs, qs)) in x.chunks_exact(QB).zip(q.chunks_exact_mut(QB)).enumerate() {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 32767.0;
+        let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut isum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            let r = super::q8::round_small(v * id) as i16;
+            *q = r;
+            isum += i32::from(r);
+        }
+        d[b] = scale;
+        sum[b] = scale * isum as f32;
+    }
+}
+
+/// Each quant as `256·hi + lo`, and per block `Σ q` and `Σ hi`.
+fn split_blocks(q: &[i16], hi: &mut [i8], lo: &mut [u8], qsum: &mut [i32], hisum: &mut [i32]) {
+    let blocks = q.chunks_exact(QB).zip(hi.chunks_exact_mut(QB)).zip(lo.chunks_exact_mut(QB));
+    for (((qs, his), los), (qsum, hisum)) in blocks.zip(qsum.iter_mut().zip(hisum.iter_mut())) {
+        let (mut q_total, mut hi_total) = (0i32, 0i32);
+        for ((&q, hi), lo) in qs.iter().zip(his.iter_mut()).zip(los.iter_mut()) {
+            *hi = (q >> 8) as i8;
+            *lo = q as u8;
+            q_total += i32::from(q);
+            hi_total += i32::from(*hi);
+        }
+        *qsum = q_total;
+        *hisum = hi_total;
     }
 }
 

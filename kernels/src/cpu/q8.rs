@@ -9,6 +9,8 @@
 //! kernel take the exact path. The AVX2 or AVX-512 instantiation is chosen at run time; the
 //! scalar twin is the reference. NEON (aarch64) has no instantiation yet (issue #3).
 
+use std::sync::Mutex;
+
 use crate::quant::{GgmlType, f16_bits_to_f32};
 
 /// Elements per weight block of the formats handled here.
@@ -31,30 +33,31 @@ pub struct Q8Acts {
 impl Q8Acts {
     /// Quantizes `n` rows of `cols` elements (`cols` a multiple of [`QB`]).
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        self.quantize_with(x, n, cols, serial);
+    }
+
+    /// [`Q8Acts::quantize`], runs of blocks spread by `parallel(tasks, task)` (a pool's
+    /// section).
+    pub fn quantize_with(&mut self, x: &[f32], n: usize, cols: usize, parallel: impl Fn(usize, &Parallel)) {
         let len = n * cols;
         self.d.resize(len / QA, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.qsum.resize(len / QA, 0);
         self.q.resize(len, 0);
-        for (h, (xs, qs)) in x[..len].chunks_exact(QA).zip(self.q.chunks_exact_mut(QA)).enumerate() {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut isum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                let r = round_small(v * id) as i8;
-                *q = r;
-                isum += i32::from(r);
-            }
-            self.d[h] = d;
-            self.qsum[h] = isum;
-            if h % 2 == 0 {
-                self.sum[h / 2] = 0.0;
-            }
-            self.sum[h / 2] += d * isum as f32;
-        }
+        let run = blocks_per_task(len / QB);
+        let parts: Vec<Mutex<_>> = x[..len]
+            .chunks(run * QB)
+            .zip(self.q.chunks_mut(run * QB))
+            .zip(self.d.chunks_mut(run * 2).zip(self.qsum.chunks_mut(run * 2)))
+            .zip(self.sum.chunks_mut(run))
+            .map(Mutex::new)
+            .collect();
+        parallel(parts.len(), &|i| {
+            let Ok(mut part) = parts[i].lock() else { return };
+            let (((x, q), (d, qsum)), sum) = &mut *part;
+            quantize_q8(x, q, d, qsum, sum);
+        });
     }
-
     /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`: the weight
     /// blocks are unpacked once for all `N` (the tile that makes prefill matrix-matrix).
     pub fn dot_rows<const N: usize>(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> [f32; N] {
@@ -73,6 +76,41 @@ impl Q8Acts {
 pub(super) fn round_small(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
     (x + SHIFT) - SHIFT
+}
+
+/// A task function for a pool's section.
+pub type Parallel<'a> = dyn Fn(usize) + Sync + 'a;
+
+/// Runs every task on the calling thread.
+pub fn serial(tasks: usize, task: &Parallel) {
+    (0..tasks).for_each(task);
+}
+
+/// Blocks per quantization task: enough that a task outweighs handing it out.
+pub(super) fn blocks_per_task(blocks: usize) -> usize {
+    const MIN_BLOCKS: usize = 256;
+    blocks.div_ceil(8).max(MIN_BLOCKS)
+}
+
+/// Quantizes whole blocks: scales and `Σ q` per 16 elements, `Σ d·q` per 32.
+fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32], qsum: &mut [i32], sum: &mut [f32]) {
+    for (h, (xs, qs)) in x.chunks_exact(QA).zip(q.chunks_exact_mut(QA)).enumerate() {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut isum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            let r = round_small(v * id) as i8;
+            *q = r;
+            isum += i32::from(r);
+        }
+        d[h] = scale;
+        qsum[h] = isum;
+        if h % 2 == 0 {
+            sum[h / 2] = 0.0;
+        }
+        sum[h / 2] += scale * isum as f32;
+    }
 }
 
 /// Whether `ty` has an integer kernel: here (32-element blocks) or in `kquant`.
