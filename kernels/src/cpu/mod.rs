@@ -109,8 +109,9 @@ pub enum Activations {
 pub struct Cpu {
     pool: pool::Pool,
     /// The packed matmuls' quantized activations, kept between calls: a prefill's are
-    /// megabytes, which fresh allocations would fault in page by page on every call.
-    packed_acts: Mutex<(q8::Q8Acts, q16::Q16Acts)>,
+    /// megabytes, which fresh allocations would fault in page by page on every call. Boxed,
+    /// so `Cpu` stays small next to the GPU backends in `Device`.
+    packed_acts: Box<Mutex<(q8::Q8Acts, q16::Q16Acts)>>,
     activations: Activations,
     isa: q8::Isa,
 }
@@ -124,7 +125,7 @@ impl Cpu {
         };
         let pool =
             pool::Pool::new(threads).map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
-        Ok(Self { pool, packed_acts: Mutex::default(), activations, isa: q8::Isa::detect() })
+        Ok(Self { pool, packed_acts: Box::default(), activations, isa: q8::Isa::detect() })
     }
 
     pub fn threads(&self) -> usize {
