@@ -152,9 +152,17 @@ impl Cpu {
         w.packed.get_or_init(|| packed::Packed::new(&w.q, |tasks, task| self.pool.run(tasks, task))).as_ref()
     }
 
-    /// [`Backend::matmuls`] for weights that are all packed: tasks own runs of 16-row groups
-    /// and write their rows of every activation row straight into the outputs.
-    fn matmuls_packed(&self, x: &[f32], n: usize, cols: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) {
+    /// [`Backend::matmuls`] for weights that are all packed (`packed[j]` is job `j`'s): tasks
+    /// own runs of 16-row groups and write their rows of every activation row straight into
+    /// the outputs.
+    fn matmuls_packed(
+        &self,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
+        packed: &[&packed::Packed],
+    ) {
         let mut acts = self.packed_acts.lock().unwrap_or_else(|e| e.into_inner());
         let (q8, q16) = &mut *acts;
         let parallel = |tasks: usize, task: &q8::Parallel| self.pool.run(tasks, task);
@@ -164,13 +172,11 @@ impl Cpu {
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
             q16.quantize_with(x, n, cols, true, parallel);
         }
-        let total: usize = jobs.iter().filter_map(|(w, _)| self.packed(w)).map(|p| p.groups()).sum();
+        let total: usize = packed.iter().map(|p| p.groups()).sum();
         let per_task = total.div_ceil(self.threads() * 4).max(1);
         let mut tasks = Vec::new();
         let mut targets = Vec::new();
-        for (w, out) in jobs.iter_mut() {
-            let Some(p) = self.packed(w) else { continue };
-            let j = targets.len();
+        for (j, ((w, out), &p)) in jobs.iter_mut().zip(packed).enumerate() {
             let acts = match w.inputs {
                 Inputs::Robust => packed::Acts::Q8(q8),
                 Inputs::Sensitive => packed::Acts::Q16(q16),
@@ -368,8 +374,8 @@ impl Backend for Cpu {
             return Ok(());
         }
         let x = &x[..n * cols];
-        if jobs.iter().all(|(w, _)| self.packed(w).is_some()) {
-            self.matmuls_packed(x, n, cols, jobs);
+        if let Some(packed) = jobs.iter().map(|(w, _)| self.packed(w)).collect::<Option<Vec<_>>>() {
+            self.matmuls_packed(x, n, cols, jobs, &packed);
             return Ok(());
         }
         let kernels: Vec<RowKernel> = jobs.iter().map(|(w, _)| self.row_kernel(w)).collect();

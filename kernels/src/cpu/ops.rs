@@ -119,13 +119,7 @@ fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, sc
         }
     }
     for h in 0..group {
-        let s = &mut scores[h * len..(h + 1) * len];
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        let (max, sum) = exp_shifted(&mut scores[h * len..(h + 1) * len]);
         let part = &mut out[h * (hd + 2)..(h + 1) * (hd + 2)];
         part[0] = max;
         part[1] = sum;
@@ -137,6 +131,19 @@ fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, sc
             axpy_body(w, &kv.v[row(p)], acc);
         }
     }
+}
+
+/// Replaces scores by `exp(score - max)`, the unnormalised softmax; returns the maximum and the
+/// sum of the exponentials, which [`merge_partials`] needs.
+#[inline(always)]
+fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    (max, sum)
 }
 
 /// Heads of 64 or 128 elements in 512-bit vectors: a head's query and output stay in
@@ -191,12 +198,7 @@ mod avx512 {
         }
         for h in 0..group {
             let s = &mut scores[h * len..(h + 1) * len];
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            let (max, sum) = super::exp_shifted(s);
             let mut acc = [_mm512_setzero_ps(); C];
             for (&w, p) in s.iter().zip(positions.clone()) {
                 let v = row(kv.v, p);
