@@ -26,13 +26,14 @@ pub fn measure(bytes: usize, threads: usize, passes: usize) -> Result<ReadBandwi
     if words < threads || passes == 0 {
         bail!("bandwidth probe: {bytes} bytes in {passes} passes over {threads} threads is no measurement");
     }
-    let mut buf: Vec<u64> = Vec::new();
-    if buf.try_reserve_exact(words).is_err() {
-        bail!("bandwidth probe: cannot allocate a {bytes}-byte buffer");
-    }
+    // On huge pages where the kernel has them, like the packed weights a decode step reads,
+    // so the floor is the one those reads could reach.
+    let mut map = realm_kernels::cpu::huge::map_huge(words * size_of::<u64>())
+        .map_err(|e| anyhow::anyhow!("bandwidth probe: cannot map a {bytes}-byte buffer: {e}"))?;
+    // SAFETY: any bytes are a valid u64; a mapping is page aligned, so nothing is left over.
+    let (_, buf, _) = unsafe { map.align_to_mut::<u64>() };
     // Written with distinct non-zero words, by the threads that will read them: untouched
     // pages all map the one zero page, which would be read from cache.
-    buf.resize(words, 0);
     let chunk = words.div_ceil(threads);
     std::thread::scope(|s| {
         for (t, part) in buf.chunks_mut(chunk).enumerate() {

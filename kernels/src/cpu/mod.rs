@@ -59,6 +59,7 @@ macro_rules! entry_points {
     };
 }
 
+pub mod huge;
 mod kquant;
 mod ops;
 mod packed;
@@ -112,6 +113,8 @@ pub struct Cpu {
     /// megabytes, which fresh allocations would fault in page by page on every call. Boxed,
     /// so `Cpu` stays small next to the GPU backends in `Device`.
     packed_acts: Box<Mutex<(q8::Q8Acts, q16::Q16Acts)>>,
+    /// Where repacked weights live (huge pages where the kernel has them).
+    packed_weights: huge::Arena,
     activations: Activations,
     isa: q8::Isa,
 }
@@ -125,7 +128,13 @@ impl Cpu {
         };
         let pool =
             pool::Pool::new(threads).map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
-        Ok(Self { pool, packed_acts: Box::default(), activations, isa: q8::Isa::detect() })
+        Ok(Self {
+            pool,
+            packed_acts: Box::default(),
+            packed_weights: huge::Arena::default(),
+            activations,
+            isa: q8::Isa::detect(),
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -149,7 +158,9 @@ impl Cpu {
         if !w.packable {
             return None;
         }
-        w.packed.get_or_init(|| packed::Packed::new(&w.q, |tasks, task| self.pool.run(tasks, task))).as_ref()
+        w.packed
+            .get_or_init(|| packed::Packed::new(&w.q, &self.packed_weights, |tasks, task| self.pool.run(tasks, task)))
+            .as_ref()
     }
 
     /// [`Backend::matmuls`] for weights that are all packed (`packed[j]` is job `j`'s): tasks

@@ -18,10 +18,10 @@
 //! - Q8_0: 8 lines, line `j` holding row `r`'s quants `4j..4j + 4` plus 128 (`vpdpbusd` wants
 //!   one operand unsigned), then the scale line.
 
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::huge::{Arena, Region};
 use super::q8::{Isa, Q8Acts, QA, QB};
 use super::q16::Q16Acts;
 use crate::backend::QTensor;
@@ -40,7 +40,8 @@ pub struct Packed {
     rows: usize,
     /// Blocks per row.
     blocks: usize,
-    lines: Vec<Line>,
+    /// The lines, back to back.
+    region: Region,
 }
 
 /// Whether `ty` has packed kernels.
@@ -80,11 +81,12 @@ impl Packed {
         supported(w.ty) && w.rows > 0 && w.rows.is_multiple_of(GROUP) && w.cols.is_multiple_of(QB)
     }
 
-    /// `w` repacked, or `None` when it does not [fit](Packed::fits). `parallel(tasks, task)`
-    /// runs `task(i)` for every `i < tasks` (a thread pool's section); each task packs a run
-    /// of groups and then [releases](QTensor::release_rows) their source rows, so the file's
-    /// pages and the copy are not both held for a whole matrix.
-    pub fn new(w: &QTensor, parallel: impl FnOnce(usize, &(dyn Fn(usize) + Sync))) -> Option<Self> {
+    /// `w` repacked into memory from `arena`, or `None` when it does not [fit](Packed::fits)
+    /// or the memory cannot be had. `parallel(tasks, task)` runs `task(i)` for every
+    /// `i < tasks` (a thread pool's section); each task packs a run of groups and then
+    /// [releases](QTensor::release_rows) their source rows, so the file's pages and the copy
+    /// are not both held for a whole matrix.
+    pub fn new(w: &QTensor, arena: &Arena, parallel: impl FnOnce(usize, &(dyn Fn(usize) + Sync))) -> Option<Self> {
         if !Self::fits(w) {
             return None;
         }
@@ -92,11 +94,11 @@ impl Packed {
         let blocks = w.cols / QB;
         let per_group = blocks * (quant_lines(ty) + 1);
         let groups = w.rows / GROUP;
-        let mut lines: Vec<Line> = Vec::with_capacity(groups * per_group);
+        let mut region = arena.alloc(groups * per_group * size_of::<Line>()).ok()?;
         // Groups per task: about 64 KiB of lines each.
         let per_task = 1024usize.div_ceil(per_group);
-        let chunks: Vec<Mutex<&mut [MaybeUninit<Line>]>> =
-            lines.spare_capacity_mut()[..groups * per_group].chunks_mut(per_task * per_group).map(Mutex::new).collect();
+        let chunks: Vec<Mutex<&mut [Line]>> =
+            lines_mut(&mut region)[..groups * per_group].chunks_mut(per_task * per_group).map(Mutex::new).collect();
         let filled = AtomicUsize::new(0);
         parallel(chunks.len(), &|i| {
             let Ok(mut chunk) = chunks[i].lock() else { return };
@@ -113,13 +115,8 @@ impl Packed {
         // (the kernel maps 64 KiB around a fault), including the start of runs other tasks had
         // already released.
         w.release_rows(0..w.rows);
-        if !done {
-            return None;
-        }
-        // SAFETY: every task ran to its end, and together they wrote every line of the first
-        // `groups * per_group` (each `pack_group` writes all lines of its group).
-        unsafe { lines.set_len(groups * per_group) };
-        Some(Self { ty, rows: w.rows, blocks, lines })
+        // Every task that ran to its end wrote every line of its groups.
+        done.then_some(Self { ty, rows: w.rows, blocks, region })
     }
 
     pub fn rows(&self) -> usize {
@@ -133,7 +130,7 @@ impl Packed {
     /// The lines of group `g`.
     fn group(&self, g: usize) -> &[Line] {
         let per_group = self.blocks * (quant_lines(self.ty) + 1);
-        &self.lines[g * per_group..(g + 1) * per_group]
+        &lines(&self.region)[g * per_group..(g + 1) * per_group]
     }
 
     /// Groups `groups` times activation rows `0..n`: row `r`'s result for activation row `t`
@@ -173,8 +170,21 @@ impl Packed {
     }
 }
 
+fn lines(region: &Region) -> &[Line] {
+    let bytes = region.bytes();
+    // SAFETY: regions are 64-byte aligned and a multiple of 64 bytes long, and any bytes are
+    // a valid `Line`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<Line>(), bytes.len() / size_of::<Line>()) }
+}
+
+fn lines_mut(region: &mut Region) -> &mut [Line] {
+    let bytes = region.bytes_mut();
+    // SAFETY: as in `lines`.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Line>(), bytes.len() / size_of::<Line>()) }
+}
+
 /// Writes every line of the group whose first row is `first` into `dst`.
-fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
+fn pack_group(w: &QTensor, first: usize, dst: &mut [Line]) {
     let ty = w.ty;
     let size = ty.type_size() as usize;
     let quants = quant_lines(ty);
@@ -191,7 +201,7 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
                 let word = u32::from_le_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]]) ^ flip;
                 out.0[4 * r..4 * r + 4].copy_from_slice(&word.to_le_bytes());
             }
-            line.write(out);
+            *line = out;
         }
         if five_bits(ty) {
             let mut out = Line([0; 64]);
@@ -202,7 +212,7 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
                     out.0[4 * r + e % 4] |= (((bits >> e) & 1) as u8) << (e / 4);
                 }
             }
-            block[quants - 1].write(out);
+            block[quants - 1] = out;
         }
         let mut scales = Line([0; 64]);
         for (r, src) in src.iter().enumerate() {
@@ -211,7 +221,7 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [MaybeUninit<Line>]) {
                 scales.0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
             }
         }
-        block[quants].write(scales);
+        block[quants] = scales;
     }
 }
 
@@ -587,7 +597,7 @@ mod tests {
         let mut rng = Rng(11);
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
             let w = tensor(ty, rows, cols, &mut rng);
-            let p = Packed::new(&w, serial).expect("packs");
+            let p = Packed::new(&w, &Arena::default(), serial).expect("packs");
             let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
             let mut a8 = Q8Acts::default();
             a8.quantize(&x, n, cols);
@@ -635,9 +645,9 @@ mod tests {
     #[test]
     fn shapes_without_whole_groups_are_not_packed() {
         let mut rng = Rng(3);
-        assert!(Packed::new(&tensor(GgmlType::Q4_1, 24, 64, &mut rng), serial).is_none());
+        assert!(Packed::new(&tensor(GgmlType::Q4_1, 24, 64, &mut rng), &Arena::default(), serial).is_none());
         let owner: Arc<dyn crate::Backing> = Arc::new(vec![0u8; 16 * 64 * 4]);
         let f32s = QTensor::new(GgmlType::F32, 16, 64, SharedBytes::new(owner, 0, 16 * 64 * 4).expect("bytes"));
-        assert!(Packed::new(&f32s.expect("tensor"), serial).is_none());
+        assert!(Packed::new(&f32s.expect("tensor"), &Arena::default(), serial).is_none());
     }
 }

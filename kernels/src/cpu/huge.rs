@@ -1,0 +1,137 @@
+//! Memory for repacked weights: large anonymous mappings that ask the kernel for transparent
+//! huge pages, carved into one region per matrix. A decode step streams every weight once; on
+//! 4 KiB pages that is a TLB miss every 4 KiB, and the hardware prefetcher stops at each page's
+//! end. Small matrices (most of a small model's) would never fill a 2 MiB page on their own,
+//! hence the shared chunks. Where transparent huge pages are off, the same memory simply stays
+//! on small pages.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use memmap2::MmapMut;
+
+/// The huge page size on x86-64 and on aarch64 with 4 KiB base pages.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Bytes per shared chunk. Its unused tail costs at most one huge page of memory, since pages
+/// are only backed once touched.
+const CHUNK: usize = 32 << 20;
+
+/// An anonymous mapping of `bytes` (zero-filled) whose whole 2 MiB pages are advised as huge.
+pub fn map_huge(bytes: usize) -> io::Result<MmapMut> {
+    let map = MmapMut::map_anon(bytes.max(1))?;
+    advise_huge(&map);
+    Ok(map)
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge(map: &MmapMut) {
+    // Only whole aligned huge pages inside the mapping: advising beyond its data would back
+    // memory nothing uses.
+    let start = map.as_ptr() as usize;
+    let first = start.next_multiple_of(HUGE_PAGE) - start;
+    let whole = map.len().saturating_sub(first) / HUGE_PAGE * HUGE_PAGE;
+    if whole > 0 {
+        // Advice only: a kernel without transparent huge pages refuses it, and small pages work.
+        let _ = map.advise_range(memmap2::Advice::HugePage, first, whole);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_map: &MmapMut) {}
+
+/// One mapping, shared by the regions carved from it.
+struct Chunk {
+    base: *mut u8,
+    /// Keeps the memory mapped; only reached through `base`.
+    _map: MmapMut,
+}
+
+// SAFETY: the mapping is plain memory; regions hand out disjoint parts of it, mutably only
+// through `&mut Region`.
+unsafe impl Send for Chunk {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Chunk {}
+
+/// Hands out regions for packed matrices, filling one chunk after another.
+#[derive(Default)]
+pub struct Arena {
+    /// The chunk being filled and how many of its bytes are taken.
+    current: Mutex<Option<(Arc<Chunk>, usize)>>,
+}
+
+/// A zeroed, 64-byte-aligned run of bytes in an [`Arena`]'s chunk, owned by one matrix.
+pub struct Region {
+    chunk: Arc<Chunk>,
+    offset: usize,
+    len: usize,
+}
+
+impl Arena {
+    /// A region of `bytes` zeroed bytes (rounded up to 64).
+    pub fn alloc(&self, bytes: usize) -> io::Result<Region> {
+        let len = bytes.next_multiple_of(64);
+        if len > CHUNK / 2 {
+            // Big matrices get a mapping of their own, huge-paged all the same.
+            let mut map = map_huge(len)?;
+            let chunk = Arc::new(Chunk { base: map.as_mut_ptr(), _map: map });
+            return Ok(Region { chunk, offset: 0, len });
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *current {
+            Some((chunk, used)) if *used + len <= CHUNK => {
+                let region = Region { chunk: Arc::clone(chunk), offset: *used, len };
+                *used += len;
+                Ok(region)
+            }
+            _ => {
+                let mut map = map_huge(CHUNK)?;
+                let chunk = Arc::new(Chunk { base: map.as_mut_ptr(), _map: map });
+                *current = Some((Arc::clone(&chunk), len));
+                Ok(Region { chunk, offset: 0, len })
+            }
+        }
+    }
+}
+
+impl Region {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `offset..offset + len` lies inside the chunk's mapping, which the `Arc`
+        // keeps alive; no other region overlaps it, and writes need `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.chunk.base.add(self.offset), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.chunk.base.add(self.offset), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_zeroed_aligned_and_disjoint() {
+        let arena = Arena::default();
+        let sizes = [100, 64, 5000, CHUNK / 2, CHUNK / 2 + 1, 3];
+        let mut regions: Vec<Region> = sizes.iter().map(|&n| arena.alloc(n).expect("alloc")).collect();
+        for (i, (r, &n)) in regions.iter_mut().zip(&sizes).enumerate() {
+            assert!(r.len() >= n && r.len().is_multiple_of(64));
+            assert_eq!(r.bytes().as_ptr() as usize % 64, 0);
+            assert!(r.bytes().iter().all(|&b| b == 0));
+            r.bytes_mut().fill(i as u8 + 1);
+        }
+        for (i, r) in regions.iter().enumerate() {
+            assert!(r.bytes().iter().all(|&b| b == i as u8 + 1), "region {i} was overwritten");
+        }
+    }
+}
