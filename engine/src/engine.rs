@@ -231,11 +231,10 @@ impl Engine {
     }
 
     /// Bytes the KV cache holds per position of a sequence, keys and values of every layer;
-    /// a decode step at context `n` reads `n` times this. The CPU backend caches f32 rows
-    /// (keep this in step with its `kv_write` when that changes).
+    /// a decode step at context `n` reads `n` times this.
     pub fn kv_bytes_per_position(&self) -> usize {
         let c = &self.model.config;
-        2 * c.n_layer * c.kv_dim() * size_of::<f32>()
+        2 * c.n_layer * c.kv_dim() * self.model.backend().kv_value_bytes()
     }
 
     /// The GPU's device-to-device copy bandwidth (bytes read plus written per second), or

@@ -310,6 +310,11 @@ pub trait Backend: Send {
         row_len: usize,
     ) -> Result<(), KernelError>;
 
+    /// Bytes one cached key or value element takes (what [`Backend::kv_write`] stores).
+    fn kv_value_bytes(&self) -> usize {
+        size_of::<f32>()
+    }
+
     /// Causal attention for one sequence's query rows of `q` against its cache, which holds
     /// positions `0..rows.first_pos + rows.n`. Writes the same rows of `out`.
     fn attention(

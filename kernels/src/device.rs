@@ -126,6 +126,10 @@ impl Backend for Device {
         }
     }
 
+    fn kv_value_bytes(&self) -> usize {
+        dispatch!(self, |b| b.kv_value_bytes())
+    }
+
     fn weight_rows(&self, w: &DeviceWeight) -> usize {
         match w {
             DeviceWeight::Cpu(w) => w.q.rows,

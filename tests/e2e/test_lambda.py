@@ -81,7 +81,7 @@ def emulator(request):
     e.stop()
 
 
-CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+CHAT = {"messages": [{"role": "user", "content": "Name the capital of France."}],
         "temperature": 0, "max_tokens": 20}
 
 

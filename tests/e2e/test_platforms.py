@@ -143,7 +143,7 @@ def test_serve_with_a_function_manifest(tmp_path, given_as):
     else:
         s = RealmServer(api_keys=(), env={"REALM_FUNCTION_YAML": manifest.read_text()})
     try:
-        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+        body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "Name the capital of France."}]}
         resp, data = request(s, "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         answer = json.loads(data)
         assert resp.status == 200, answer
@@ -162,7 +162,7 @@ def test_the_example_functions_serve():
     chat = RealmServer("--function", str(ROOT / "functions" / "chat" / "realm.yaml"), api_keys=())
     try:
         assert chat.get("/ready")[0] == 200
-        body = {"model": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        body = {"model": "chat", "messages": [{"role": "user", "content": "Name the capital of France."}],
                 "max_tokens": 12, "temperature": 0}
         resp, data = request(chat, "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         assert resp.status == 200, data

@@ -96,7 +96,7 @@ fn pretty(v: Value) -> String {
 fn chat_body(extra: Value) -> String {
     let mut body = json!({
         "model": MODEL,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "messages": [{"role": "user", "content": "Name the capital of France."}],
         "temperature": 0,
         "max_tokens": 12,
     });

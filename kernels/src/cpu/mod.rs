@@ -75,8 +75,11 @@ use crate::backend::{
 };
 use crate::quant::dequantize_row;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 pub use ops::{
-    HeadRows, attend_partial, axpy, dot, merge_partials, rms_norm_row, rope_angles, rope_apply, rope_row, silu,
+    HeadRows, KvElem, attend_partial, axpy, dot, merge_partials, rms_norm_row, rope_angles, rope_apply, rope_row, silu,
 };
 pub use q8::Isa;
 pub use topology::physical_cores;
@@ -116,6 +119,9 @@ pub struct Cpu {
     /// Where repacked weights live (huge pages where the kernel has them).
     packed_weights: huge::Arena,
     activations: Activations,
+    /// KV caches hold f16 (with quantized activations; the exact path keeps f32). The
+    /// backend's tensors are f32 vectors, so a cache stores two f16 per slot.
+    kv_f16: bool,
     isa: q8::Isa,
 }
 
@@ -133,6 +139,7 @@ impl Cpu {
             packed_acts: Box::default(),
             packed_weights: huge::Arena::default(),
             activations,
+            kv_f16: activations == Activations::Q8,
             isa: q8::Isa::detect(),
         })
     }
@@ -217,6 +224,17 @@ impl Cpu {
             (false, _) => RowKernel::F32,
         }
     }
+}
+
+/// A KV cache tensor's f16 elements, two to each f32 slot (see `Cpu::kv_f16`).
+fn f16s(slots: &[f32]) -> &[f16] {
+    // SAFETY: f16 is two plain bytes with half f32's alignment; any bits are a valid f16.
+    unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f16>(), slots.len() * 2) }
+}
+
+fn f16s_mut(slots: &mut [f32]) -> &mut [f16] {
+    // SAFETY: as in `f16s`, through the only borrow of `slots`.
+    unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f16>(), slots.len() * 2) }
 }
 
 /// A matmul output that the packed tasks write disjoint rows of.
@@ -492,12 +510,21 @@ impl Backend for Cpu {
         let dst = first_pos * row_len..(first_pos + n) * row_len;
         for (cached, new) in [(cache.k, k), (cache.v, v)] {
             check_len("kv_write", "source", new.len(), src.end)?;
-            if cached.len() < dst.end {
-                cached.resize(dst.end, 0.0);
+            let slots = if self.kv_f16 { dst.end.div_ceil(2) } else { dst.end };
+            if cached.len() < slots {
+                cached.resize(slots, 0.0);
             }
-            cached[dst.clone()].copy_from_slice(&new[src.clone()]);
+            if self.kv_f16 {
+                f16s_mut(cached)[dst.clone()].convert_from_f32_slice(&new[src.clone()]);
+            } else {
+                cached[dst.clone()].copy_from_slice(&new[src.clone()]);
+            }
         }
         Ok(())
+    }
+
+    fn kv_value_bytes(&self) -> usize {
+        if self.kv_f16 { size_of::<f16>() } else { size_of::<f32>() }
     }
 
     fn attention(
@@ -528,8 +555,9 @@ impl Backend for Cpu {
             let SeqRows { row: q_row, n, first_pos } = *rows;
             let n_ctx = first_pos + n;
             check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
-            check_len("attention", "k cache", cache.k.len(), n_ctx * kv_len)?;
-            check_len("attention", "v cache", cache.v.len(), n_ctx * kv_len)?;
+            let per_slot = if self.kv_f16 { 2 } else { 1 };
+            check_len("attention", "k cache", cache.k.len() * per_slot, n_ctx * kv_len)?;
+            check_len("attention", "v cache", cache.v.len() * per_slot, n_ctx * kv_len)?;
             check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
         }
         let group = n_head / n_kv_head;
@@ -560,8 +588,14 @@ impl Backend for Cpu {
             let visible = first_pos + t + 1;
             let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
             let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
-            let kv = HeadRows { k: cache.k, v: cache.v, stride: kv_len, offset: g * head_dim, len: head_dim };
-            attend_partial(qg, &kv, positions, scale, &mut part);
+            let (stride, offset, len) = (kv_len, g * head_dim, head_dim);
+            if self.kv_f16 {
+                let (k, v) = (f16s(cache.k), f16s(cache.v));
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, &mut part);
+            } else {
+                let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, &mut part);
+            }
         });
         let mut first = 0;
         for (_, SeqRows { row: q_row, n, first_pos }) in seqs.iter().copied() {
@@ -667,29 +701,41 @@ mod tests {
     #[test]
     fn gqa_attention_matches_the_naive_form() {
         // Short, and long enough to be split into several runs of positions and merged; heads
-        // of 64 and 128 take the AVX-512 code where the CPU has it, 4 the portable one.
+        // of 64 and 128 take the AVX-512 code where the CPU has it, 4 the portable one; groups
+        // of 3 and 5 query heads per KV head (the AVX-512 code takes up to 4 or 2 per pass).
         for head_dim in [4, 64, 128] {
-            for (first, n) in [(3, 2), (ATTENTION_CHUNK * 2 + 5, 3)] {
-                gqa_attention_case(first, n, head_dim);
+            for (first, n) in [(3, 2), (0, 37), (ATTENTION_CHUNK * 2 + 5, 3)] {
+                for (n_head, n_kv_head) in [(6, 2), (5, 1), (9, 3)] {
+                    let shape = AttentionShape { n_head, n_kv_head, head_dim };
+                    gqa_attention_case(&backend(), first, n, shape, |x| x);
+                    // The fast path's cache holds f16: exactly the naive form on rounded rows.
+                    let fast = Cpu::new(2, Activations::Q8).expect("pool");
+                    gqa_attention_case(&fast, first, n, shape, |x| f16::from_f32(x).to_f32());
+                }
             }
         }
     }
 
-    fn gqa_attention_case(first: usize, n: usize, head_dim: usize) {
-        let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim };
-        let (q_len, kv_len) = (6 * head_dim, 2 * head_dim);
+    /// `b`'s attention against the naive form on keys and values passed through `stored`
+    /// (what the cache keeps of them), the cache filled by `kv_write`.
+    fn gqa_attention_case(b: &Cpu, first: usize, n: usize, shape: AttentionShape, stored: fn(f32) -> f32) {
+        let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
         let ctx = first + n;
         let f = |i: usize, m: f32| ((i as f32) * m).sin();
         let q: Vec<f32> = (0..n * q_len).map(|i| f(i, 0.7)).collect();
-        let k: Vec<f32> = (0..ctx * kv_len).map(|i| f(i, 1.3)).collect();
+        let k: Vec<f32> = (0..ctx * kv_len).map(|i| 30.0 * f(i, 1.3)).collect();
         let v: Vec<f32> = (0..ctx * kv_len).map(|i| f(i, 0.4)).collect();
         let mut out = vec![0.0; n * q_len];
-        let cache = KvLayer { k: k.clone(), v: v.clone() };
+        let mut cache = KvLayer { k: Vec::new(), v: Vec::new() };
+        let all = SeqRows { row: 0, n: ctx, first_pos: 0 };
+        b.kv_write(KvLayer { k: &mut cache.k, v: &mut cache.v }, &k, &v, all, kv_len).expect("kv_write");
         let rows = SeqRows { row: 0, n, first_pos: first };
-        backend().attention(&q, cache.as_ref(), rows, shape, &mut out).expect("attention");
+        b.attention(&q, cache.as_ref(), rows, shape, &mut out).expect("attention");
+        let (k, v): (Vec<f32>, Vec<f32>) =
+            (k.iter().map(|&x| stored(x)).collect(), v.iter().map(|&x| stored(x)).collect());
         let want = naive_attention(&q, &k, &v, n, first, shape);
         for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < TOL, "head_dim {head_dim}: {a} vs {b}");
+            assert!((a - b).abs() < TOL, "{shape:?}: {a} vs {b}");
         }
     }
 

@@ -2,6 +2,9 @@
 
 use std::ops::Range;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use crate::backend::{Rope, RopeLayout};
 
 /// Dot product with eight independent accumulators (vectorisable, and less rounding drift
@@ -62,10 +65,37 @@ fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
     }
 }
 
+/// An element of a KV cache: f32, or f16 where the activations are quantized anyway (half
+/// the memory, and half the bytes a long context makes attention read).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Whether this is f16 (the SIMD paths convert 16 elements per instruction).
+    const F16: bool;
+
+    /// `cache[at..at + len]` as f32: the slice itself, or converted into `scratch`.
+    fn row<'b>(cache: &'b [Self], at: usize, len: usize, scratch: &'b mut [f32]) -> &'b [f32];
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+
+    fn row<'b>(cache: &'b [f32], at: usize, len: usize, _scratch: &'b mut [f32]) -> &'b [f32] {
+        &cache[at..at + len]
+    }
+}
+
+impl KvElem for f16 {
+    const F16: bool = true;
+
+    fn row<'b>(cache: &'b [f16], at: usize, len: usize, scratch: &'b mut [f32]) -> &'b [f32] {
+        cache[at..at + len].convert_to_f32_slice(&mut scratch[..len]);
+        &scratch[..len]
+    }
+}
+
 /// One KV head's rows in a cache: position `p`'s key is `k[p * stride + offset..][..len]`.
-pub struct HeadRows<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+pub struct HeadRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
     pub stride: usize,
     pub offset: usize,
     pub len: usize,
@@ -75,15 +105,24 @@ pub struct HeadRows<'a> {
 /// over `positions`, as partial results to merge with [`merge_partials`]: per head, the
 /// running maximum score, the sum of `exp(score - max)`, and the value rows weighted by those
 /// exponentials (`head_dim + 2` floats per head in `out`). Dispatches once per call, so the
-/// per-position dot products inline into the AVX2 code.
-pub fn attend_partial(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
+/// per-position dot products inline into the SIMD code.
+pub fn attend_partial<T: KvElem>(
+    q: &[f32],
+    kv: &HeadRows<'_, T>,
+    positions: Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
         match kv.len {
             // SAFETY: the features were detected just above.
-            64 => return unsafe { avx512::attend_partial::<4>(q, kv, positions, scale, out) },
+            64 => return unsafe { avx512::attend_partial::<T, 4>(q, kv, positions, scale, out) },
             // SAFETY: as above.
-            128 => return unsafe { avx512::attend_partial::<8>(q, kv, positions, scale, out) },
+            128 => return unsafe { avx512::attend_partial::<T, 8>(q, kv, positions, scale, out) },
             _ => {}
         }
     }
@@ -98,24 +137,36 @@ pub fn attend_partial(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, sca
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_partial_avx2(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
+fn attend_partial_avx2<T: KvElem>(
+    q: &[f32],
+    kv: &HeadRows<'_, T>,
+    positions: Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
     attend_partial_body(q, kv, positions, scale, out);
 }
 
 #[inline(always)]
-fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, scale: f32, out: &mut [f32]) {
+fn attend_partial_body<T: KvElem>(
+    q: &[f32],
+    kv: &HeadRows<'_, T>,
+    positions: Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let hd = kv.len;
     let group = q.len() / hd;
     let len = positions.len();
-    // The caller checked that both caches hold every position asked for.
-    let row = |p: usize| p * kv.stride + kv.offset..p * kv.stride + kv.offset + hd;
-    // Heads outermost: one head's query and output stay in registers while the run of keys
-    // and values (a few tens of KB) stays in cache for the next head of the group.
+    let at = |p: usize| p * kv.stride + kv.offset;
+    let mut scratch = vec![0.0f32; hd];
+    // Positions outermost: each key and value row is read (and converted) once for every
+    // head of the group.
     let mut scores = vec![0.0f32; group * len];
-    for h in 0..group {
-        let qh = &q[h * hd..(h + 1) * hd];
-        for (s, p) in scores[h * len..(h + 1) * len].iter_mut().zip(positions.clone()) {
-            *s = dot_body(qh, &kv.k[row(p)]) * scale;
+    for (i, p) in positions.clone().enumerate() {
+        let k = T::row(kv.k, at(p), hd, &mut scratch);
+        for h in 0..group {
+            scores[h * len + i] = dot_body(&q[h * hd..(h + 1) * hd], k) * scale;
         }
     }
     for h in 0..group {
@@ -125,10 +176,10 @@ fn attend_partial_body(q: &[f32], kv: &HeadRows<'_>, positions: Range<usize>, sc
         part[1] = sum;
         part[2..].fill(0.0);
     }
-    for h in 0..group {
-        let acc = &mut out[h * (hd + 2) + 2..(h + 1) * (hd + 2)];
-        for (&w, p) in scores[h * len..(h + 1) * len].iter().zip(positions.clone()) {
-            axpy_body(w, &kv.v[row(p)], acc);
+    for (i, p) in positions.enumerate() {
+        let v = T::row(kv.v, at(p), hd, &mut scratch);
+        for h in 0..group {
+            axpy_body(scores[h * len + i], v, &mut out[h * (hd + 2) + 2..(h + 1) * (hd + 2)]);
         }
     }
 }
@@ -146,14 +197,15 @@ fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
     (max, sum)
 }
 
-/// Heads of 64 or 128 elements in 512-bit vectors: a head's query and output stay in
-/// registers, and score and value loops run without bounds checks.
+/// Heads of 64 or 128 elements in 512-bit vectors: each key and value row is loaded (and
+/// converted from f16) once for up to `16 / C` heads of the group, whose queries and outputs
+/// stay in registers; score and value loops run without bounds checks.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::HeadRows;
+    use super::{HeadRows, KvElem};
 
     /// Scores of this many (head, position) pairs stay on the stack.
     const STACK_SCORES: usize = 1024;
@@ -161,13 +213,13 @@ mod avx512 {
     /// [`super::attend_partial`] for heads of `16 * C` elements.
     ///
     /// # Safety
-    /// AVX-512F and FMA are available; `kv.len == 16 * C`; both caches hold every position of
-    /// `positions` at `offset..offset + len` of its row; `out` holds `head_dim + 2` floats per
-    /// query head of `q`.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn attend_partial<const C: usize>(
+    /// AVX-512F, FMA and F16C are available; `kv.len == 16 * C`; both caches hold every
+    /// position of `positions` at `offset..offset + len` of its row; `out` holds
+    /// `head_dim + 2` floats per query head of `q`.
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    pub(super) unsafe fn attend_partial<T: KvElem, const C: usize>(
         q: &[f32],
-        kv: &HeadRows<'_>,
+        kv: &HeadRows<'_, T>,
         positions: Range<usize>,
         scale: f32,
         out: &mut [f32],
@@ -182,36 +234,86 @@ mod avx512 {
             heap.resize(group * len, 0.0);
             &mut heap[..]
         };
-        let row = |cache: &[f32], p: usize| cache[p * kv.stride + kv.offset..][..hd].as_ptr();
-        for h in 0..group {
-            // SAFETY: `q` holds `group` heads of `hd` floats.
-            let qh: [__m512; C] = std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) });
-            for (s, p) in scores[h * len..(h + 1) * len].iter_mut().zip(positions.clone()) {
-                let k = row(kv.k, p);
-                let mut acc = _mm512_setzero_ps();
-                for (c, qc) in qh.iter().enumerate() {
-                    // SAFETY: `k` points at `hd` floats (sliced above).
-                    acc = _mm512_fmadd_ps(*qc, unsafe { _mm512_loadu_ps(k.add(16 * c)) }, acc);
+        // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
+        let per_pass = 16 / C;
+        let mut h = 0;
+        while h < group {
+            let heads = (group - h).min(per_pass);
+            let q = &q[h * hd..(h + heads) * hd];
+            let scores = &mut scores[h * len..(h + heads) * len];
+            let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
+            // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
+            unsafe {
+                match heads {
+                    1 => heads_pass::<T, C, 1>(q, kv, positions.clone(), scale, scores, out),
+                    2 => heads_pass::<T, C, 2>(q, kv, positions.clone(), scale, scores, out),
+                    3 => heads_pass::<T, C, 3>(q, kv, positions.clone(), scale, scores, out),
+                    _ => heads_pass::<T, C, 4>(q, kv, positions.clone(), scale, scores, out),
                 }
-                *s = _mm512_reduce_add_ps(acc) * scale;
+            }
+            h += heads;
+        }
+    }
+
+    /// 16 elements of a cache row from `p`, as f32. Compiled with its caller's features: a
+    /// vector returned across a feature boundary is passed in a different ABI.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    unsafe fn load<T: KvElem>(p: *const T) -> __m512 {
+        // SAFETY: the caller guarantees 16 elements at `p`.
+        unsafe { if T::F16 { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) } else { _mm512_loadu_ps(p.cast()) } }
+    }
+
+    /// Heads `0..H` of `q` (and of `scores`, `out`).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    unsafe fn heads_pass<T: KvElem, const C: usize, const H: usize>(
+        q: &[f32],
+        kv: &HeadRows<'_, T>,
+        positions: Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = 16 * C;
+        let len = positions.len();
+        let row = |cache: &[T], p: usize| cache[p * kv.stride + kv.offset..][..hd].as_ptr();
+        // SAFETY: `q` holds `H` heads of `hd` floats.
+        let qh: [[__m512; C]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) })
+        });
+        for (i, p) in positions.clone().enumerate() {
+            let k = row(kv.k, p);
+            // SAFETY: `k` points at `hd` elements (sliced above).
+            let k: [__m512; C] = std::array::from_fn(|c| unsafe { load(k.add(16 * c)) });
+            for (h, qh) in qh.iter().enumerate() {
+                let mut acc = _mm512_mul_ps(qh[0], k[0]);
+                for c in 1..C {
+                    acc = _mm512_fmadd_ps(qh[c], k[c], acc);
+                }
+                scores[h * len + i] = _mm512_reduce_add_ps(acc) * scale;
             }
         }
-        for h in 0..group {
-            let s = &mut scores[h * len..(h + 1) * len];
-            let (max, sum) = super::exp_shifted(s);
-            let mut acc = [_mm512_setzero_ps(); C];
-            for (&w, p) in s.iter().zip(positions.clone()) {
-                let v = row(kv.v, p);
-                let w = _mm512_set1_ps(w);
-                for (c, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: `v` points at `hd` floats (sliced above).
-                    *acc = _mm512_fmadd_ps(w, unsafe { _mm512_loadu_ps(v.add(16 * c)) }, *acc);
+        let mut parts = [(0.0f32, 0.0f32); H];
+        for (h, part) in parts.iter_mut().enumerate() {
+            *part = super::exp_shifted(&mut scores[h * len..(h + 1) * len]);
+        }
+        let mut acc = [[_mm512_setzero_ps(); C]; H];
+        for (i, p) in positions.enumerate() {
+            let v = row(kv.v, p);
+            // SAFETY: `v` points at `hd` elements (sliced above).
+            let v: [__m512; C] = std::array::from_fn(|c| unsafe { load(v.add(16 * c)) });
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(scores[h * len + i]);
+                for c in 0..C {
+                    acc[c] = _mm512_fmadd_ps(w, v[c], acc[c]);
                 }
             }
+        }
+        for h in 0..H {
             let part = &mut out[h * (hd + 2)..(h + 1) * (hd + 2)];
-            part[0] = max;
-            part[1] = sum;
-            for (c, acc) in acc.iter().enumerate() {
+            (part[0], part[1]) = parts[h];
+            for (c, acc) in acc[h].iter().enumerate() {
                 // SAFETY: `part[2..]` holds `hd` floats.
                 unsafe { _mm512_storeu_ps(part[2 + 16 * c..].as_mut_ptr(), *acc) };
             }
