@@ -147,7 +147,27 @@ struct RunArgs {
     json: bool,
 }
 
+/// Lets glibc's malloc keep memory it gets back instead of returning it to the kernel at once.
+/// A forward step allocates buffers of a few hundred KiB to a few MiB (logits, a prefill's
+/// activations) and frees them at its end; by default glibc maps each one afresh or trims the
+/// heap after it, so every step pays a page fault per 4 KiB touched (A/B in bench/RESULTS.md).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    const MMAP_THRESHOLD: libc::c_int = 16 << 20;
+    const TRIM_THRESHOLD: libc::c_int = 64 << 20;
+    // SAFETY: mallopt only changes allocator parameters, before any thread exists; a value it
+    // refuses leaves the default in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
