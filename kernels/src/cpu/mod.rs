@@ -67,6 +67,7 @@ mod pool;
 mod q16;
 mod q8;
 mod topology;
+mod vexp;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -638,8 +639,12 @@ impl Backend for Cpu {
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<(), KernelError> {
         check_len("silu_mul", "gate", gate.len(), len)?;
         check_len("silu_mul", "up", up.len(), len)?;
-        for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
-            *g = silu(*g) * u;
+        if self.activations == Activations::Q8 {
+            vexp::silu_mul(&mut gate[..len], &up[..len]);
+        } else {
+            for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
+                *g = silu(*g) * u;
+            }
         }
         Ok(())
     }

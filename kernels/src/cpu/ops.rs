@@ -296,7 +296,10 @@ mod avx512 {
         }
         let mut parts = [(0.0f32, 0.0f32); H];
         for (h, part) in parts.iter_mut().enumerate() {
-            *part = super::exp_shifted(&mut scores[h * len..(h + 1) * len]);
+            let scores = &mut scores[h * len..(h + 1) * len];
+            // f16 caches are the fast precision's, which takes the vector `exp`; the exact
+            // precision keeps libm's.
+            *part = if T::F16 { crate::cpu::vexp::avx512::exp_shifted(scores) } else { super::exp_shifted(scores) };
         }
         let mut acc = [[_mm512_setzero_ps(); C]; H];
         for (i, p) in positions.enumerate() {
