@@ -119,6 +119,8 @@ pub struct Cpu {
     packed_acts: Box<Mutex<(q8::Q8Acts, q16::Q16Acts)>>,
     /// Where repacked weights live (huge pages where the kernel has them).
     packed_weights: huge::Arena,
+    /// Boxed, like `packed_acts`.
+    rope_table: Box<Mutex<RopeTable>>,
     activations: Activations,
     /// KV caches hold f16 (with quantized activations; the exact path keeps f32). The
     /// backend's tensors are f32 vectors, so a cache stores two f16 per slot.
@@ -139,6 +141,7 @@ impl Cpu {
             pool,
             packed_acts: Box::default(),
             packed_weights: huge::Arena::default(),
+            rope_table: Box::default(),
             activations,
             kv_f16: activations == Activations::Q8,
             isa: q8::Isa::detect(),
@@ -224,6 +227,42 @@ impl Cpu {
             (true, Inputs::Sensitive) => RowKernel::Q16,
             (false, _) => RowKernel::F32,
         }
+    }
+}
+
+/// Positions the RoPE table holds at most (8 MiB of angles for 128-dimension heads); later
+/// ones are computed per call.
+const ROPE_TABLE_POSITIONS: usize = 1 << 15;
+
+/// RoPE's cosines and sines for positions `0..len`, computed once: every layer of every step
+/// turns its queries and keys by the same angles.
+#[derive(Default)]
+struct RopeTable {
+    /// The frequency base and rotated width the angles are for.
+    rope: Option<(f32, usize)>,
+    /// `n_rot / 2` pairs per position.
+    angles: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    /// Makes the table hold positions `0..len` for `rope`.
+    fn cover(&mut self, rope: &Rope, len: usize) {
+        let key = (rope.freq_base, rope.n_rot);
+        if self.rope != Some(key) {
+            self.rope = Some(key);
+            self.angles.clear();
+        }
+        let per = rope.n_rot / 2;
+        let mut pos_angles = Vec::with_capacity(per);
+        for pos in self.angles.len() / per.max(1)..len {
+            rope_angles(pos as u32, rope, &mut pos_angles);
+            self.angles.extend_from_slice(&pos_angles);
+        }
+    }
+
+    fn at(&self, pos: usize) -> &[(f32, f32)] {
+        let per = self.rope.map_or(0, |(_, n_rot)| n_rot / 2);
+        &self.angles[pos * per..(pos + 1) * per]
     }
 }
 
@@ -487,12 +526,24 @@ impl Backend for Cpu {
         if !row_len.is_multiple_of(head_dim) {
             return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
+        let end = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        if end > ROPE_TABLE_POSITIONS {
+            let mut angles = Vec::with_capacity(rope.n_rot / 2);
+            for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
+                rope_angles(pos, rope, &mut angles);
+                for head in row.chunks_exact_mut(head_dim) {
+                    rope_apply(head, &angles, rope.layout);
+                }
+            }
+            return Ok(());
+        }
+        let mut table = self.rope_table.lock().unwrap_or_else(|e| e.into_inner());
+        table.cover(rope, end);
         // One set of angles per position serves every head of the row.
-        let mut angles = Vec::with_capacity(rope.n_rot / 2);
         for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
-            rope_angles(pos, rope, &mut angles);
+            let angles = table.at(pos as usize);
             for head in row.chunks_exact_mut(head_dim) {
-                rope_apply(head, &angles, rope.layout);
+                rope_apply(head, angles, rope.layout);
             }
         }
         Ok(())
