@@ -88,7 +88,7 @@ pub fn serial(tasks: usize, task: &Parallel) {
 
 /// Blocks per quantization task: enough that a task outweighs handing it out.
 pub(super) fn blocks_per_task(blocks: usize) -> usize {
-    const MIN_BLOCKS: usize = 256;
+    const MIN_BLOCKS: usize = 64;
     blocks.div_ceil(8).max(MIN_BLOCKS)
 }
 
