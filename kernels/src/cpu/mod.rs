@@ -796,6 +796,27 @@ mod tests {
     }
 
     #[test]
+    fn rope_turns_each_head_as_rope_row_does_inside_and_beyond_the_angle_table() {
+        let b = backend();
+        let (head_dim, heads) = (8, 3);
+        for layout in [crate::RopeLayout::Normal, crate::RopeLayout::Neox] {
+            let rope = Rope { layout, freq_base: 10_000.0, n_rot: 6 };
+            for positions in [vec![0, 7, 3], vec![5, ROPE_TABLE_POSITIONS as u32 + 9]] {
+                let x: Vec<f32> = (0..positions.len() * heads * head_dim).map(|i| (i as f32 * 0.3).sin()).collect();
+                let mut got = x.clone();
+                b.rope(&mut got, head_dim, &positions, &rope).expect("rope");
+                let mut want = x;
+                for (row, &pos) in want.chunks_exact_mut(heads * head_dim).zip(&positions) {
+                    for head in row.chunks_exact_mut(head_dim) {
+                        rope_row(head, pos, &rope);
+                    }
+                }
+                assert_eq!(got, want, "{layout:?} at {positions:?}");
+            }
+        }
+    }
+
+    #[test]
     fn attention_rejects_short_caches() {
         let shape = AttentionShape { n_head: 2, n_kv_head: 1, head_dim: 2 };
         let mut out = vec![0.0; 4];
