@@ -95,14 +95,6 @@ impl Arena {
 }
 
 impl Region {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `offset..offset + len` lies inside the chunk's mapping, which the `Arc`
         // keeps alive; no other region overlaps it, and writes need `&mut self`.
@@ -125,7 +117,7 @@ mod tests {
         let sizes = [100, 64, 5000, CHUNK / 2, CHUNK / 2 + 1, 3];
         let mut regions: Vec<Region> = sizes.iter().map(|&n| arena.alloc(n).expect("alloc")).collect();
         for (i, (r, &n)) in regions.iter_mut().zip(&sizes).enumerate() {
-            assert!(r.len() >= n && r.len().is_multiple_of(64));
+            assert!(r.bytes().len() >= n && r.bytes().len().is_multiple_of(64));
             assert_eq!(r.bytes().as_ptr() as usize % 64, 0);
             assert!(r.bytes().iter().all(|&b| b == 0));
             r.bytes_mut().fill(i as u8 + 1);

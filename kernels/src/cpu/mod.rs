@@ -527,21 +527,20 @@ impl Backend for Cpu {
             return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
         let end = positions.iter().max().map_or(0, |&p| p as usize + 1);
-        if end > ROPE_TABLE_POSITIONS {
-            let mut angles = Vec::with_capacity(rope.n_rot / 2);
-            for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
-                rope_angles(pos, rope, &mut angles);
-                for head in row.chunks_exact_mut(head_dim) {
-                    rope_apply(head, &angles, rope.layout);
-                }
-            }
-            return Ok(());
-        }
+        let tabled = end <= ROPE_TABLE_POSITIONS;
         let mut table = self.rope_table.lock().unwrap_or_else(|e| e.into_inner());
-        table.cover(rope, end);
+        if tabled {
+            table.cover(rope, end);
+        }
+        let mut computed = Vec::with_capacity(if tabled { 0 } else { rope.n_rot / 2 });
         // One set of angles per position serves every head of the row.
         for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
-            let angles = table.at(pos as usize);
+            let angles = if tabled {
+                table.at(pos as usize)
+            } else {
+                rope_angles(pos, rope, &mut computed);
+                &computed
+            };
             for head in row.chunks_exact_mut(head_dim) {
                 rope_apply(head, angles, rope.layout);
             }
@@ -693,9 +692,7 @@ impl Backend for Cpu {
         if self.activations == Activations::Q8 {
             vexp::silu_mul(&mut gate[..len], &up[..len]);
         } else {
-            for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
-                *g = silu(*g) * u;
-            }
+            ops::silu_mul(&mut gate[..len], &up[..len]);
         }
         Ok(())
     }

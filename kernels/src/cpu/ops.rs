@@ -354,6 +354,13 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// `*g = silu(*g) * u` over the slices, with libm's `exp`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
 /// The cosines and sines RoPE turns the pairs of a head by at one position, pair by pair.
 /// Angles are computed in f64 so long positions keep precision.
 pub fn rope_angles(pos: u32, rope: &Rope, out: &mut Vec<(f32, f32)>) {

@@ -100,15 +100,7 @@ impl Q16Acts {
 /// Quantizes whole blocks: one scale and `Σ d·q` per 32 elements.
 fn quantize_q16(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32]) {
     for (b, (xs, qs)) in x.chunks_exact(QB).zip(q.chunks_exact_mut(QB)).enumerate() {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 32767.0;
-        let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut isum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
-            let r = super::q8::round_small(v * id) as i16;
-            *q = r;
-            isum += i32::from(r);
-        }
+        let (scale, isum) = super::q8::quantize_block(xs, qs, 32767.0, |r| r as i16);
         d[b] = scale;
         sum[b] = scale * isum as f32;
     }

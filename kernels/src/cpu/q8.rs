@@ -73,7 +73,7 @@ impl Q8Acts {
 /// away 1.5·2^23 leaves just the integer part in the mantissa. Plain arithmetic, so the
 /// quantization loops vectorise (`f32::round` is a libm call on baseline x86-64).
 #[inline(always)]
-pub(super) fn round_small(x: f32) -> f32 {
+fn round_small(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0;
     (x + SHIFT) - SHIFT
 }
@@ -92,18 +92,31 @@ pub(super) fn blocks_per_task(blocks: usize) -> usize {
     blocks.div_ceil(8).max(MIN_BLOCKS)
 }
 
+/// Rounds `xs` into `qs` with the scale that maps the largest magnitude to `limit` (`to_q`
+/// converts an already rounded value); returns the scale and `Σ q`.
+#[inline(always)]
+pub(super) fn quantize_block<Q: Copy + Into<i32>>(
+    xs: &[f32],
+    qs: &mut [Q],
+    limit: f32,
+    to_q: impl Fn(f32) -> Q,
+) -> (f32, i32) {
+    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / limit;
+    let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut isum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        let r = to_q(round_small(v * id));
+        *q = r;
+        isum += r.into();
+    }
+    (scale, isum)
+}
+
 /// Quantizes whole blocks: scales and `Σ q` per 16 elements, `Σ d·q` per 32.
 fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32], qsum: &mut [i32], sum: &mut [f32]) {
     for (h, (xs, qs)) in x.chunks_exact(QA).zip(q.chunks_exact_mut(QA)).enumerate() {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut isum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
-            let r = round_small(v * id) as i8;
-            *q = r;
-            isum += i32::from(r);
-        }
+        let (scale, isum) = quantize_block(xs, qs, 127.0, |r| r as i8);
         d[h] = scale;
         qsum[h] = isum;
         if h % 2 == 0 {

@@ -12,9 +12,7 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
         unsafe { avx512::silu_mul(gate, up) };
         return;
     }
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = super::ops::silu(*g) * u;
-    }
+    super::ops::silu_mul(gate, up);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -84,9 +82,7 @@ pub(super) mod avx512 {
                 _mm512_storeu_ps(gate.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u));
             }
         }
-        for (g, &u) in gate[whole..len].iter_mut().zip(&up[whole..len]) {
-            *g = super::super::ops::silu(*g) * u;
-        }
+        super::super::ops::silu_mul(&mut gate[whole..len], &up[whole..len]);
     }
 }
 
