@@ -59,6 +59,7 @@ macro_rules! entry_points {
     };
 }
 
+mod actquant;
 pub mod huge;
 mod kquant;
 mod ops;

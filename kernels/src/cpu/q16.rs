@@ -32,8 +32,8 @@ impl Q16Acts {
         self.quantize_with(x, n, cols, false, serial);
     }
 
-    /// [`Q16Acts::quantize`], also split into `hi`, `lo`, `qsum` and `hisum` when `split`, runs of blocks spread
-    /// by `parallel(tasks, task)` (a pool's section).
+    /// [`Q16Acts::quantize`], also split into `hi`, `lo`, `qsum` and `hisum` when `split` (in
+    /// the same pass), runs of blocks spread by `parallel(tasks, task)` (a pool's section).
     pub fn quantize_with(
         &mut self,
         x: &[f32],
@@ -46,43 +46,31 @@ impl Q16Acts {
         self.d.resize(len / QB, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.q.resize(len, 0);
+        let split_len = if split { len } else { 0 };
+        self.hi.resize(split_len, 0);
+        self.lo.resize(split_len, 0);
+        self.qsum.resize(split_len / QB, 0);
+        self.hisum.resize(split_len / QB, 0);
         let run = blocks_per_task(len / QB);
+        let runs = (len / QB).div_ceil(run);
+        let splits: Vec<Option<Split>> = if split {
+            let halves = self.hi.chunks_mut(run * QB).zip(self.lo.chunks_mut(run * QB));
+            let sums = self.qsum.chunks_mut(run).zip(self.hisum.chunks_mut(run));
+            halves.zip(sums).map(|((hi, lo), (qsum, hisum))| Some(Split { hi, lo, qsum, hisum })).collect()
+        } else {
+            (0..runs).map(|_| None).collect()
+        };
         let parts: Vec<Mutex<_>> = x[..len]
             .chunks(run * QB)
             .zip(self.q.chunks_mut(run * QB))
             .zip(self.d.chunks_mut(run).zip(self.sum.chunks_mut(run)))
+            .zip(splits)
             .map(Mutex::new)
             .collect();
         parallel(parts.len(), &|i| {
             let Ok(mut part) = parts[i].lock() else { return };
-            let ((x, q), (d, sum)) = &mut *part;
-            quantize_q16(x, q, d, sum);
-        });
-        drop(parts);
-        if split {
-            self.split_with(&parallel);
-        }
-    }
-
-    /// Fills `hi`, `lo`, `qsum` and `hisum` from the quants.
-    fn split_with(&mut self, parallel: &impl Fn(usize, &Parallel)) {
-        let len = self.q.len();
-        self.hi.resize(len, 0);
-        self.lo.resize(len, 0);
-        self.qsum.resize(len / QB, 0);
-        self.hisum.resize(len / QB, 0);
-        let run = blocks_per_task(len / QB);
-        let parts: Vec<Mutex<_>> = self
-            .q
-            .chunks(run * QB)
-            .zip(self.hi.chunks_mut(run * QB).zip(self.lo.chunks_mut(run * QB)))
-            .zip(self.qsum.chunks_mut(run).zip(self.hisum.chunks_mut(run)))
-            .map(Mutex::new)
-            .collect();
-        parallel(parts.len(), &|i| {
-            let Ok(mut part) = parts[i].lock() else { return };
-            let ((q, (hi, lo)), (qsum, hisum)) = &mut *part;
-            split_blocks(q, hi, lo, qsum, hisum);
+            let (((x, q), (d, sum)), split) = &mut *part;
+            quantize_q16(x, q, d, sum, split.take());
         });
     }
 
@@ -97,19 +85,43 @@ impl Q16Acts {
     }
 }
 
-/// Quantizes whole blocks: one scale and `Σ d·q` per 32 elements.
-fn quantize_q16(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32]) {
+/// Where a quantization also writes each quant as `256·hi + lo` and per block `Σ q` and `Σ hi`
+/// (the packed kernels' operands).
+pub(super) struct Split<'a> {
+    pub hi: &'a mut [i8],
+    pub lo: &'a mut [u8],
+    pub qsum: &'a mut [i32],
+    pub hisum: &'a mut [i32],
+}
+
+/// Quantizes whole blocks: one scale and `Σ d·q` per 32 elements, and the split quants when
+/// asked.
+fn quantize_q16(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], split: Option<Split>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::actquant::avx512_available() {
+        // SAFETY: AVX-512F was detected; the slices are one run's blocks, scales and sums.
+        unsafe { super::actquant::avx512::quantize_q16(x, q, d, sum, split) };
+        return;
+    }
+    quantize_q16_ref(x, q, d, sum, split);
+}
+
+/// [`quantize_q16`]'s scalar twin.
+pub(super) fn quantize_q16_ref(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], split: Option<Split>) {
     for (b, (xs, qs)) in x.chunks_exact(QB).zip(q.chunks_exact_mut(QB)).enumerate() {
         let (scale, isum) = super::q8::quantize_block(xs, qs, 32767.0, |r| r as i16);
         d[b] = scale;
         sum[b] = scale * isum as f32;
     }
+    if let Some(s) = split {
+        split_blocks(q, s);
+    }
 }
 
 /// Each quant as `256·hi + lo`, and per block `Σ q` and `Σ hi`.
-fn split_blocks(q: &[i16], hi: &mut [i8], lo: &mut [u8], qsum: &mut [i32], hisum: &mut [i32]) {
-    let blocks = q.chunks_exact(QB).zip(hi.chunks_exact_mut(QB)).zip(lo.chunks_exact_mut(QB));
-    for (((qs, his), los), (qsum, hisum)) in blocks.zip(qsum.iter_mut().zip(hisum.iter_mut())) {
+fn split_blocks(q: &[i16], s: Split) {
+    let blocks = q.chunks_exact(QB).zip(s.hi.chunks_exact_mut(QB)).zip(s.lo.chunks_exact_mut(QB));
+    for (((qs, his), los), (qsum, hisum)) in blocks.zip(s.qsum.iter_mut().zip(s.hisum.iter_mut())) {
         let (mut q_total, mut hi_total) = (0i32, 0i32);
         for ((&q, hi), lo) in qs.iter().zip(his.iter_mut()).zip(los.iter_mut()) {
             *hi = (q >> 8) as i8;

@@ -115,6 +115,17 @@ pub(super) fn quantize_block<Q: Copy + Into<i32>>(
 
 /// Quantizes whole blocks: scales and `Σ q` per 16 elements, `Σ d·q` per 32.
 fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32], qsum: &mut [i32], sum: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::actquant::avx512_available() {
+        // SAFETY: AVX-512F was detected; the slices are one run's blocks, scales and sums.
+        unsafe { super::actquant::avx512::quantize_q8(x, q, d, qsum, sum) };
+        return;
+    }
+    quantize_q8_ref(x, q, d, qsum, sum);
+}
+
+/// [`quantize_q8`]'s scalar twin.
+pub(super) fn quantize_q8_ref(x: &[f32], q: &mut [i8], d: &mut [f32], qsum: &mut [i32], sum: &mut [f32]) {
     for (h, (xs, qs)) in x.chunks_exact(QA).zip(q.chunks_exact_mut(QA)).enumerate() {
         let (scale, isum) = quantize_block(xs, qs, 127.0, |r| r as i8);
         d[h] = scale;
