@@ -148,7 +148,7 @@ mod tests {
             )
         };
         let want = run(false);
-        assert!(want.0.iter().any(|&q| q == 127) && want.0.iter().any(|&q| q == -127));
+        assert!(want.0.contains(&127) && want.0.contains(&-127));
         assert_eq!(run(true), want);
     }
 
@@ -175,7 +175,7 @@ mod tests {
                 (q, bits(&d), bits(&sum), hi, lo, qsum, hisum)
             };
             let want = run(false);
-            assert!(want.0.iter().any(|&q| q == 32767) && want.0.iter().any(|&q| q == -32767));
+            assert!(want.0.contains(&32767) && want.0.contains(&-32767));
             assert_eq!(want.3.iter().any(|&h| h != 0), split);
             assert_eq!(run(true), want, "split: {split}");
         }
