@@ -109,6 +109,8 @@ struct Row {
     /// yields.
     decode_bytes_per_token: f64,
     decode_floor_tok_s: f64,
+    /// What bounded the decode steps, measured right before and right after them.
+    bw: Bandwidth,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -123,32 +125,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let kv_per_pos = engine.kv_bytes_per_position() as f64;
     eprintln!("realm bench: backend {}", engine.backend_note());
+    let threads = engine.threads();
+    let mut probe = Probe { device: engine.device_copy_bandwidth()?, threads, peak_rss: 0, hwm_reset: true };
 
     let mut measured = Vec::new();
     for &b in &args.batch {
         for &p in &args.prompt_tokens {
             let prompts = vec![make_prompt(&engine, p)?; b];
             generate_once(&engine, &prompts, args.gen_tokens)?; // warm-up
+            let before = probe.measure()?;
             let samples = (0..args.repeat)
                 .map(|_| generate_once(&engine, &prompts, args.gen_tokens))
                 .collect::<Result<Vec<_>>>()?;
-            measured.push((b, p, samples));
+            let after = probe.measure()?;
+            measured.push((b, p, samples, before.best_of(after)));
         }
     }
-    // Read before the probe, whose buffer would otherwise be the peak.
-    let peak_rss = peak_rss_bytes();
-    let threads = engine.threads();
+    let peak_rss = probe.peak_rss();
     let backend = engine.backend_kind().to_string();
-    let device_bw = engine.device_copy_bandwidth()?;
     drop(engine);
-    let bw = match device_bw {
-        Some(b) => Bandwidth::Device(b),
-        None => Bandwidth::Host(membw::measure(PROBE_BYTES, threads, PROBE_PASSES)?),
-    };
 
     let rows: Vec<Row> = measured
         .into_iter()
-        .map(|(b, p, samples)| {
+        .map(|(b, p, samples, bw)| {
             let stat = |f: fn(&Sample) -> f64| Stat::of(&samples.iter().map(f).collect::<Vec<_>>());
             // Decode step i (1..gen) attends over p + i positions: p + gen/2 on average; a
             // step reads the weights once for the whole batch and each sequence's cache.
@@ -162,10 +161,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 decode_tok_s: stat(|s| s.decode_tok_s),
                 decode_bytes_per_token: step_bytes / b as f64,
                 decode_floor_tok_s: bw.bytes_per_s() * b as f64 / step_bytes,
+                bw,
             }
         })
         .collect();
 
+    let bw =
+        rows.iter().map(|r| r.bw).reduce(Bandwidth::best_of).context("no prompt length or batch size to measure")?;
     let report = Report { path: &path, args: &args, backend, threads, weight_bytes, kv_per_pos, bw, peak_rss, rows };
     if args.json {
         println!("{}", report.json());
@@ -201,7 +203,43 @@ fn generate_once(engine: &Engine, prompts: &[Vec<u32>], gen_tokens: usize) -> Re
     })
 }
 
+/// Measures the bandwidth that bounds decode next to each row's runs: a shared host's
+/// bandwidth moves by a third within minutes, so a floor from a probe taken minutes away says
+/// more about the neighbours than about the engine.
+struct Probe {
+    /// The GPU's copy bandwidth, measured once; `None` on the CPU backend.
+    device: Option<f64>,
+    threads: usize,
+    /// The largest peak RSS read before a probe mapped its buffer.
+    peak_rss: u64,
+    /// Whether resetting the kernel's peak after each probe has worked so far.
+    hwm_reset: bool,
+}
+
+impl Probe {
+    fn measure(&mut self) -> Result<Bandwidth> {
+        if let Some(b) = self.device {
+            return Ok(Bandwidth::Device(b));
+        }
+        if self.hwm_reset {
+            self.peak_rss = self.peak_rss.max(peak_rss_bytes());
+        }
+        let bw = membw::measure(PROBE_BYTES, self.threads, PROBE_PASSES)?;
+        // The probe's gigabyte is not the engine's memory: the peak starts again from what is
+        // resident now (Linux's clear_refs "5"). Where that fails, later peaks would include
+        // the probe, so only the readings before the first probe count.
+        self.hwm_reset = self.hwm_reset && std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        Ok(Bandwidth::Host(bw))
+    }
+
+    /// The whole run's peak RSS, probes' buffers left out.
+    fn peak_rss(&self) -> u64 {
+        if self.hwm_reset { self.peak_rss.max(peak_rss_bytes()) } else { self.peak_rss }
+    }
+}
+
 /// What bounds a decode step: the host's DRAM read bandwidth, or the GPU's copy bandwidth.
+#[derive(Clone, Copy)]
 enum Bandwidth {
     Host(membw::ReadBandwidth),
     /// Device-to-device copy, bytes read plus written per second.
@@ -209,6 +247,11 @@ enum Bandwidth {
 }
 
 impl Bandwidth {
+    /// The faster of two measurements.
+    fn best_of(self, other: Bandwidth) -> Bandwidth {
+        if other.bytes_per_s() > self.bytes_per_s() { other } else { self }
+    }
+
     fn bytes_per_s(&self) -> f64 {
         match self {
             Bandwidth::Host(b) => b.bytes_per_s,
@@ -226,7 +269,8 @@ impl Bandwidth {
     fn describe(&self) -> String {
         match self {
             Bandwidth::Host(b) => format!(
-                "read bandwidth {:.1} GB/s ({} threads streaming {} MiB, best of {}, median {:.1})",
+                "read bandwidth up to {:.1} GB/s ({} threads streaming {} MiB right before and after each row's \
+                 runs, best of {} passes, median {:.1})",
                 b.bytes_per_s / 1e9,
                 b.threads,
                 b.buffer_bytes >> 20,
@@ -314,6 +358,7 @@ impl Report<'_> {
                     "decode_bytes_per_token": r.decode_bytes_per_token,
                     "decode_floor_tok_s": r.decode_floor_tok_s,
                     "decode_floor_share": r.decode_tok_s.median / r.decode_floor_tok_s,
+                    "read_bandwidth_gb_s": r.bw.bytes_per_s() / 1e9,
                 })
             })
             .collect();
@@ -357,26 +402,28 @@ impl Report<'_> {
             mib(self.peak_rss as f64)
         );
         s += &format!(
-            "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11} {:>6}\n",
+            "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>6}  {:>11} {:>6}\n",
             "batch",
             "prompt",
             "gen",
             "prefill tok/s (min-max)",
             "TTFT ms (min-max)",
             "decode tok/s (min-max)",
+            "GB/s",
             "floor tok/s",
             "share"
         );
         let cell = |st: &Stat| format!("{:.1} ({:.1}-{:.1})", st.median, st.min, st.max);
         for r in &self.rows {
             s += &format!(
-                "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>11.1} {:>5.0}%\n",
+                "{:>5} {:>7} {:>7}  {:>26}  {:>26}  {:>24}  {:>6.1}  {:>11.1} {:>5.0}%\n",
                 r.batch,
                 r.prompt_tokens,
                 self.args.gen_tokens,
                 cell(&r.prefill_tok_s),
                 cell(&r.ttft_ms),
                 cell(&r.decode_tok_s),
+                r.bw.bytes_per_s() / 1e9,
                 r.decode_floor_tok_s,
                 100.0 * r.decode_tok_s.median / r.decode_floor_tok_s,
             );

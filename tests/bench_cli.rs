@@ -55,4 +55,6 @@ fn bench_json_reports_speed_memory_and_the_bandwidth_floor() {
     assert!(bytes > weights && bytes <= weights + kv * 12.0, "decode bytes {bytes} vs weights {weights}, kv {kv}");
     positive(r, "decode_floor_tok_s");
     positive(r, "decode_floor_share");
+    // Each row's probes are among those the top-level best is the best of.
+    assert!(positive(r, "read_bandwidth_gb_s") <= best);
 }
