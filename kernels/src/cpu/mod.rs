@@ -81,7 +81,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 pub use ops::{
-    HeadRows, KvElem, attend_partial, axpy, dot, merge_partials, rms_norm_row, rope_angles, rope_apply, rope_row, silu,
+    HeadRows, KvElem, attend_partial, axpy, blocked_key, dot, merge_partials, rms_norm_row, rope_angles, rope_apply,
+    rope_row, silu,
 };
 pub use q8::Isa;
 pub use topology::physical_cores;
@@ -560,17 +561,29 @@ impl Backend for Cpu {
         let SeqRows { row, n, first_pos } = rows;
         let src = row * row_len..(row + n) * row_len;
         let dst = first_pos * row_len..(first_pos + n) * row_len;
-        for (cached, new) in [(cache.k, k), (cache.v, v)] {
-            check_len("kv_write", "source", new.len(), src.end)?;
-            let slots = if self.kv_f16 { dst.end.div_ceil(2) } else { dst.end };
+        check_len("kv_write", "source", k.len().min(v.len()), src.end)?;
+        let end = first_pos + n;
+        let grow = |cached: &mut Vec<f32>, elems: usize| {
+            let slots = if self.kv_f16 { elems.div_ceil(2) } else { elems };
             if cached.len() < slots {
                 cached.resize(slots, 0.0);
             }
-            if self.kv_f16 {
-                f16s_mut(cached)[dst.clone()].convert_from_f32_slice(&new[src.clone()]);
-            } else {
-                cached[dst.clone()].copy_from_slice(&new[src.clone()]);
+        };
+        if self.kv_f16 {
+            grow(cache.k, <f16 as KvElem>::key_slots(end, row_len));
+            grow(cache.v, end * row_len);
+            let keys = f16s_mut(cache.k);
+            for (i, new) in k[src.clone()].chunks_exact(row_len).enumerate() {
+                for (j, &x) in new.iter().enumerate() {
+                    keys[blocked_key(first_pos + i, j, row_len)] = f16::from_f32(x);
+                }
             }
+            f16s_mut(cache.v)[dst].convert_from_f32_slice(&v[src]);
+        } else {
+            grow(cache.k, end * row_len);
+            grow(cache.v, end * row_len);
+            cache.k[dst.clone()].copy_from_slice(&k[src.clone()]);
+            cache.v[dst].copy_from_slice(&v[src]);
         }
         Ok(())
     }
@@ -607,8 +620,12 @@ impl Backend for Cpu {
             let SeqRows { row: q_row, n, first_pos } = *rows;
             let n_ctx = first_pos + n;
             check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
-            let per_slot = if self.kv_f16 { 2 } else { 1 };
-            check_len("attention", "k cache", cache.k.len() * per_slot, n_ctx * kv_len)?;
+            let (per_slot, key_slots) = if self.kv_f16 {
+                (2, <f16 as KvElem>::key_slots(n_ctx, kv_len))
+            } else {
+                (1, <f32 as KvElem>::key_slots(n_ctx, kv_len))
+            };
+            check_len("attention", "k cache", cache.k.len() * per_slot, key_slots)?;
             check_len("attention", "v cache", cache.v.len() * per_slot, n_ctx * kv_len)?;
             check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
         }

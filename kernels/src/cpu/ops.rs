@@ -67,12 +67,41 @@ fn axpy_body(w: f32, v: &[f32], out: &mut [f32]) {
 
 /// An element of a KV cache: f32, or f16 where the activations are quantized anyway (half
 /// the memory, and half the bytes a long context makes attention read).
+///
+/// Values are position-major: position `p`'s row of every KV head at `p * stride`. Keys are
+/// too in f32; in f16 they are blocked by [`KEY_BLOCK`] positions, each element of a row
+/// followed by the same element of the block's next positions (see [`blocked_key`]), so a
+/// 16-lane vector holds one element of 16 positions and the scores of 16 positions add up
+/// without a horizontal sum.
 pub trait KvElem: Copy + Send + Sync + 'static {
-    /// Whether this is f16 (the SIMD paths convert 16 elements per instruction).
+    /// Whether this is f16 (the SIMD paths convert 16 elements per instruction), with its
+    /// keys blocked.
     const F16: bool;
 
     /// `cache[at..at + len]` as f32: the slice itself, or converted into `scratch`.
     fn row<'b>(cache: &'b [Self], at: usize, len: usize, scratch: &'b mut [f32]) -> &'b [f32];
+
+    /// Elements `offset..offset + len` of position `p`'s key in a cache of `stride`-element
+    /// rows, as f32.
+    fn key<'b>(
+        cache: &'b [Self],
+        p: usize,
+        stride: usize,
+        offset: usize,
+        len: usize,
+        scratch: &'b mut [f32],
+    ) -> &'b [f32];
+
+    /// Elements a key cache of `stride`-element rows needs to hold positions `0..positions`.
+    fn key_slots(positions: usize, stride: usize) -> usize;
+}
+
+/// Positions per block of an f16 key cache.
+pub const KEY_BLOCK: usize = 16;
+
+/// Where element `j` of position `p`'s key lies in an f16 key cache of `stride`-element rows.
+pub fn blocked_key(p: usize, j: usize, stride: usize) -> usize {
+    (p / KEY_BLOCK * stride + j) * KEY_BLOCK + p % KEY_BLOCK
 }
 
 impl KvElem for f32 {
@@ -80,6 +109,14 @@ impl KvElem for f32 {
 
     fn row<'b>(cache: &'b [f32], at: usize, len: usize, _scratch: &'b mut [f32]) -> &'b [f32] {
         &cache[at..at + len]
+    }
+
+    fn key<'b>(cache: &'b [f32], p: usize, stride: usize, offset: usize, len: usize, _: &'b mut [f32]) -> &'b [f32] {
+        &cache[p * stride + offset..][..len]
+    }
+
+    fn key_slots(positions: usize, stride: usize) -> usize {
+        positions * stride
     }
 }
 
@@ -90,9 +127,28 @@ impl KvElem for f16 {
         cache[at..at + len].convert_to_f32_slice(&mut scratch[..len]);
         &scratch[..len]
     }
+
+    fn key<'b>(
+        cache: &'b [f16],
+        p: usize,
+        stride: usize,
+        offset: usize,
+        len: usize,
+        scratch: &'b mut [f32],
+    ) -> &'b [f32] {
+        for (j, x) in scratch[..len].iter_mut().enumerate() {
+            *x = cache[blocked_key(p, offset + j, stride)].to_f32();
+        }
+        &scratch[..len]
+    }
+
+    fn key_slots(positions: usize, stride: usize) -> usize {
+        positions.div_ceil(KEY_BLOCK) * KEY_BLOCK * stride
+    }
 }
 
-/// One KV head's rows in a cache: position `p`'s key is `k[p * stride + offset..][..len]`.
+/// One KV head's rows in a cache: position `p`'s value is `v[p * stride + offset..][..len]`,
+/// its key the same elements of `k` in the layout [`KvElem`] gives.
 pub struct HeadRows<'a, T> {
     pub k: &'a [T],
     pub v: &'a [T],
@@ -113,6 +169,9 @@ pub fn attend_partial<T: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
+    assert!(kv.offset + kv.len <= kv.stride, "a head's elements lie inside its row");
+    assert!(kv.k.len() >= T::key_slots(positions.end, kv.stride), "the key cache holds every position");
+    assert!(kv.v.len() >= positions.end * kv.stride, "the value cache holds every position");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("fma")
@@ -164,7 +223,7 @@ fn attend_partial_body<T: KvElem>(
     // head of the group.
     let mut scores = vec![0.0f32; group * len];
     for (i, p) in positions.clone().enumerate() {
-        let k = T::row(kv.k, at(p), hd, &mut scratch);
+        let k = T::key(kv.k, p, kv.stride, kv.offset, hd, &mut scratch);
         for h in 0..group {
             scores[h * len + i] = dot_body(&q[h * hd..(h + 1) * hd], k) * scale;
         }
@@ -264,6 +323,58 @@ mod avx512 {
         unsafe { if T::F16 { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) } else { _mm512_loadu_ps(p.cast()) } }
     }
 
+    /// Scores of heads `0..H` of `q` against the f16 keys of `kv` at `positions`, times
+    /// `scale`, into `scores` (`positions.len()` per head). A block's 16 positions are the 16
+    /// lanes: each key element meets a broadcast query element, so no sum crosses lanes; four
+    /// accumulators per head keep the FMA chains short.
+    ///
+    /// # Safety
+    /// `T` is f16 (keys blocked); `kv.k` holds the keys of every block `positions` touches; `q`
+    /// holds `H * kv.len` floats and `scores` `H * positions.len()`; `kv.len` is a multiple of 4.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma,f16c")]
+    unsafe fn blocked_scores<T: KvElem, const H: usize>(
+        q: &[f32],
+        kv: &HeadRows<'_, T>,
+        positions: Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let (hd, stride, offset, k) = (kv.len, kv.stride, kv.offset, kv.k.as_ptr().cast::<u16>());
+        const B: usize = super::KEY_BLOCK;
+        let len = positions.len();
+        let scale = _mm512_set1_ps(scale);
+        let mut block = positions.start / B;
+        while block * B < positions.end {
+            let first = block * B;
+            // SAFETY (this block): the block's `hd` rows of 16 keys at `offset` lie in `k`;
+            // query elements are read below `H * hd`.
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            let base = unsafe { k.add((block * stride + offset) * B) };
+            for d in (0..hd).step_by(4) {
+                for u in 0..4 {
+                    let kt = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((d + u) * B).cast())) };
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let qd = unsafe { _mm512_set1_ps(*q.get_unchecked(h * hd + d + u)) };
+                        acc[u] = _mm512_fmadd_ps(qd, kt, acc[u]);
+                    }
+                }
+            }
+            // Lanes of positions outside the range (a block's start or end) are not stored.
+            let lo = positions.start.saturating_sub(first);
+            let hi = (positions.end - first).min(B);
+            let mask: __mmask16 = ((1u32 << hi) - (1u32 << lo)) as __mmask16;
+            for (h, acc) in acc.iter().enumerate() {
+                let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                // The lane for position `first + l` goes to `scores[h * len + first + l - start]`;
+                // masked-off lanes are never written, so the base may lie before the slice.
+                let at = scores.as_mut_ptr().wrapping_add(h * len + first).wrapping_sub(positions.start);
+                unsafe { _mm512_mask_storeu_ps(at, mask, _mm512_mul_ps(sum, scale)) };
+            }
+            block += 1;
+        }
+    }
+
     /// Heads `0..H` of `q` (and of `scores`, `out`).
     #[inline]
     #[target_feature(enable = "avx512f,fma,f16c")]
@@ -282,16 +393,22 @@ mod avx512 {
         let qh: [[__m512; C]; H] = std::array::from_fn(|h| {
             std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) })
         });
-        for (i, p) in positions.clone().enumerate() {
-            let k = row(kv.k, p);
-            // SAFETY: `k` points at `hd` elements (sliced above).
-            let k: [__m512; C] = std::array::from_fn(|c| unsafe { load(k.add(16 * c)) });
-            for (h, qh) in qh.iter().enumerate() {
-                let mut acc = _mm512_mul_ps(qh[0], k[0]);
-                for c in 1..C {
-                    acc = _mm512_fmadd_ps(qh[c], k[c], acc);
+        if T::F16 {
+            // SAFETY: `T` is f16 (its keys blocked), `q` holds `H` heads, and the caller checked
+            // the cache holds every position's key.
+            unsafe { blocked_scores::<T, H>(q, kv, positions.clone(), scale, scores) };
+        } else {
+            for (i, p) in positions.clone().enumerate() {
+                let k = row(kv.k, p);
+                // SAFETY: `k` points at `hd` elements (sliced above).
+                let k: [__m512; C] = std::array::from_fn(|c| unsafe { load(k.add(16 * c)) });
+                for (h, qh) in qh.iter().enumerate() {
+                    let mut acc = _mm512_mul_ps(qh[0], k[0]);
+                    for c in 1..C {
+                        acc = _mm512_fmadd_ps(qh[c], k[c], acc);
+                    }
+                    scores[h * len + i] = _mm512_reduce_add_ps(acc) * scale;
                 }
-                scores[h * len + i] = _mm512_reduce_add_ps(acc) * scale;
             }
         }
         let mut parts = [(0.0f32, 0.0f32); H];
@@ -460,5 +577,40 @@ mod tests {
         rms_norm_row(&x, &[1.0, 2.0], 0.0, &mut out);
         let rms = (12.5f32).sqrt();
         assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 2.0 * -4.0 / rms).abs() < 1e-6);
+    }
+
+    /// The f16 cache's blocked keys give what the same (rounded) keys give in an f32 cache,
+    /// for ranges that start and end inside blocks, for both head sizes the SIMD path has and
+    /// one it has not.
+    #[test]
+    fn blocked_f16_keys_attend_as_f32_rows_do() {
+        const TOL: f32 = 1e-5;
+        for hd in [64usize, 128, 32] {
+            let (heads, positions) = (2usize, 45usize);
+            let stride = heads * hd;
+            let value = |i: usize| f16::from_f32(((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 3.0);
+            let keys: Vec<f16> = (0..positions * stride).map(|i| value(i * 3 + 1)).collect();
+            let values: Vec<f16> = (0..positions * stride).map(value).collect();
+            let mut blocked = vec![f16::ZERO; <f16 as KvElem>::key_slots(positions, stride)];
+            for p in 0..positions {
+                for j in 0..stride {
+                    blocked[blocked_key(p, j, stride)] = keys[p * stride + j];
+                }
+            }
+            let (k32, v32): (Vec<f32>, Vec<f32>) =
+                keys.iter().zip(&values).map(|(k, v)| (k.to_f32(), v.to_f32())).unzip();
+            let q: Vec<f32> = (0..3 * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            for range in [0..45, 3..37, 16..32, 5..9, 17..18, 44..45] {
+                let part = 3 * (hd + 2);
+                let (mut got, mut want) = (vec![0.0; part], vec![0.0; part]);
+                let half = HeadRows { k: &blocked[..], v: &values[..], stride, offset: hd, len: hd };
+                attend_partial(&q, &half, range.clone(), 0.125, &mut got);
+                let full = HeadRows { k: &k32[..], v: &v32[..], stride, offset: hd, len: hd };
+                attend_partial(&q, &full, range.clone(), 0.125, &mut want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= TOL * w.abs().max(1.0), "hd {hd}, {range:?}, [{i}]: {g} vs {w}");
+                }
+            }
+        }
     }
 }
