@@ -180,18 +180,24 @@ impl Sampler {
     }
 }
 
-/// The highest logit's id; the lowest id wins a tie, so greedy output is deterministic.
+/// The highest logit's id; the lowest id wins a tie, so greedy output is deterministic. NaN
+/// and `-inf` are never chosen; `None` when nothing else is there.
 pub fn argmax(logits: &[f32]) -> Option<u32> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if l.is_nan() || l == f32::NEG_INFINITY {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| l > b) {
-            best = Some((i, l));
+    // Eight running maxima, one per lane, so the scan over a vocabulary vectorises: a select on
+    // `>` skips NaN as the comparison is false for it.
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &l) in lanes.iter_mut().zip(chunk) {
+            *m = if l > *m { l } else { *m };
         }
     }
-    best.map(|(i, _)| i as u32)
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    logits.iter().position(|&l| l == max).map(|i| i as u32)
 }
 
 fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
@@ -237,6 +243,31 @@ mod tests {
     fn greedy_picks_the_highest_and_lowest_id_on_ties() {
         let mut s = sampler(SamplingParams::greedy());
         assert_eq!(s.sample(&mut [0.0, 3.0, 1.0, 3.0], &[]), Ok(1));
+    }
+
+    #[test]
+    fn argmax_skips_nan_and_minus_infinity_and_takes_the_first_of_equals() {
+        // Long enough for the lanes and a remainder; the maximum sits in both.
+        let mut logits: Vec<f32> = (0..37).map(|i| (i % 7) as f32).collect();
+        logits[3] = f32::NAN;
+        logits[20] = 9.0;
+        logits[35] = 9.0;
+        assert_eq!(argmax(&logits), Some(20));
+        logits[36] = 9.5;
+        assert_eq!(argmax(&logits), Some(36));
+        logits[0] = f32::INFINITY;
+        assert_eq!(argmax(&logits), Some(0));
+        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NAN]), None);
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[f32::NAN; 16].iter().copied().chain([-3.0]).collect::<Vec<_>>()), Some(16));
+    }
+
+    proptest! {
+        #[test]
+        fn argmax_is_the_first_greatest(logits in proptest::collection::vec(-1e3f32..1e3, 1..200)) {
+            let want = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+            prop_assert_eq!(argmax(&logits), Some(want as u32));
+        }
     }
 
     #[test]

@@ -460,7 +460,16 @@ pub fn merge_partials(parts: &[f32], part_len: usize, offset: usize, out: &mut [
 }
 
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    // Eight f64 partial sums: one running sum is a chain of dependent adds, which made this
+    // serial op cost as much as a small matmul at batch 8.
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(lanes.len());
+    for chunk in &mut chunks {
+        for (s, &v) in lanes.iter_mut().zip(chunk) {
+            *s += f64::from(v) * f64::from(v);
+        }
+    }
+    let ss = chunks.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() + lanes.iter().sum::<f64>();
     let scale = (1.0 / (ss / x.len() as f64 + f64::from(eps)).sqrt()) as f32;
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * g;
