@@ -32,6 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use google_cloud_storage::client::{Client, ClientConfig};
 use google_cloud_storage::http::Error;
+use google_cloud_storage::http::objects::Object;
 use google_cloud_storage::http::objects::download::Range;
 use google_cloud_storage::http::objects::get::GetObjectRequest;
 use google_cloud_storage::http::objects::list::ListObjectsRequest;
@@ -201,8 +202,15 @@ impl GcsStore {
     /// One single-request upload: GCS makes the new object visible whole or not at all.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), StorageError> {
         let req = UploadObjectRequest { bucket: self.bucket.clone(), ..Default::default() };
-        let media = Media { content_length: Some(body.len() as u64), ..Media::new(key.to_string()) };
-        match self.client.upload_object(&req, body, &UploadType::Simple(media)).await {
+        let upload = if body.is_empty() {
+            // An empty object (a batch part's commit marker) goes up as a multipart upload:
+            // gcp-storage-emulator drops the connection on a media upload with no body.
+            let object = Object { name: key.to_string(), bucket: self.bucket.clone(), ..Default::default() };
+            UploadType::Multipart(Box::new(object))
+        } else {
+            UploadType::Simple(Media { content_length: Some(body.len() as u64), ..Media::new(key.to_string()) })
+        };
+        match self.client.upload_object(&req, body, &upload).await {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) => Err(self.missing_bucket("put", key)),
             Err(e) => Err(self.io("put", key, error_chain(&e))),

@@ -120,6 +120,11 @@ async fn store_put_get_list_size() -> Result<()> {
     let second = s.stat("docs/a.jsonl").await?.context("stat")?;
     ensure!(first.version.is_some() && first.version != second.version, "{first:?} then {second:?}");
 
+    // An empty object (a batch part's commit marker).
+    s.put("docs/empty", bytes::Bytes::new()).await?;
+    ensure!(s.get("docs/empty").await?.is_empty());
+    assert_eq!(s.size("docs/empty").await?, Some(0));
+
     // A missing bucket is an error that names it, not a missing object.
     let other = Store::for_uri(&ObjectUri::parse("gs://no-such-bucket/k")?).await?;
     for (op, result) in [
