@@ -26,6 +26,7 @@
 //! `roles/storage.objectViewer` allows, unlike buckets.get) to tell them apart. Timeouts: a
 //! connection must open and every read must return within `REALM_STORAGE_TIMEOUT_S`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,7 +48,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The objects of one bucket.
 #[derive(Clone)]
 pub struct GcsStore {
-    client: Client,
+    client: Arc<Client>,
     bucket: String,
     timeout: Duration,
 }
@@ -113,16 +114,15 @@ impl GcsStore {
         };
         let config = match std::env::var(EMULATOR_HOST_ENV).ok().filter(|h| !h.trim().is_empty()) {
             Some(host) => ClientConfig { storage_endpoint: emulator_endpoint(&host), ..config }.anonymous(),
+            // The auth crate's messages already hold their sources.
             None => config.with_auth().await.map_err(|e| {
                 fail(format!(
-                    "no Application Default Credentials ({}; set GOOGLE_APPLICATION_CREDENTIALS, run \
-                     `gcloud auth application-default login`, or run on Google Cloud; {EMULATOR_HOST_ENV} \
-                     for an emulator)",
-                    error_chain(&e)
+                    "Application Default Credentials: {e} (set GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth \
+                     application-default login` or run on Google Cloud; {EMULATOR_HOST_ENV} for an emulator)"
                 ))
             })?,
         };
-        Ok(Self { client: Client::new(config), bucket: bucket.to_string(), timeout })
+        Ok(Self { client: Arc::new(Client::new(config)), bucket: bucket.to_string(), timeout })
     }
 
     pub fn bucket(&self) -> &str {
