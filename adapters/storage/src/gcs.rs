@@ -1,14 +1,15 @@
 //! `gs://bucket/object` objects through Google Cloud Storage's JSON API (objects.insert with
-//! `uploadType=media`, objects.get with `alt=media` and a `Range`, objects.get for metadata,
+//! `uploadType=media`, or `multipart` for an empty object; objects.get with `alt=media` and a `Range`, objects.get for metadata,
 //! objects.list), with the `google-cloud-storage` 0.24 crate.
 //!
 //! Where the bucket lives and how requests are authorised:
 //!
 //! - `STORAGE_EMULATOR_HOST` (`http://127.0.0.1:9023`, or a bare `host:port`), the variable
 //!   Google's own client libraries read: requests go there, unauthenticated. This is how
-//!   gcp-storage-emulator and fake-gcs-server are reached.
+//!   gcp-storage-emulator is reached.
 //! - Otherwise `https://storage.googleapis.com` with Application Default Credentials:
-//!   `GOOGLE_APPLICATION_CREDENTIALS` (a service account or workload identity federation file),
+//!   `GOOGLE_APPLICATION_CREDENTIALS` (a service account key or an authorized-user file; the
+//!   crate's `external-account` feature, for workload identity federation, is not enabled),
 //!   else gcloud's `application_default_credentials.json`, else the metadata server (Cloud Run,
 //!   GKE, Compute Engine). They are looked up when the store is made; a token is fetched then
 //!   and refreshed before it expires.
