@@ -40,8 +40,7 @@ enum Cmd {
     #[command(subcommand)]
     Function(function::FunctionCmd),
     /// Fetch a model into the model cache: the default one (size and sha256 verified), or one
-    /// named by an s3:// (gs://, az://, https:// as they are built) URI, `REALM_MODEL_SHA256`
-    /// checked when set.
+    /// named by an s3://, gs://, az:// or https:// URI, `REALM_MODEL_SHA256` checked when set.
     Pull {
         /// `default`, or an object URI.
         #[arg(default_value = "default")]

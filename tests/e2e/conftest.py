@@ -16,6 +16,9 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from cloudevents.core.bindings.http import to_binary
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 
 API_KEY = "sk-realm-test-key"
 
@@ -152,6 +155,45 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, name):
+    """Waits until `proc` (an emulator named `name`) accepts connections on `port`."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, f"{name} exited at start"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.05)
+
+
+def batch_lines(model, n):
+    """A batch input of `n` completions for `model`, then one line that is not JSON."""
+    return "\n".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+                                 "body": {"model": model, "prompt": f"Count to {i}:", "max_tokens": 4,
+                                          "temperature": 0}}) for i in range(n)) + "\n{broken\n"
+
+
+def deliver(server, kind, data, source="//storage.test"):
+    """Posts a binary-mode storage CloudEvent of type `kind`; the batch it started, once done."""
+    msg = to_binary(CloudEvent({"type": kind, "source": source, "id": f"ev-{time.monotonic_ns()}",
+                                "specversion": "1.0", "datacontenttype": "application/json"}, data), JSONFormat())
+    status, answer = server.post_event(msg.body, msg.headers)
+    assert status == 202, answer
+    batch = server.wait_batch(answer["batch"]["id"])
+    assert batch["status"] == "completed", json.dumps(batch)
+    return batch
+
+
+def check_results(output, errors, n):
+    """The output answers every good line of `batch_lines(.., n)` once; the error file the bad one."""
+    ids = sorted(json.loads(line)["custom_id"] for line in output.splitlines())
+    assert ids == sorted(f"c{i}" for i in range(n)), "every good line answered exactly once"
+    [error] = [json.loads(line) for line in errors.splitlines()]
+    assert error["error"]["code"] == "invalid_json"
 
 
 @pytest.fixture(scope="session")

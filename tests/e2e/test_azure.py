@@ -3,60 +3,18 @@
 `Microsoft.Storage.BlobCreated` (CloudEvents schema) starts a batch job whose results are read
 back from the container. The blobs are written and read with Azure's official Python SDK."""
 
-import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cloudevents.core.bindings.http import to_binary
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 
-from conftest import RealmServer, free_port
+from conftest import RealmServer, batch_lines, check_results, deliver, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # Azurite's well-known development account (documented by Microsoft; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def wait_for_port(port, proc, name):
-    import socket
-
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, f"{name} exited at start"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"{name} did not start"
-            time.sleep(0.05)
-
-
-def batch_lines(model, n):
-    return "\n".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
-                                 "body": {"model": model, "prompt": f"Count to {i}:", "max_tokens": 4,
-                                          "temperature": 0}}) for i in range(n)) + "\n{broken\n"
-
-
-def deliver(server, kind, data):
-    msg = to_binary(CloudEvent({"type": kind, "source": "//storage.test", "id": f"ev-{time.monotonic_ns()}",
-                                "specversion": "1.0", "datacontenttype": "application/json"}, data), JSONFormat())
-    status, answer = server.post_event(msg.body, msg.headers)
-    assert status == 202, answer
-    batch = server.wait_batch(answer["batch"]["id"])
-    assert batch["status"] == "completed", batch
-    return batch
-
-
-def check_results(output, errors, n):
-    ids = sorted(json.loads(line)["custom_id"] for line in output.splitlines())
-    assert ids == sorted(f"c{i}" for i in range(n)), "every good line answered exactly once"
-    [error] = [json.loads(line) for line in errors.splitlines()]
-    assert error["error"]["code"] == "invalid_json"
 
 
 @pytest.fixture(scope="module")

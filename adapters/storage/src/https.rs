@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::{StatusCode, header};
 
-use crate::{ObjectMeta, StorageError};
+use crate::{ObjectMeta, StorageError, error_chain};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -129,16 +129,4 @@ impl HttpsStore {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         Err(self.io("list", prefix, "https:// has no listing (write to s3://, gs://, az:// or a path)".into()))
     }
-}
-
-/// The error and its sources, which is where reqwest says what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

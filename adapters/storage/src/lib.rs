@@ -7,6 +7,8 @@
 #[cfg(feature = "azure")]
 mod azure;
 mod cache;
+#[cfg(feature = "gcs")]
+mod gcs;
 #[cfg(feature = "https")]
 mod https;
 mod local;
@@ -21,6 +23,8 @@ use bytes::Bytes;
 #[cfg(feature = "azure")]
 pub use azure::{ACCOUNT_ENV as AZURE_ACCOUNT_ENV, AzureStore, CONNECTION_STRING_ENV as AZURE_CONNECTION_STRING_ENV};
 pub use cache::{FetchOptions, Fetched, cache_path, fetch_model, fetch_model_with};
+#[cfg(feature = "gcs")]
+pub use gcs::{EMULATOR_HOST_ENV as GCS_EMULATOR_HOST_ENV, GcsStore};
 #[cfg(feature = "https")]
 pub use https::HttpsStore;
 pub use local::LocalStore;
@@ -90,6 +94,19 @@ pub async fn retry_io<T, F: Future<Output = Result<T, StorageError>>>(
     }
 }
 
+/// The error and its sources, which is where reqwest says what went wrong.
+#[cfg(any(feature = "https", feature = "gcs"))]
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// What a store says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -105,6 +122,8 @@ pub enum Store {
     Local(LocalStore),
     #[cfg(feature = "s3")]
     S3(S3Store),
+    #[cfg(feature = "gcs")]
+    Gcs(GcsStore),
     #[cfg(feature = "azure")]
     Azure(AzureStore),
     #[cfg(feature = "https")]
@@ -129,6 +148,9 @@ impl Store {
             Scheme::S3 => Ok(Store::S3(S3Store::new(&uri.bucket).await?)),
             #[cfg(not(feature = "s3"))]
             Scheme::S3 => Err(StorageError::NotCompiled { scheme: "s3", feature: "s3" }),
+            #[cfg(feature = "gcs")]
+            Scheme::Gs => Ok(Store::Gcs(GcsStore::new(&uri.bucket).await?)),
+            #[cfg(not(feature = "gcs"))]
             Scheme::Gs => Err(StorageError::NotCompiled { scheme: "gs", feature: "gcs" }),
             #[cfg(feature = "azure")]
             Scheme::Az => Ok(Store::Azure(AzureStore::new(&uri.bucket)?)),
@@ -147,6 +169,8 @@ impl Store {
             Store::Local(s) => s.get(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.get(key).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.get(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.get(key).await,
             #[cfg(feature = "https")]
@@ -160,6 +184,8 @@ impl Store {
             Store::Local(s) => s.put(key, body).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.put(key, body).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.put(key, body).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.put(key, body).await,
             #[cfg(feature = "https")]
@@ -173,6 +199,8 @@ impl Store {
             Store::Local(s) => s.list(prefix).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.list(prefix).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.list(prefix).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.list(prefix).await,
             #[cfg(feature = "https")]
@@ -186,6 +214,8 @@ impl Store {
             Store::Local(s) => s.size(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.size(key).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.size(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.size(key).await,
             #[cfg(feature = "https")]
@@ -199,6 +229,8 @@ impl Store {
             Store::Local(s) => s.get_range(key, start, len).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.get_range(key, start, len).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.get_range(key, start, len).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.get_range(key, start, len).await,
             #[cfg(feature = "https")]
@@ -212,6 +244,8 @@ impl Store {
             Store::Local(s) => s.stat(key).await,
             #[cfg(feature = "s3")]
             Store::S3(s) => s.stat(key).await,
+            #[cfg(feature = "gcs")]
+            Store::Gcs(s) => s.stat(key).await,
             #[cfg(feature = "azure")]
             Store::Azure(s) => s.stat(key).await,
             #[cfg(feature = "https")]
