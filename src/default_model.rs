@@ -40,6 +40,16 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// cached copy whose hash was checked before (and which has not changed since) is used without
 /// hashing it again: 98 MB of sha256 on every start would dominate a cold start.
 pub fn resolve(model: &str) -> Result<PathBuf> {
+    resolve_checked(model, env_sha256().as_deref())
+}
+
+/// The hash `REALM_MODEL_SHA256` gives a downloaded model, when set.
+pub fn env_sha256() -> Option<String> {
+    std::env::var("REALM_MODEL_SHA256").ok().filter(|s| !s.is_empty())
+}
+
+/// [`resolve`], with the sha256 a model fetched from a URI must have given explicitly.
+pub fn resolve_checked(model: &str, sha256: Option<&str>) -> Result<PathBuf> {
     if model == "default" {
         let target = cache_dir()?.join(FILE_NAME);
         if verified_before(&target) {
@@ -50,7 +60,7 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if let Some((scheme, _)) = model.split_once("://")
         && scheme != "file"
     {
-        return fetch_uri(model);
+        return fetch_uri(model, sha256);
     }
     let path = PathBuf::from(model.strip_prefix("file://").unwrap_or(model));
     if !path.is_file() {
@@ -61,13 +71,12 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 
 /// A model named by an object-store or https URI, fetched into the cache (parallel ranged
 /// reads, resumable, one download per model across processes), or found there.
-pub fn fetch_uri(uri: &str) -> Result<PathBuf> {
+pub fn fetch_uri(uri: &str, sha256: Option<&str>) -> Result<PathBuf> {
     let parsed = realm_storage::ObjectUri::parse(uri)?;
     let dir = cache_dir()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let sha256 = std::env::var("REALM_MODEL_SHA256").ok().filter(|s| !s.is_empty());
     let path = runtime
-        .block_on(realm_storage::fetch_model(&parsed, &dir, sha256.as_deref()))
+        .block_on(realm_storage::fetch_model(&parsed, &dir, sha256))
         .with_context(|| format!("fetching {uri} into {}", dir.display()))?;
     eprintln!("realm: model {uri} at {}", path.display());
     Ok(path)

@@ -191,7 +191,7 @@ fn run_cli(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> Result<()> {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Quantize(args) => quantize::run(args),
         Cmd::Pull { model } if model == "default" => default_model::pull().map(|_| ()),
-        Cmd::Pull { model } => default_model::fetch_uri(&model).map(|_| ()),
+        Cmd::Pull { model } => default_model::fetch_uri(&model, default_model::env_sha256().as_deref()).map(|_| ()),
         Cmd::Inspect { file } => inspect(&file),
         Cmd::Tokenize { model, text } => {
             let path = default_model::resolve(&model)?;

@@ -31,9 +31,13 @@ pub struct ServeArgs {
     /// Platforms that cannot mount a file pass its text in REALM_FUNCTION_YAML instead.
     #[arg(long, env = "REALM_FUNCTION")]
     function: Option<std::path::PathBuf>,
-    /// A GGUF file, or `default` for the default model (fetched when absent).
+    /// A GGUF file, `default` for the default model (fetched when absent), or an s3://, gs://,
+    /// az://, https:// or file:// URI (fetched into REALM_MODEL_CACHE once).
     #[arg(long, env = "REALM_MODEL", default_value = "default")]
     model: String,
+    /// Hex sha256 a model fetched from a URI must have (checked before it enters the cache).
+    #[arg(long, env = "REALM_MODEL_SHA256")]
+    model_sha256: Option<String>,
     /// The model id clients name (default: the file name without `.gguf`).
     #[arg(long, env = "REALM_MODEL_ID")]
     model_id: Option<String>,
@@ -137,14 +141,12 @@ fn apply_manifest(args: &mut ServeArgs, m: &Manifest, matches: &clap::ArgMatches
     let unset = |id: &str| matches!(matches.value_source(id), None | Some(ValueSource::DefaultValue));
     if unset("model") {
         args.model = match m.model.uri.split_once("://") {
-            None => m.model.uri.clone(),
             Some(("file", path)) => path.to_string(),
-            Some((scheme, _)) => bail!(
-                "model.uri {}: fetching from {scheme}:// is not built yet (object-store support is issue 6); \
-                 use `default`, a local path or file://",
-                m.model.uri
-            ),
+            _ => m.model.uri.clone(),
         };
+        if args.model_sha256.is_none() {
+            args.model_sha256 = m.model.sha256.clone();
+        }
     }
     let r = &m.runtime;
     if unset("precision") {
@@ -268,11 +270,11 @@ async fn serve(args: ServeArgs, function: Option<Manifest>, platform: Platform, 
     let options =
         EngineOptions { threads: args.threads, precision: args.precision.into(), backend: args.backend.into() };
     let load_startup = startup.clone();
-    let model = args.model.clone();
+    let (model, model_sha256) = (args.model.clone(), args.model_sha256.clone().filter(|s| !s.is_empty()));
     let engine = EngineHandle::spawn(
         move || {
             let t = Instant::now();
-            let path = default_model::resolve(&model).map_err(|e| format!("{e:#}"))?;
+            let path = default_model::resolve_checked(&model, model_sha256.as_deref()).map_err(|e| format!("{e:#}"))?;
             let _ = load_startup.model_fetch.set(t.elapsed());
             let t = Instant::now();
             let engine = Engine::load(&path, &options).map_err(|e| format!("loading {}: {e}", path.display()))?;

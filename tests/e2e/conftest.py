@@ -25,12 +25,15 @@ API_KEY = "sk-realm-test-key"
 
 class RealmServer:
     """`realm serve` on loopback. `env` adds variables (a platform's); with `port=None` the
-    port comes from `$PORT` in `env`, as the platforms set it."""
+    port comes from `$PORT` in `env`, as the platforms set it; with `model=False` no `--model`
+    is given (a manifest names it); with `ready=False` the constructor does not wait for it."""
 
-    def __init__(self, *extra_args, api_keys=(API_KEY,), env=None, port=0, model_check=True, model=None):
+    def __init__(self, *extra_args, api_keys=(API_KEY,), env=None, port=0, model_check=True, model=None,
+                 ready=True):
         binary = os.environ.get("REALM_BIN", "target/release/realm")
-        model = model or os.environ.get("REALM_TEST_MODEL", "default")
-        args = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--threads", "2"]
+        args = [binary, "serve", "--host", "127.0.0.1", "--threads", "2"]
+        if model is not False:
+            args += ["--model", model or os.environ.get("REALM_TEST_MODEL", "default")]
         if port is not None:
             args += ["--port", str(port)]
         if api_keys:
@@ -58,6 +61,8 @@ class RealmServer:
         self._drain = threading.Thread(target=self._read_log, daemon=True)
         self._drain.start()
         self.base = f"http://127.0.0.1:{self.port}"
+        if not ready:
+            return
         self.wait_ready()
         if model_check:
             models = json.loads(self.get("/v1/models", auth=True)[1])

@@ -2,7 +2,9 @@
 --model s3://...` fetches the model into its cache and serves it, and an S3 notification
 starts a batch job whose results are read back from the bucket."""
 
+import hashlib
 import json
+import time
 
 from conftest import RealmServer
 
@@ -59,3 +61,31 @@ def test_manifest_routes_send_results_where_they_say_and_turn_away_other_objects
         assert json.loads(out)["custom_id"] == "r1"
     finally:
         assert s.stop() == 0
+
+
+def test_a_manifest_names_an_s3_model_and_its_sha256(s3, tmp_path, model_file):
+    with open(model_file, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    good = tmp_path / "good.yaml"
+    good.write_text(f"name: pinned\nmodel:\n  uri: s3://models/smollm2/model.gguf\n  sha256: {digest}\n")
+    s = RealmServer("--function", str(good), env=s3.env, api_keys=(), model=False)
+    try:
+        assert s.model == "model", "served from the object, named after it"
+    finally:
+        assert s.stop() == 0
+
+    # Another cache, so the object is fetched again and checked against the wrong hash.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: pinned\nmodel:\n  uri: s3://models/smollm2/model.gguf\n  sha256: " + "ab" * 32 + "\n")
+    env = dict(s3.env, REALM_MODEL_CACHE=str(tmp_path / "other-cache"))
+    s = RealmServer("--function", str(bad), env=env, api_keys=(), model=False, ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        status, body = s.get("/ready")
+        while status != 503 or "failed to load" not in body:
+            assert time.monotonic() < deadline, f"/ready never reported the failed load: {status} {body}"
+            time.sleep(0.1)
+            status, body = s.get("/ready")
+        assert "sha256" in body and "ab" * 32 in body, body
+    finally:
+        s.stop()
