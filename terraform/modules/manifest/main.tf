@@ -178,7 +178,7 @@ locals {
     service_account = replace(substr("realm-${local.base_name}", 0, 30), "/-+$/", "")
   }
 
-  # REALM_MODEL takes `default`, a path, or (issue 6, object-store support) a URI as written.
+  # REALM_MODEL takes `default`, a path, or an object-store or https URI as written.
   model_env = local.uri_scheme == "file" ? local.uri_rest : local.m.model_uri
 
   # The container contract's variables (`realm serve --help`): what the manifest sets, so a
