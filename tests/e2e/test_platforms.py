@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -70,10 +71,19 @@ def test_platform_environment(platform, tmp_path):
         assert detected and detected[0]["platform"] == platform
         if platform == "cloud-run":
             assert all("severity" in r for r in records), "Cloud Logging's shape"
+            def models_records():
+                return [r for r in s.log_records() if r.get("route") == "/v1/models"]
+
+            # The server's own check already asked for /v1/models, untraced; the log is read
+            # from its stderr by another thread, so wait (bounded) for this request's record.
+            before = len(models_records())
             request(s, "GET", "/v1/models", headers={"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/1;o=1"})
-            traced = [r for r in s.log_records() if r.get("route") == "/v1/models"]
-            assert traced and traced[-1]["logging.googleapis.com/trace"] == (
-                "projects/realm-test/traces/0af7651916cd43dd8448eb211c80319c")
+            deadline = time.monotonic() + 10
+            while len(models_records()) == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            traced = models_records()[before:]
+            assert traced and traced[0].get("logging.googleapis.com/trace") == (
+                "projects/realm-test/traces/0af7651916cd43dd8448eb211c80319c"), traced
         assert s.get("/health")[0] == 200
         assert s.get("/ready")[0] == 200
 
