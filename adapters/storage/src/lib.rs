@@ -107,6 +107,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Where [`Store::read_range`] puts each part of a range, in order.
+pub type ChunkSink<'a> = dyn FnMut(&[u8]) -> Result<(), StorageError> + Send + 'a;
+
 /// What a store says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -236,6 +239,25 @@ impl Store {
             #[cfg(feature = "https")]
             Store::Https(s) => s.get_range(key, start, len).await,
         }
+    }
+
+    /// [`Store::get_range`], each part handed to `sink` in order as it arrives (S3 streams
+    /// the body chunk by chunk; the other stores hand over their whole range at once); returns
+    /// the bytes there were. A download written this way never holds a range in memory.
+    pub async fn read_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        sink: &mut ChunkSink<'_>,
+    ) -> Result<u64, StorageError> {
+        #[cfg(feature = "s3")]
+        if let Store::S3(s) = self {
+            return s.read_range(key, start, len, sink).await;
+        }
+        let bytes = self.get_range(key, start, len).await?;
+        sink(&bytes)?;
+        Ok(bytes.len() as u64)
     }
 
     /// Size and version of the object, or `None` when it does not exist.

@@ -99,13 +99,27 @@ impl S3Store {
         StorageError::Io { op, uri: self.uri(key), message: DisplayErrorContext(&e).to_string() }
     }
 
-    async fn collect(&self, key: &str, mut body: ByteStream) -> Result<Bytes, StorageError> {
-        let io = |message: String| StorageError::Io { op: "read", uri: self.uri(key), message };
+    async fn collect(&self, key: &str, body: ByteStream) -> Result<Bytes, StorageError> {
         let mut out = bytes::BytesMut::new();
+        self.drain(key, body, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out.freeze())
+    }
+
+    /// Hands each chunk of `body` to `sink` as it arrives; returns the bytes there were.
+    async fn drain(&self, key: &str, mut body: ByteStream, sink: &mut crate::ChunkSink<'_>) -> Result<u64, StorageError> {
+        let io = |message: String| StorageError::Io { op: "read", uri: self.uri(key), message };
+        let mut total = 0u64;
         loop {
             match tokio::time::timeout(self.timeout, body.try_next()).await {
-                Ok(Ok(Some(chunk))) => out.extend_from_slice(&chunk),
-                Ok(Ok(None)) => return Ok(out.freeze()),
+                Ok(Ok(Some(chunk))) => {
+                    sink(&chunk)?;
+                    total += chunk.len() as u64;
+                }
+                Ok(Ok(None)) => return Ok(total),
                 Ok(Err(e)) => return Err(io(DisplayErrorContext(&e).to_string())),
                 Err(_) => return Err(io(format!("the body stalled for {:?}", self.timeout))),
             }
@@ -120,8 +134,26 @@ impl S3Store {
 
     /// `len` bytes from offset `start` (fewer at the end of the object).
     pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StorageError> {
+        let mut out = bytes::BytesMut::new();
+        self.read_range(key, start, len, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(out.freeze())
+    }
+
+    /// [`S3Store::get_range`], each chunk handed to `sink` as it arrives; returns the bytes
+    /// there were.
+    pub async fn read_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        sink: &mut crate::ChunkSink<'_>,
+    ) -> Result<u64, StorageError> {
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(0);
         }
         // HTTP ranges are inclusive at both ends (RFC 9110 §14.1.2).
         let range = format!("bytes={start}-{}", start.saturating_add(len - 1));
@@ -134,15 +166,17 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.err("get range", key, e))?;
-        let bytes = self.collect(key, out.body).await?;
-        if bytes.len() as u64 > len {
-            return Err(StorageError::Io {
-                op: "get range",
-                uri: self.uri(key),
-                message: format!("asked for {len} bytes at {start}, the store sent {}", bytes.len()),
-            });
-        }
-        Ok(bytes)
+        let too_long = || StorageError::Io {
+            op: "get range",
+            uri: self.uri(key),
+            message: format!("asked for {len} bytes at {start}, the store sent more"),
+        };
+        let mut seen = 0u64;
+        self.drain(key, out.body, &mut |chunk| {
+            seen += chunk.len() as u64;
+            if seen > len { Err(too_long()) } else { sink(chunk) }
+        })
+        .await
     }
 
     /// One PutObject: S3 makes the new object visible whole or not at all.
