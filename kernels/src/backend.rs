@@ -310,6 +310,10 @@ pub trait Backend: Send {
         row_len: usize,
     ) -> Result<(), KernelError>;
 
+    /// Called at the end of every forward step: a backend may start tidying work there that
+    /// must not delay the step itself (the CPU moves freshly packed weights to huge pages).
+    fn step_done(&self) {}
+
     /// Bytes one cached key or value element takes (what [`Backend::kv_write`] stores).
     fn kv_value_bytes(&self) -> usize {
         size_of::<f32>()

@@ -130,6 +130,10 @@ impl Backend for Device {
         dispatch!(self, |b| b.kv_value_bytes())
     }
 
+    fn step_done(&self) {
+        dispatch!(self, |b| b.step_done())
+    }
+
     fn weight_rows(&self, w: &DeviceWeight) -> usize {
         match w {
             DeviceWeight::Cpu(w) => w.q.rows,

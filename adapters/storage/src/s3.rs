@@ -110,7 +110,12 @@ impl S3Store {
     }
 
     /// Hands each chunk of `body` to `sink` as it arrives; returns the bytes there were.
-    async fn drain(&self, key: &str, mut body: ByteStream, sink: &mut crate::ChunkSink<'_>) -> Result<u64, StorageError> {
+    async fn drain(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        sink: &mut crate::ChunkSink<'_>,
+    ) -> Result<u64, StorageError> {
         let io = |message: String| StorageError::Io { op: "read", uri: self.uri(key), message };
         let mut total = 0u64;
         loop {

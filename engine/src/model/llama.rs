@@ -207,6 +207,7 @@ impl<B: Backend> Llama<B> {
             row += t;
         }
         if wanted.is_empty() {
+            b.step_done();
             return Ok(steps.iter().map(|_| Vec::new()).collect());
         }
         let mut gathered = b.zeros(wanted.len() * dim)?;
@@ -229,6 +230,7 @@ impl<B: Backend> Llama<B> {
             out.push(host[next * c.vocab_size..(next + rows) * c.vocab_size].to_vec());
             next += rows;
         }
+        b.step_done();
         Ok(out)
     }
 }

@@ -1,9 +1,13 @@
-//! Memory for repacked weights: large anonymous mappings that ask the kernel for transparent
-//! huge pages, carved into one region per matrix. A decode step streams every weight once; on
-//! 4 KiB pages that is a TLB miss every 4 KiB, and the hardware prefetcher stops at each page's
-//! end. Small matrices (most of a small model's) would never fill a 2 MiB page on their own,
-//! hence the shared chunks. Where transparent huge pages are off, the same memory simply stays
-//! on small pages.
+//! Memory for repacked weights: large anonymous mappings that end up on transparent huge
+//! pages, carved into one region per matrix. A decode step streams every weight once; on 4 KiB
+//! pages that is a TLB miss every 4 KiB, and the hardware prefetcher stops at each page's end.
+//! Small matrices (most of a small model's) would never fill a 2 MiB page on their own, hence
+//! the shared chunks. Where transparent huge pages are off, the same memory simply stays on
+//! small pages.
+//!
+//! Chunks are filled on small pages and moved to huge ones afterwards ([`Arena::settle`], off
+//! the request path): faulting in pages advised as huge while packing made the first request
+//! wait on the kernel's compaction (tens of milliseconds, more on a fragmented host).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -40,11 +44,31 @@ fn advise_huge(map: &MmapMut) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge(_map: &MmapMut) {}
 
+/// `map`'s whole huge pages made huge now: advised (so khugepaged also takes them where the
+/// kernel cannot collapse on request) and collapsed (Linux 6.1's MADV_COLLAPSE, which copies
+/// the pages into huge ones in this thread; other threads keep reading meanwhile).
+#[cfg(target_os = "linux")]
+fn collapse_huge(map: &MmapMut) {
+    const MADV_COLLAPSE: libc::c_int = 25;
+    advise_huge(map);
+    let start = map.as_ptr() as usize;
+    let first = start.next_multiple_of(HUGE_PAGE) - start;
+    let whole = map.len().saturating_sub(first) / HUGE_PAGE * HUGE_PAGE;
+    if whole > 0 {
+        // SAFETY: the range lies inside the mapping, which stays mapped for this call;
+        // collapsing keeps the contents. Older kernels refuse the advice, which changes nothing.
+        let _ = unsafe { libc::madvise(map.as_ptr().add(first) as *mut libc::c_void, whole, MADV_COLLAPSE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn collapse_huge(_map: &MmapMut) {}
+
 /// One mapping, shared by the regions carved from it.
 struct Chunk {
     base: *mut u8,
-    /// Keeps the memory mapped; only reached through `base`.
-    _map: MmapMut,
+    /// Keeps the memory mapped; written only through `base`.
+    map: MmapMut,
 }
 
 // SAFETY: the mapping is plain memory; regions hand out disjoint parts of it, mutably only
@@ -58,6 +82,8 @@ unsafe impl Sync for Chunk {}
 pub struct Arena {
     /// The chunk being filled and how many of its bytes are taken.
     current: Mutex<Option<(Arc<Chunk>, usize)>>,
+    /// Chunks not yet moved to huge pages.
+    unsettled: Mutex<Vec<Arc<Chunk>>>,
 }
 
 /// A zeroed, 64-byte-aligned run of bytes in an [`Arena`]'s chunk, owned by one matrix.
@@ -73,8 +99,7 @@ impl Arena {
         let len = bytes.next_multiple_of(64);
         if len > CHUNK / 2 {
             // Big matrices get a mapping of their own, huge-paged all the same.
-            let mut map = map_huge(len)?;
-            let chunk = Arc::new(Chunk { base: map.as_mut_ptr(), _map: map });
+            let chunk = self.new_chunk(len)?;
             return Ok(Region { chunk, offset: 0, len });
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,11 +110,31 @@ impl Arena {
                 Ok(region)
             }
             _ => {
-                let mut map = map_huge(CHUNK)?;
-                let chunk = Arc::new(Chunk { base: map.as_mut_ptr(), _map: map });
+                let chunk = self.new_chunk(CHUNK)?;
                 *current = Some((Arc::clone(&chunk), len));
                 Ok(Region { chunk, offset: 0, len })
             }
+        }
+    }
+
+    fn new_chunk(&self, bytes: usize) -> io::Result<Arc<Chunk>> {
+        let mut map = MmapMut::map_anon(bytes)?;
+        let chunk = Arc::new(Chunk { base: map.as_mut_ptr(), map });
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&chunk));
+        Ok(chunk)
+    }
+
+    /// Whether some chunk is still on small pages.
+    pub fn has_unsettled(&self) -> bool {
+        !self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Moves every chunk made so far to huge pages (see [`collapse_huge`]); takes as long as
+    /// copying them, so callers run it on a thread of its own once packing is done.
+    pub fn settle(&self) {
+        let chunks = std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
+        for chunk in chunks {
+            collapse_huge(&chunk.map);
         }
     }
 }
@@ -124,6 +169,13 @@ mod tests {
         }
         for (i, r) in regions.iter().enumerate() {
             assert!(r.bytes().iter().all(|&b| b == i as u8 + 1), "region {i} was overwritten");
+        }
+        // Moving the chunks to huge pages keeps every byte.
+        assert!(arena.has_unsettled());
+        arena.settle();
+        assert!(!arena.has_unsettled());
+        for (i, r) in regions.iter().enumerate() {
+            assert!(r.bytes().iter().all(|&b| b == i as u8 + 1), "region {i} changed when settled");
         }
     }
 }
