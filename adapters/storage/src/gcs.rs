@@ -1,6 +1,6 @@
 //! `gs://bucket/object` objects through Google Cloud Storage's JSON API (objects.insert with
-//! `uploadType=media`, or `multipart` for an empty object; objects.get with `alt=media` and a `Range`, objects.get for metadata,
-//! objects.list), with the `google-cloud-storage` 0.24 crate.
+//! `uploadType=media`, or `multipart` for an empty object; objects.get with `alt=media` and a
+//! `Range`; objects.get for metadata; objects.list), with the `google-cloud-storage` 0.24 crate.
 //!
 //! Where the bucket lives and how requests are authorised:
 //!
