@@ -76,16 +76,8 @@ fn http(port: u16, method: &str, path: &str) -> Result<u16> {
 }
 
 fn main() -> Result<()> {
-    if let Some(done) = CLOUD.fetch_child() {
+    if let Some(done) = CLOUD.child(cases) {
         return done;
-    }
-    if std::env::var_os(CHILD_ENV).is_some() {
-        // RUST_LOG=realm_storage=info shows the fetch's progress lines.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        return tokio::runtime::Runtime::new()?.block_on(cases());
     }
     let moto = Moto::start()?;
     let code = http(moto.port, "PUT", &format!("/{BUCKET}"))?;

@@ -36,8 +36,24 @@ impl Cloud {
         Ok(ObjectUri::parse(&format!("{}://{BUCKET}/{key}", self.scheme))?)
     }
 
+    /// In a child process, what it did: the one a kill case starts fetches slowly (to be
+    /// killed), the one the parent starts with `child_env` set runs `cases`. `None` in the
+    /// parent, which starts the store and runs this binary again as the child.
+    pub fn child<F: Future<Output = Result<()>>>(&self, cases: impl FnOnce() -> F) -> Option<Result<()>> {
+        if let Some(done) = self.fetch_child() {
+            return Some(done);
+        }
+        std::env::var_os(self.child_env)?;
+        // RUST_LOG=realm_storage=info shows the fetch's progress lines.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        Some(tokio::runtime::Runtime::new().map_err(Into::into).and_then(|rt| rt.block_on(cases())))
+    }
+
     /// In the process a kill case starts: fetches slowly, to be killed. `None` elsewhere.
-    pub fn fetch_child(&self) -> Option<Result<()>> {
+    fn fetch_child(&self) -> Option<Result<()>> {
         let job = std::env::var(self.fetch_env).ok()?;
         Some((|| {
             let (u, dir) = job.split_once(' ').context("the fetch job is `uri dir`")?;
