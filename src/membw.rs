@@ -71,7 +71,6 @@ pub fn measure(bytes: usize, threads: usize, passes: usize) -> Result<ReadBandwi
 /// line is fetched ahead as the packed matmuls fetch the weights: a probe slower than the
 /// engine's own reads would make a floor it can beat.
 fn sum_words(words: &[u64]) -> u64 {
-    const PREFETCH_BYTES: usize = 8192;
     let mut acc = [0u64; 8];
     let mut blocks = words.chunks_exact(acc.len());
     for block in &mut blocks {
@@ -79,7 +78,8 @@ fn sum_words(words: &[u64]) -> u64 {
         // SAFETY: a prefetch never faults, whatever the address.
         unsafe {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES));
+            let ahead = realm_kernels::cpu::PREFETCH_BYTES;
+            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().cast::<i8>().wrapping_add(ahead));
         }
         for (a, &w) in acc.iter_mut().zip(block) {
             *a = a.wrapping_add(w);

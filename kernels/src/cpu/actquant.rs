@@ -14,16 +14,14 @@ pub(super) fn avx512_available() -> bool {
 pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::super::q8::{QA, QB};
+    use super::super::q8::{QA, QB, block_scale};
     use super::super::q16::Split;
 
-    /// A block's largest magnitude, its scale for quants up to `limit` and that scale's
-    /// inverse (0 for an all-zero block), as `q8::quantize_block` makes them.
+    /// A block's scale for quants up to `limit` and its inverse in every lane.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn scale_of(amax: f32, limit: f32) -> (f32, __m512) {
-        let scale = amax / limit;
-        let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let (scale, id) = block_scale(amax, limit);
         (scale, _mm512_set1_ps(id))
     }
 

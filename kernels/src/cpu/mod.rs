@@ -85,6 +85,7 @@ pub use ops::{
     HeadRows, KvElem, attend_partial, axpy, blocked_key, dot, merge_partials, rms_norm_row, rope_angles, rope_apply,
     rope_row, silu,
 };
+pub use packed::PREFETCH_BYTES;
 pub use q8::Isa;
 pub use topology::physical_cores;
 
@@ -160,6 +161,22 @@ impl Cpu {
 
     pub fn activations(&self) -> Activations {
         self.activations
+    }
+
+    /// Cache elements (f16 or f32) per f32 slot of a cache tensor.
+    fn elems_per_slot(&self) -> usize {
+        if self.kv_f16 { 2 } else { 1 }
+    }
+
+    /// Elements a layer's key and value caches need for positions `0..positions` of
+    /// `row_len`-element rows, in the layout `kv_write` writes.
+    fn cache_elems(&self, positions: usize, row_len: usize) -> (usize, usize) {
+        let keys = if self.kv_f16 {
+            <f16 as KvElem>::key_slots(positions, row_len)
+        } else {
+            <f32 as KvElem>::key_slots(positions, row_len)
+        };
+        (keys, positions * row_len)
     }
 
     /// Few enough tasks that scheduling stays cheap next to a small decode matmul, enough that
@@ -566,16 +583,14 @@ impl Backend for Cpu {
         let src = row * row_len..(row + n) * row_len;
         let dst = first_pos * row_len..(first_pos + n) * row_len;
         check_len("kv_write", "source", k.len().min(v.len()), src.end)?;
-        let end = first_pos + n;
-        let grow = |cached: &mut Vec<f32>, elems: usize| {
-            let slots = if self.kv_f16 { elems.div_ceil(2) } else { elems };
+        let (key_elems, value_elems) = self.cache_elems(first_pos + n, row_len);
+        for (cached, elems) in [(&mut *cache.k, key_elems), (&mut *cache.v, value_elems)] {
+            let slots = elems.div_ceil(self.elems_per_slot());
             if cached.len() < slots {
                 cached.resize(slots, 0.0);
             }
-        };
+        }
         if self.kv_f16 {
-            grow(cache.k, <f16 as KvElem>::key_slots(end, row_len));
-            grow(cache.v, end * row_len);
             let keys = f16s_mut(cache.k);
             for (i, new) in k[src.clone()].chunks_exact(row_len).enumerate() {
                 for (j, &x) in new.iter().enumerate() {
@@ -584,8 +599,6 @@ impl Backend for Cpu {
             }
             f16s_mut(cache.v)[dst].convert_from_f32_slice(&v[src]);
         } else {
-            grow(cache.k, end * row_len);
-            grow(cache.v, end * row_len);
             cache.k[dst.clone()].copy_from_slice(&k[src.clone()]);
             cache.v[dst].copy_from_slice(&v[src]);
         }
@@ -641,13 +654,9 @@ impl Backend for Cpu {
             let SeqRows { row: q_row, n, first_pos } = *rows;
             let n_ctx = first_pos + n;
             check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
-            let (per_slot, key_slots) = if self.kv_f16 {
-                (2, <f16 as KvElem>::key_slots(n_ctx, kv_len))
-            } else {
-                (1, <f32 as KvElem>::key_slots(n_ctx, kv_len))
-            };
-            check_len("attention", "k cache", cache.k.len() * per_slot, key_slots)?;
-            check_len("attention", "v cache", cache.v.len() * per_slot, n_ctx * kv_len)?;
+            let (key_elems, value_elems) = self.cache_elems(n_ctx, kv_len);
+            check_len("attention", "k cache", cache.k.len() * self.elems_per_slot(), key_elems)?;
+            check_len("attention", "v cache", cache.v.len() * self.elems_per_slot(), value_elems)?;
             check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
         }
         let group = n_head / n_kv_head;

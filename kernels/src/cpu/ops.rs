@@ -389,15 +389,15 @@ mod avx512 {
         let hd = 16 * C;
         let len = positions.len();
         let row = |cache: &[T], p: usize| cache[p * kv.stride + kv.offset..][..hd].as_ptr();
-        // SAFETY: `q` holds `H` heads of `hd` floats.
-        let qh: [[__m512; C]; H] = std::array::from_fn(|h| {
-            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) })
-        });
         if T::F16 {
             // SAFETY: `T` is f16 (its keys blocked), `q` holds `H` heads, and the caller checked
             // the cache holds every position's key.
             unsafe { blocked_scores::<T, H>(q, kv, positions.clone(), scale, scores) };
         } else {
+            // SAFETY: `q` holds `H` heads of `hd` floats.
+            let qh: [[__m512; C]; H] = std::array::from_fn(|h| {
+                std::array::from_fn(|c| unsafe { _mm512_loadu_ps(q.as_ptr().add(h * hd + 16 * c)) })
+            });
             for (i, p) in positions.clone().enumerate() {
                 let k = row(kv.k, p);
                 // SAFETY: `k` points at `hd` elements (sliced above).

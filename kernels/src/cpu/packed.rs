@@ -30,6 +30,12 @@ use crate::quant::{GgmlType, f16_bits_to_f32};
 /// Rows per interleaved group: one per lane of a 512-bit vector of i32.
 pub const GROUP: usize = 16;
 
+/// How far ahead of the block being multiplied the weights are fetched into L1. The hardware
+/// prefetcher ramps up too slowly on a group's few kilobytes, and a step's weights come from
+/// memory: without this every block's first load stalls (A/B in bench/RESULTS.md: decode +15%
+/// at batch 1, +12% at batch 8). `realm bench`'s bandwidth probe reads as far ahead.
+pub const PREFETCH_BYTES: usize = 8192;
+
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
@@ -318,7 +324,7 @@ mod scalar {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Acts, At, GROUP, Line, Q8Acts, Q16Acts, QB};
+    use super::{Acts, At, GROUP, Line, PREFETCH_BYTES, Q8Acts, Q16Acts, QB};
     use crate::quant::GgmlType;
 
     const Q4_0: u8 = 0;
@@ -351,12 +357,6 @@ mod avx512 {
             _ => 5,
         }
     }
-
-    /// How far ahead of the block being multiplied the weights are fetched into L1. The
-    /// hardware prefetcher ramps up too slowly on a group's few kilobytes, and a step's
-    /// weights come from memory: without this every block's first load stalls (A/B in
-    /// bench/RESULTS.md: decode +15% at batch 1, +12% at batch 8).
-    const PREFETCH_BYTES: usize = 8192;
 
     /// Asks for the lines `PREFETCH_BYTES` past block `b`'s, which past the group's end are
     /// the next group's (groups lie back to back).

@@ -92,6 +92,14 @@ pub(super) fn blocks_per_task(blocks: usize) -> usize {
     blocks.div_ceil(8).max(MIN_BLOCKS)
 }
 
+/// The scale that maps a block's largest magnitude `amax` to `limit`, and its inverse (0 for
+/// an all-zero block).
+#[inline(always)]
+pub(super) fn block_scale(amax: f32, limit: f32) -> (f32, f32) {
+    let scale = amax / limit;
+    (scale, if scale > 0.0 { 1.0 / scale } else { 0.0 })
+}
+
 /// Rounds `xs` into `qs` with the scale that maps the largest magnitude to `limit` (`to_q`
 /// converts an already rounded value); returns the scale and `Σ q`.
 #[inline(always)]
@@ -101,9 +109,7 @@ pub(super) fn quantize_block<Q: Copy + Into<i32>>(
     limit: f32,
     to_q: impl Fn(f32) -> Q,
 ) -> (f32, i32) {
-    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = amax / limit;
-    let id = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let (scale, id) = block_scale(xs.iter().fold(0.0f32, |m, v| m.max(v.abs())), limit);
     let mut isum = 0i32;
     for (q, &v) in qs.iter_mut().zip(xs) {
         let r = to_q(round_small(v * id));
