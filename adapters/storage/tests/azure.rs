@@ -9,18 +9,15 @@
 //! azure --test azure`.
 #![cfg(feature = "azure")]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use realm_storage::{ObjectUri, StorageError, Store};
 
 mod common;
 
-use common::Cloud;
+use common::{Cloud, Emulator, http_status};
 
 const CHILD_ENV: &str = "REALM_STORAGE_AZURE_TEST_CHILD";
 static CLOUD: Cloud = Cloud { scheme: "az", child_env: CHILD_ENV, fetch_env: "REALM_STORAGE_AZURE_TEST_FETCH" };
@@ -31,9 +28,9 @@ const DEV_ACCOUNT: &str = "devstoreaccount1";
 const DEV_ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
+/// Azurite and the folder it runs in.
 struct Azurite {
-    child: Child,
-    port: u16,
+    server: Emulator,
     _dir: tempfile::TempDir,
 }
 
@@ -55,51 +52,19 @@ impl Azurite {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let launcher = azurite_launcher(&root)?;
         ensure!(launcher.is_file(), "{} is missing: run scripts/setup-azurite.sh", launcher.display());
-        // A free port: bind port 0, note the port, let it go for Azurite to take.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         // In memory, but run in a folder of its own in case it writes anything.
         let dir = tempfile::tempdir()?;
-        let child = Command::new(&launcher)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--silent", "--disableTelemetry"])
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting Azurite with {}", launcher.display()))?;
-        let mut azurite = Azurite { child, port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = azurite.child.try_wait()? {
-                bail!("Azurite exited at start ({status})");
-            }
-            if answers(port) {
-                return Ok(azurite);
-            }
-            ensure!(Instant::now() < deadline, "Azurite did not answer on port {port} within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let command = |port: u16| {
+            let mut c = Command::new(&launcher);
+            c.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args(["--inMemoryPersistence", "--silent", "--disableTelemetry"])
+                .current_dir(dir.path());
+            c
+        };
+        // Any answer will do: an unsigned request is refused.
+        let server = Emulator::start("Azurite", command, |port| http_status(port, "GET", "/").is_ok())?;
+        Ok(Azurite { server, _dir: dir })
     }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether an HTTP server answers on `port` (any status: an unauthorised request is refused).
-fn answers(port: u16) -> bool {
-    let reply = || -> Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply)
-    };
-    reply().is_ok_and(|r| r.starts_with("HTTP/1.1 "))
 }
 
 fn main() -> Result<()> {
@@ -110,7 +75,7 @@ fn main() -> Result<()> {
     let connection = format!(
         "DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};\
          BlobEndpoint=http://127.0.0.1:{}/{DEV_ACCOUNT};",
-        azurite.port
+        azurite.server.port
     );
     let status = Command::new(std::env::current_exe()?)
         .env(CHILD_ENV, "1")

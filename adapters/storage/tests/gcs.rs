@@ -9,84 +9,44 @@
 //! --test gcs`.
 #![cfg(feature = "gcs")]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use realm_storage::{ObjectUri, StorageError, Store};
 
 mod common;
 
-use common::{BUCKET, Cloud};
+use common::{BUCKET, Cloud, Emulator, http_status};
 
 const CHILD_ENV: &str = "REALM_STORAGE_GCS_TEST_CHILD";
 static CLOUD: Cloud = Cloud { scheme: "gs", child_env: CHILD_ENV, fetch_env: "REALM_STORAGE_GCS_TEST_FETCH" };
 
-struct Emulator {
-    child: Child,
-    port: u16,
-}
-
-impl Emulator {
-    /// The emulator, in memory, with the tests' bucket made at start.
-    fn start() -> Result<Emulator> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let launcher = root.join(".venv/bin/gcp-storage-emulator");
-        ensure!(
-            launcher.is_file(),
-            "{} is missing: run scripts/setup.sh (it installs gcp-storage-emulator)",
-            launcher.display()
-        );
-        // A free port: bind port 0, note the port, let it go for the emulator to take.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(&launcher)
-            .args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--in-memory", "--quiet"])
-            .args(["--default-bucket", BUCKET])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", launcher.display()))?;
-        let mut emulator = Emulator { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = emulator.child.try_wait()? {
-                bail!("gcp-storage-emulator exited at start ({status})");
-            }
-            if get_status(port, &format!("/storage/v1/b/{BUCKET}")).is_ok_and(|code| code == 200) {
-                return Ok(emulator);
-            }
-            ensure!(Instant::now() < deadline, "gcp-storage-emulator did not answer on port {port} within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One bare HTTP GET; the status code.
-fn get_status(port: u16, path: &str) -> Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    let code = reply.split_whitespace().nth(1).context("empty HTTP reply")?;
-    Ok(code.parse()?)
+/// gcp-storage-emulator from the project's venv, in memory, with the tests' bucket made at
+/// start.
+fn start_emulator() -> Result<Emulator> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let launcher = root.join(".venv/bin/gcp-storage-emulator");
+    ensure!(
+        launcher.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs gcp-storage-emulator)",
+        launcher.display()
+    );
+    let command = |port: u16| {
+        let mut c = Command::new(&launcher);
+        c.args(["start", "--host", "127.0.0.1", "--port", &port.to_string(), "--in-memory", "--quiet"])
+            .args(["--default-bucket", BUCKET]);
+        c
+    };
+    let ready = |port| http_status(port, "GET", &format!("/storage/v1/b/{BUCKET}")).is_ok_and(|code| code == 200);
+    Emulator::start("gcp-storage-emulator", command, ready)
 }
 
 fn main() -> Result<()> {
     if let Some(done) = CLOUD.child(cases) {
         return done;
     }
-    let emulator = Emulator::start()?;
+    let emulator = start_emulator()?;
     let status = Command::new(std::env::current_exe()?)
         .env(CHILD_ENV, "1")
         .env(realm_storage::GCS_EMULATOR_HOST_ENV, format!("http://127.0.0.1:{}", emulator.port))

@@ -8,79 +8,39 @@
 //! --test s3`.
 #![cfg(feature = "s3")]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use realm_storage::{ObjectUri, StorageError, Store};
 
 mod common;
 
-use common::{BUCKET, Cloud};
+use common::{BUCKET, Cloud, Emulator, http_status};
 
 const CHILD_ENV: &str = "REALM_STORAGE_S3_TEST_CHILD";
 static CLOUD: Cloud = Cloud { scheme: "s3", child_env: CHILD_ENV, fetch_env: "REALM_STORAGE_S3_TEST_FETCH" };
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Result<Moto> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let python = root.join(".venv/bin/python");
-        ensure!(python.is_file(), "{} is missing: run scripts/setup.sh (it installs moto[server])", python.display());
-        // A free port: bind port 0, note the port, let it go for moto to take.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting moto with {}", python.display()))?;
-        let mut moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = moto.child.try_wait()? {
-                bail!("moto exited at start ({status})");
-            }
-            if http(port, "GET", "/moto-api/").is_ok() {
-                return Ok(moto);
-            }
-            ensure!(Instant::now() < deadline, "moto did not answer on port {port} within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One bare HTTP/1.1 request (moto needs no signature for bucket creation); the status code.
-fn http(port: u16, method: &str, path: &str) -> Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    let code = reply.split_whitespace().nth(1).context("empty HTTP reply")?;
-    Ok(code.parse()?)
+/// moto in server mode, from the project's venv.
+fn start_moto() -> Result<Emulator> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    ensure!(python.is_file(), "{} is missing: run scripts/setup.sh (it installs moto[server])", python.display());
+    let command = |port: u16| {
+        let mut c = Command::new(&python);
+        c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+        c
+    };
+    Emulator::start("moto", command, |port| http_status(port, "GET", "/moto-api/").is_ok())
 }
 
 fn main() -> Result<()> {
     if let Some(done) = CLOUD.child(cases) {
         return done;
     }
-    let moto = Moto::start()?;
-    let code = http(moto.port, "PUT", &format!("/{BUCKET}"))?;
+    let moto = start_moto()?;
+    // moto needs no signature to make a bucket.
+    let code = http_status(moto.port, "PUT", &format!("/{BUCKET}"))?;
     ensure!(code == 200, "creating bucket {BUCKET} answered {code}");
     let status = Command::new(std::env::current_exe()?)
         .env(CHILD_ENV, "1")

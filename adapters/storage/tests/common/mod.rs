@@ -2,8 +2,10 @@
 //! a cancel or a kill, one download for two fetchers, the default model) run the same against
 //! every backend; each test binary starts its server and adds its own store case.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,6 +18,57 @@ const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 pub type Case = std::pin::Pin<Box<dyn Future<Output = Result<()>>>>;
+
+/// A store's server on a free loopback port, killed (and waited for) on drop.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+}
+
+impl Emulator {
+    /// Runs `command(port)` on a free port, its output discarded, and waits up to 60 s until
+    /// `ready(port)`; `name` is for the errors.
+    pub fn start(name: &str, command: impl FnOnce(u16) -> Command, ready: impl Fn(u16) -> bool) -> Result<Emulator> {
+        // A free port: bind port 0, note the port, let it go for the server to take.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = command(port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut server = Emulator { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("{name} exited at start ({status})");
+            }
+            if ready(port) {
+                return Ok(server);
+            }
+            ensure!(Instant::now() < deadline, "{name} did not answer on port {port} within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One bare HTTP/1.1 request without a body or a signature to a server on loopback; the
+/// status code.
+pub fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let code = reply.split_whitespace().nth(1).context("empty HTTP reply")?;
+    Ok(code.parse()?)
+}
 
 /// One backend under test.
 pub struct Cloud {
