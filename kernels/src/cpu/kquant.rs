@@ -57,7 +57,7 @@ fn unpack_scales(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
 }
 
 /// The reference unpacking of the quants: element by element, as `dequantize` reads them.
-fn unpack_quants_ref(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
+pub(super) fn unpack_quants_ref(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
     match ty {
         GgmlType::Q6K => {
             let (ql, qh) = (&b[..128], &b[128..192]);

@@ -17,6 +17,14 @@
 //!   then the scale line (with Q5_1's minimums).
 //! - Q8_0: 8 lines, line `j` holding row `r`'s quants `4j..4j + 4` plus 128 (`vpdpbusd` wants
 //!   one operand unsigned), then the scale line.
+//!
+//! Q4_K and Q5_K, per group and per 256-element super-block: a header of [`K_HEADER`] lines
+//! (the f16 `d` and `dmin` as in Q4_1's scale line; the eight 6-bit scales as bytes, row `r`'s
+//! first four at `4r` of the second line and the other four in the third; the minimums so in
+//! the fourth and fifth), then the eight 32-element blocks' nibble lines (and Q5_K's fifth
+//! bits) as Q4_1 and Q5_1 lay them out. A block's scale is `d · scale` and its minimum
+//! `-(dmin · min)`, computed in the kernel as the row kernels compute them, so the layout is
+//! 2.8% larger than the file's rather than the 40% that f32 scales per block would add.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +33,7 @@ use super::huge::{Arena, Region};
 use super::q8::{Isa, Q8Acts, QA, QB};
 use super::q16::Q16Acts;
 use crate::backend::QTensor;
-use crate::quant::{GgmlType, f16_bits_to_f32};
+use crate::quant::{GgmlType, K_SCALE_SIZE, QK_K, f16_bits_to_f32, scale_min_k4};
 
 /// Rows per interleaved group: one per lane of a 512-bit vector of i32.
 pub const GROUP: usize = 16;
@@ -52,23 +60,61 @@ pub struct Packed {
 
 /// Whether `ty` has packed kernels.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+    )
 }
 
 fn five_bits(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1)
+    matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K)
 }
 
 /// Formats with an additive minimum per block.
 fn has_min(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K)
 }
+
+/// Formats whose blocks take their scales from a super-block header.
+fn k_quant(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K)
+}
+
+/// Lines of a K-quant super-block's header: `d` and `dmin`, the scales, the minimums.
+const K_HEADER: usize = 5;
+
+/// 32-element blocks per K-quant super-block.
+const K_BLOCKS: usize = QK_K / QB;
 
 fn quant_lines(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q8_0 => 8,
-        GgmlType::Q5_0 | GgmlType::Q5_1 => 5,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 5,
         _ => 4,
+    }
+}
+
+/// Lines of a group of rows of `blocks` blocks.
+fn group_lines(ty: GgmlType, blocks: usize) -> usize {
+    if k_quant(ty) {
+        blocks / K_BLOCKS * (K_HEADER + K_BLOCKS * quant_lines(ty))
+    } else {
+        blocks * (quant_lines(ty) + 1)
+    }
+}
+
+/// Where block `b`'s first quant line sits in its group.
+fn block_line(ty: GgmlType, b: usize) -> usize {
+    if k_quant(ty) {
+        b / K_BLOCKS * (K_HEADER + K_BLOCKS * quant_lines(ty)) + K_HEADER + b % K_BLOCKS * quant_lines(ty)
+    } else {
+        b * (quant_lines(ty) + 1)
     }
 }
 
@@ -84,7 +130,8 @@ impl Packed {
     /// Whether [`Packed::new`] takes `w`: a format with packed kernels, whole groups of rows
     /// and whole blocks.
     pub fn fits(w: &QTensor) -> bool {
-        supported(w.ty) && w.rows > 0 && w.rows.is_multiple_of(GROUP) && w.cols.is_multiple_of(QB)
+        let block = if k_quant(w.ty) { QK_K } else { QB };
+        supported(w.ty) && w.rows > 0 && w.rows.is_multiple_of(GROUP) && w.cols.is_multiple_of(block)
     }
 
     /// `w` repacked into memory from `arena`, or `None` when it does not [fit](Packed::fits)
@@ -98,7 +145,7 @@ impl Packed {
         }
         let ty = w.ty;
         let blocks = w.cols / QB;
-        let per_group = blocks * (quant_lines(ty) + 1);
+        let per_group = group_lines(ty, blocks);
         let groups = w.rows / GROUP;
         let mut region = arena.alloc(groups * per_group * size_of::<Line>()).ok()?;
         // Groups per task: about 64 KiB of lines each.
@@ -135,7 +182,7 @@ impl Packed {
 
     /// The lines of group `g`.
     fn group(&self, g: usize) -> &[Line] {
-        let per_group = self.blocks * (quant_lines(self.ty) + 1);
+        let per_group = group_lines(self.ty, self.blocks);
         &lines(&self.region)[g * per_group..(g + 1) * per_group]
     }
 
@@ -191,6 +238,9 @@ fn lines_mut(region: &mut Region) -> &mut [Line] {
 
 /// Writes every line of the group whose first row is `first` into `dst`.
 fn pack_group(w: &QTensor, first: usize, dst: &mut [Line]) {
+    if k_quant(w.ty) {
+        return pack_group_k(w, first, dst);
+    }
     let ty = w.ty;
     let size = ty.type_size() as usize;
     let quants = quant_lines(ty);
@@ -231,6 +281,48 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [Line]) {
     }
 }
 
+/// [`pack_group`] for Q4_K and Q5_K.
+fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
+    let ty = w.ty;
+    let size = ty.type_size() as usize;
+    let quants = quant_lines(ty);
+    let rows: [&[u8]; GROUP] = std::array::from_fn(|r| w.row(first + r));
+    let mut unpacked = super::kquant::Unpacked::default();
+    for (sb, lines) in dst.chunks_exact_mut(K_HEADER + K_BLOCKS * quants).enumerate() {
+        let (header, blocks) = lines.split_at_mut(K_HEADER);
+        header.fill(Line([0; 64]));
+        let mut q = [[0u8; QK_K]; GROUP];
+        for (r, q) in q.iter_mut().enumerate() {
+            let src = &rows[r][sb * size..(sb + 1) * size];
+            header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+            header[0].0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
+            let mut packed = [0u8; K_SCALE_SIZE];
+            packed.copy_from_slice(&src[4..4 + K_SCALE_SIZE]);
+            let (scales, mins) = scale_min_k4(&packed);
+            for s in 0..K_BLOCKS {
+                header[1 + s / 4].0[4 * r + s % 4] = scales[s];
+                header[3 + s / 4].0[4 * r + s % 4] = mins[s];
+            }
+            super::kquant::unpack_quants_ref(ty, src, &mut unpacked);
+            *q = unpacked.q.map(|v| v as u8);
+        }
+        for (b, block) in blocks.chunks_exact_mut(quants).enumerate() {
+            block.fill(Line([0; 64]));
+            for (r, q) in q.iter().enumerate() {
+                let q = &q[b * QB..(b + 1) * QB];
+                for e in 0..QB / 2 {
+                    block[(e % 16) / 4].0[4 * r + e % 4] = (q[e] & 0x0F) | (q[e + 16] & 0x0F) << 4;
+                }
+                if five_bits(ty) {
+                    for (e, &q) in q.iter().enumerate() {
+                        block[4].0[4 * r + e % 4] |= ((q >> 4) & 1) << (e / 4);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A block's offset into each activation form: quants, 16-element scales, 32-element blocks.
 #[derive(Clone, Copy)]
 struct At {
@@ -264,14 +356,26 @@ mod scalar {
         f16_bits_to_f32(u16::from_le_bytes([line.0[at], line.0[at + 1]]))
     }
 
+    /// Row `r`'s scale for block `b` and what multiplies the activations' sum there.
+    fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32) {
+        if k_quant(ty) {
+            let header = &lines[block_line(ty, b / K_BLOCKS * K_BLOCKS) - K_HEADER..];
+            let s = b % K_BLOCKS;
+            let (d, dmin) = (scale(&header[0], 2 * r), scale(&header[0], 32 + 2 * r));
+            let byte = |line: usize| f32::from(header[line + s / 4].0[4 * r + s % 4]);
+            return (d * byte(1), -(dmin * byte(3)));
+        }
+        let line = &lines[block_line(ty, b) + quant_lines(ty)];
+        (scale(line, 2 * r), if has_min(ty) { scale(line, 32 + 2 * r) } else { 0.0 })
+    }
+
     pub(super) fn group(ty: GgmlType, lines: &[Line], blocks: usize, acts: Acts, t: usize) -> [f32; GROUP] {
-        let per_block = quant_lines(ty) + 1;
         let mut acc = [0.0f32; GROUP];
         for b in 0..blocks {
-            let block = &lines[b * per_block..(b + 1) * per_block];
+            let block = &lines[block_line(ty, b)..][..quant_lines(ty)];
             let at = At::new(t, b, blocks);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let dw = scale(&block[per_block - 1], 2 * r);
+                let (dw, mw) = scale_min(ty, lines, b, r);
                 let w = |e: usize| quant(ty, block, r, e);
                 match acts {
                     Acts::Q8(a) => {
@@ -285,7 +389,7 @@ mod scalar {
                         *acc = (lo as f32).mul_add(dw * a.d[at.half], *acc);
                         *acc = (hi as f32).mul_add(dw * a.d[at.half + 1], *acc);
                         if has_min(ty) {
-                            *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
+                            *acc = mw.mul_add(a.sum[at.block], *acc);
                         }
                     }
                     Acts::Q16(a) => {
@@ -300,7 +404,7 @@ mod scalar {
                         }
                         *acc = (s as f32).mul_add(dw * a.d[at.block], *acc);
                         if has_min(ty) {
-                            *acc = scale(&block[per_block - 1], 32 + 2 * r).mul_add(a.sum[at.block], *acc);
+                            *acc = mw.mul_add(a.sum[at.block], *acc);
                         }
                     }
                 }
@@ -324,7 +428,7 @@ mod scalar {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Acts, At, GROUP, Line, PREFETCH_BYTES, Q8Acts, Q16Acts, QB};
+    use super::{Acts, At, GROUP, K_BLOCKS, K_HEADER, Line, PREFETCH_BYTES, Q8Acts, Q16Acts, QB};
     use crate::quant::GgmlType;
 
     const Q4_0: u8 = 0;
@@ -332,13 +436,19 @@ mod avx512 {
     const Q8_0: u8 = 2;
     const Q5_0: u8 = 3;
     const Q5_1: u8 = 4;
+    const Q4K: u8 = 5;
+    const Q5K: u8 = 6;
 
     const fn five_bits(ty: u8) -> bool {
-        matches!(ty, Q5_0 | Q5_1)
+        matches!(ty, Q5_0 | Q5_1 | Q5K)
     }
 
     const fn has_min(ty: u8) -> bool {
-        matches!(ty, Q4_1 | Q5_1)
+        matches!(ty, Q4_1 | Q5_1 | Q4K | Q5K)
+    }
+
+    const fn k_quant(ty: u8) -> bool {
+        matches!(ty, Q4K | Q5K)
     }
 
     /// What a stored quant is above its value, for formats without a minimum.
@@ -350,21 +460,44 @@ mod avx512 {
         }
     }
 
-    const fn lines_per_block(ty: u8) -> usize {
+    const fn quant_lines(ty: u8) -> usize {
         match ty {
-            Q8_0 => 9,
-            Q5_0 | Q5_1 => 6,
-            _ => 5,
+            Q8_0 => 8,
+            Q5_0 | Q5_1 | Q5K => 5,
+            _ => 4,
         }
+    }
+
+    /// Lines of a K-quant super-block.
+    const fn super_lines(ty: u8) -> usize {
+        K_HEADER + K_BLOCKS * quant_lines(ty)
+    }
+
+    /// The first line that belongs to block `b`: its scale line follows its quants, a
+    /// K-quant super-block's header precedes its first block.
+    #[inline(always)]
+    const fn block_start(ty: u8, b: usize) -> usize {
+        if k_quant(ty) {
+            let within = b % K_BLOCKS;
+            b / K_BLOCKS * super_lines(ty) + if within == 0 { 0 } else { K_HEADER + within * quant_lines(ty) }
+        } else {
+            b * (quant_lines(ty) + 1)
+        }
+    }
+
+    /// Block `b`'s first quant line.
+    #[inline(always)]
+    const fn block_line(ty: u8, b: usize) -> usize {
+        if k_quant(ty) && b.is_multiple_of(K_BLOCKS) { block_start(ty, b) + K_HEADER } else { block_start(ty, b) }
     }
 
     /// Asks for the lines `PREFETCH_BYTES` past block `b`'s, which past the group's end are
     /// the next group's (groups lie back to back).
     #[inline(always)]
     fn prefetch<const TY: u8>(lines: &[Line], b: usize) {
-        let per_block = lines_per_block(TY);
-        let ahead = lines.as_ptr().wrapping_add(b * per_block).cast::<i8>().wrapping_add(PREFETCH_BYTES);
-        for l in 0..per_block {
+        let (start, end) = (block_start(TY, b), block_start(TY, b + 1));
+        let ahead = lines.as_ptr().wrapping_add(start).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+        for l in 0..end - start {
             // SAFETY: a prefetch never faults, whatever the address.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
         }
@@ -417,11 +550,15 @@ mod avx512 {
                 (Acts::Q8(a), GgmlType::Q4_1) => q8::<Q4_1, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q5_0) => q8::<Q5_0, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q5_1) => q8::<Q5_1, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q4K) => q8::<Q4K, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q5_0) => q16::<Q5_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q5_1) => q16::<Q5_1, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q4K) => q16::<Q4K, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
             }
         };
@@ -432,14 +569,13 @@ mod avx512 {
     }
 
     /// Block `b`'s quants as 8 vectors (elements `4j..4j + 4` of each row in lane `r` of
-    /// vector `j`), its scales and its minimums.
+    /// vector `j`), its scales and what multiplies the activations' sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512) {
-        let per_block = lines_per_block(TY);
         // SAFETY: the caller guarantees block `b` is in `lines`; lines are 64-byte aligned.
         unsafe {
-            let block = lines.as_ptr().add(b * per_block).cast::<__m512i>();
+            let block = lines.as_ptr().add(block_line(TY, b)).cast::<__m512i>();
             let mut w = [_mm512_setzero_si512(); 8];
             if TY == Q8_0 {
                 for (j, w) in w.iter_mut().enumerate() {
@@ -466,7 +602,23 @@ mod avx512 {
                     }
                 }
             }
-            let scales = block.add(per_block - 1).cast::<__m256i>();
+            if k_quant(TY) {
+                let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
+                let s = b % K_BLOCKS;
+                let d = _mm512_cvtph_ps(_mm256_load_si256(header.cast()));
+                let dmin = _mm512_cvtph_ps(_mm256_load_si256(header.cast::<__m256i>().add(1)));
+                let shift = _mm_cvtsi32_si128(8 * (s % 4) as i32);
+                let byte = |line: usize| {
+                    let v = _mm512_srl_epi32(_mm512_load_si512(header.add(line + s / 4)), shift);
+                    _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xFF)))
+                };
+                let min = _mm512_castps_si512(_mm512_mul_ps(dmin, byte(3)));
+                // Negated by its sign bit, as the scalar `-` does (a subtraction from zero
+                // would give +0 for a zero minimum).
+                let mw = _mm512_castsi512_ps(_mm512_xor_si512(min, _mm512_set1_epi32(i32::MIN)));
+                return (w, _mm512_mul_ps(d, byte(1)), mw);
+            }
+            let scales = block.add(quant_lines(TY)).cast::<__m256i>();
             let dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
             let mw = if has_min(TY) { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
             (w, dw, mw)
@@ -573,8 +725,19 @@ mod tests {
     use crate::backend::SharedBytes;
     use crate::cpu::q8::tests::{Rng, random_row, simd_isas};
 
+    /// Rows of random quants; K-quants through the quantizer (random bytes would make their
+    /// packed scales of any size).
     fn tensor(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> QTensor {
-        let bytes: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, rng)).collect();
+        let row = |rng: &mut Rng| {
+            if !k_quant(ty) {
+                return random_row(ty, cols, rng);
+            }
+            let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+            let mut out = vec![0u8; cols / QK_K * ty.type_size() as usize];
+            crate::quant::quantize_row(ty, &x, &mut out).expect("quantize");
+            out
+        };
+        let bytes: Vec<u8> = (0..rows).flat_map(|_| row(rng)).collect();
         let len = bytes.len();
         let owner: Arc<dyn crate::Backing> = Arc::new(bytes);
         QTensor::new(ty, rows, cols, SharedBytes::new(owner, 0, len).expect("bytes")).expect("tensor")
@@ -593,9 +756,17 @@ mod tests {
     #[test]
     fn packed_kernels_match_the_row_kernels_and_their_twin() {
         const ROW_TOL: f32 = 1e-5;
-        let (rows, cols, n) = (32, 256, 6);
+        let (rows, cols, n) = (32, 2 * QK_K, 6);
         let mut rng = Rng(11);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+        ] {
             let w = tensor(ty, rows, cols, &mut rng);
             let p = Packed::new(&w, &Arena::default(), serial).expect("packs");
             let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
