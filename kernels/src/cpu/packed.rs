@@ -18,13 +18,18 @@
 //! - Q8_0: 8 lines, line `j` holding row `r`'s quants `4j..4j + 4` plus 128 (`vpdpbusd` wants
 //!   one operand unsigned), then the scale line.
 //!
-//! Q4_K and Q5_K, per group and per 256-element super-block: a header of [`K_HEADER`] lines
-//! (the f16 `d` and `dmin` as in Q4_1's scale line; the eight 6-bit scales as bytes, row `r`'s
-//! first four at `4r` of the second line and the other four in the third; the minimums so in
-//! the fourth and fifth), then the eight 32-element blocks' nibble lines (and Q5_K's fifth
-//! bits) as Q4_1 and Q5_1 lay them out. A block's scale is `d · scale` and its minimum
-//! `-(dmin · min)`, computed in the kernel as the row kernels compute them, so the layout is
-//! 2.8% larger than the file's rather than the 40% that f32 scales per block would add.
+//! K-quants, per group and per 256-element super-block: a header of [`K_HEADER`] lines, then
+//! the eight 32-element blocks' nibble lines and high-bit lines as Q4_1 and Q5_1 lay them out
+//! (Q6_K's quants plus 32, with a second bit line for the sixth bits).
+//! - Q4_K, Q5_K header: the f16 `d` and `dmin` as in Q4_1's scale line; the eight 6-bit
+//!   scales as bytes, row `r`'s first four at `4r` of the second line and the other four in
+//!   the third; the minimums so in the fourth and fifth. A block's scale is `d · scale` and its
+//!   minimum `-(dmin · min)`.
+//! - Q6_K header: `d` at `2r`; the sixteen 8-bit scales (one per 16 elements) four by four
+//!   in the other lines, so a block has one scale per half.
+//!
+//! The products are computed in the kernel as the row kernels compute them, so the layout is
+//! 1-3% larger than the file's rather than the 25-40% that f32 scales per block would add.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,11 +74,18 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q8_0
             | GgmlType::Q4K
             | GgmlType::Q5K
+            | GgmlType::Q6K
     )
 }
 
+/// Formats with a line of fifth bits after the nibbles.
 fn five_bits(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K)
+    matches!(ty, GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K | GgmlType::Q6K)
+}
+
+/// Formats with a second bit line, of sixth bits.
+fn six_bits(ty: GgmlType) -> bool {
+    ty == GgmlType::Q6K
 }
 
 /// Formats with an additive minimum per block.
@@ -83,10 +95,11 @@ fn has_min(ty: GgmlType) -> bool {
 
 /// Formats whose blocks take their scales from a super-block header.
 fn k_quant(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q5K)
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
-/// Lines of a K-quant super-block's header: `d` and `dmin`, the scales, the minimums.
+/// Lines of a K-quant super-block's header: `d` (and `dmin`), then 4 of scales (Q6_K) or 2 of
+/// scales and 2 of minimums.
 const K_HEADER: usize = 5;
 
 /// 32-element blocks per K-quant super-block.
@@ -96,6 +109,7 @@ fn quant_lines(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q8_0 => 8,
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 5,
+        GgmlType::Q6K => 6,
         _ => 4,
     }
 }
@@ -176,6 +190,10 @@ impl Packed {
         self.rows
     }
 
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
     pub fn groups(&self) -> usize {
         self.rows / GROUP
     }
@@ -193,6 +211,9 @@ impl Packed {
     /// `out` is valid for writes of `n * stride` floats, `stride >= self.rows()`, nothing
     /// else reads or writes the elements of these groups' rows meanwhile, and `acts` holds at
     /// least `n` rows of `self.blocks * 32` elements.
+    ///
+    /// # Panics
+    /// Q6_K on 16-bit activations whose half sums were not taken ([`Q16Acts::sum_halves`]).
     pub unsafe fn matmul_groups(
         &self,
         isa: Isa,
@@ -202,6 +223,10 @@ impl Packed {
         out: *mut f32,
         stride: usize,
     ) {
+        if let (Acts::Q16(a), GgmlType::Q6K) = (acts, self.ty) {
+            let summed = a.qsum16.len() * QB / 2 == a.q.len() && a.q.len() >= n * self.blocks * QB;
+            assert!(summed, "Q6_K on 16-bit activations needs their half sums");
+        }
         for g in groups {
             let lines = self.group(g);
             // SAFETY: the caller's guarantees cover every row of the group for every `t`.
@@ -281,7 +306,7 @@ fn pack_group(w: &QTensor, first: usize, dst: &mut [Line]) {
     }
 }
 
-/// [`pack_group`] for Q4_K and Q5_K.
+/// [`pack_group`] for the K-quants.
 fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
     let ty = w.ty;
     let size = ty.type_size() as usize;
@@ -294,17 +319,26 @@ fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
         let mut q = [[0u8; QK_K]; GROUP];
         for (r, q) in q.iter_mut().enumerate() {
             let src = &rows[r][sb * size..(sb + 1) * size];
-            header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
-            header[0].0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
-            let mut packed = [0u8; K_SCALE_SIZE];
-            packed.copy_from_slice(&src[4..4 + K_SCALE_SIZE]);
-            let (scales, mins) = scale_min_k4(&packed);
-            for s in 0..K_BLOCKS {
-                header[1 + s / 4].0[4 * r + s % 4] = scales[s];
-                header[3 + s / 4].0[4 * r + s % 4] = mins[s];
+            if ty == GgmlType::Q6K {
+                header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[208..210]);
+                for (s, &scale) in src[192..208].iter().enumerate() {
+                    header[1 + s / 4].0[4 * r + s % 4] = scale;
+                }
+            } else {
+                header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[..2]);
+                header[0].0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
+                let mut packed = [0u8; K_SCALE_SIZE];
+                packed.copy_from_slice(&src[4..4 + K_SCALE_SIZE]);
+                let (scales, mins) = scale_min_k4(&packed);
+                for s in 0..K_BLOCKS {
+                    header[1 + s / 4].0[4 * r + s % 4] = scales[s];
+                    header[3 + s / 4].0[4 * r + s % 4] = mins[s];
+                }
             }
             super::kquant::unpack_quants_ref(ty, src, &mut unpacked);
-            *q = unpacked.q.map(|v| v as u8);
+            // Q6_K's quants are unpacked signed (`q - 32`); stored as `q`, 0..63.
+            let bias = if ty == GgmlType::Q6K { 32 } else { 0 };
+            *q = unpacked.q.map(|v| v.wrapping_add(bias) as u8);
         }
         for (b, block) in blocks.chunks_exact_mut(quants).enumerate() {
             block.fill(Line([0; 64]));
@@ -313,9 +347,12 @@ fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
                 for e in 0..QB / 2 {
                     block[(e % 16) / 4].0[4 * r + e % 4] = (q[e] & 0x0F) | (q[e + 16] & 0x0F) << 4;
                 }
-                if five_bits(ty) {
-                    for (e, &q) in q.iter().enumerate() {
+                for (e, &q) in q.iter().enumerate() {
+                    if five_bits(ty) {
                         block[4].0[4 * r + e % 4] |= ((q >> 4) & 1) << (e / 4);
+                    }
+                    if six_bits(ty) {
+                        block[5].0[4 * r + e % 4] |= ((q >> 5) & 1) << (e / 4);
                     }
                 }
             }
@@ -349,24 +386,37 @@ mod scalar {
         }
         let b = lines[(e % 16) / 4].0[4 * r + e % 4];
         let nibble = i32::from(if e < 16 { b & 0x0F } else { b >> 4 });
-        if five_bits(ty) { nibble | i32::from((lines[4].0[4 * r + e % 4] >> (e / 4)) & 1) << 4 } else { nibble }
+        let bit = |line: usize| i32::from((lines[line].0[4 * r + e % 4] >> (e / 4)) & 1);
+        let fifth = if five_bits(ty) { bit(4) << 4 } else { 0 };
+        let sixth = if six_bits(ty) { bit(5) << 5 } else { 0 };
+        nibble | fifth | sixth
     }
 
     fn scale(line: &Line, at: usize) -> f32 {
         f16_bits_to_f32(u16::from_le_bytes([line.0[at], line.0[at + 1]]))
     }
 
-    /// Row `r`'s scale for block `b` and what multiplies the activations' sum there.
-    fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32) {
+    /// Row `r`'s scales for block `b`'s two halves and what multiplies the activations' sum
+    /// there.
+    fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32, f32) {
+        let header = || &lines[block_line(ty, b - b % K_BLOCKS) - K_HEADER..];
+        let s = b % K_BLOCKS;
+        if ty == GgmlType::Q6K {
+            let header = header();
+            let d = scale(&header[0], 2 * r);
+            let byte = |k: usize| f32::from(header[1 + k / 4].0[4 * r + k % 4] as i8);
+            return (d * byte(2 * s), d * byte(2 * s + 1), 0.0);
+        }
         if k_quant(ty) {
-            let header = &lines[block_line(ty, b / K_BLOCKS * K_BLOCKS) - K_HEADER..];
-            let s = b % K_BLOCKS;
+            let header = header();
             let (d, dmin) = (scale(&header[0], 2 * r), scale(&header[0], 32 + 2 * r));
             let byte = |line: usize| f32::from(header[line + s / 4].0[4 * r + s % 4]);
-            return (d * byte(1), -(dmin * byte(3)));
+            let dw = d * byte(1);
+            return (dw, dw, -(dmin * byte(3)));
         }
         let line = &lines[block_line(ty, b) + quant_lines(ty)];
-        (scale(line, 2 * r), if has_min(ty) { scale(line, 32 + 2 * r) } else { 0.0 })
+        let dw = scale(line, 2 * r);
+        (dw, dw, if has_min(ty) { scale(line, 32 + 2 * r) } else { 0.0 })
     }
 
     pub(super) fn group(ty: GgmlType, lines: &[Line], blocks: usize, acts: Acts, t: usize) -> [f32; GROUP] {
@@ -375,7 +425,7 @@ mod scalar {
             let block = &lines[block_line(ty, b)..][..quant_lines(ty)];
             let at = At::new(t, b, blocks);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let (dw, mw) = scale_min(ty, lines, b, r);
+                let (dw, dw_hi, mw) = scale_min(ty, lines, b, r);
                 let w = |e: usize| quant(ty, block, r, e);
                 match acts {
                     Acts::Q8(a) => {
@@ -387,10 +437,22 @@ mod scalar {
                             hi -= offset * a.qsum[at.half + 1];
                         }
                         *acc = (lo as f32).mul_add(dw * a.d[at.half], *acc);
-                        *acc = (hi as f32).mul_add(dw * a.d[at.half + 1], *acc);
+                        *acc = (hi as f32).mul_add(dw_hi * a.d[at.half + 1], *acc);
                         if has_min(ty) {
                             *acc = mw.mul_add(a.sum[at.block], *acc);
                         }
+                    }
+                    Acts::Q16(a) if ty == GgmlType::Q6K => {
+                        // One scale per half: two sums, each less 32 times its activations'.
+                        let half = |h: usize| {
+                            let e = h * QA..(h + 1) * QA;
+                            let s: i32 = e.clone().map(|e| w(e) * i32::from(a.hi[at.quant + e])).sum();
+                            let s = (s << 8) + e.map(|e| w(e) * i32::from(a.lo[at.quant + e])).sum::<i32>();
+                            s - 32 * a.qsum16[2 * at.block + h]
+                        };
+                        let d = a.d[at.block];
+                        *acc = (half(0) as f32).mul_add(dw * d, *acc);
+                        *acc = (half(1) as f32).mul_add(dw_hi * d, *acc);
                     }
                     Acts::Q16(a) => {
                         let mut s: i32 = (0..QB).map(|e| w(e) * i32::from(a.hi[at.quant + e])).sum();
@@ -419,6 +481,7 @@ mod scalar {
             GgmlType::Q4_0 => Some(8),
             GgmlType::Q5_0 => Some(16),
             GgmlType::Q8_0 => Some(128),
+            GgmlType::Q6K => Some(32),
             _ => None,
         }
     }
@@ -438,9 +501,10 @@ mod avx512 {
     const Q5_1: u8 = 4;
     const Q4K: u8 = 5;
     const Q5K: u8 = 6;
+    const Q6K: u8 = 7;
 
     const fn five_bits(ty: u8) -> bool {
-        matches!(ty, Q5_0 | Q5_1 | Q5K)
+        matches!(ty, Q5_0 | Q5_1 | Q5K | Q6K)
     }
 
     const fn has_min(ty: u8) -> bool {
@@ -448,7 +512,7 @@ mod avx512 {
     }
 
     const fn k_quant(ty: u8) -> bool {
-        matches!(ty, Q4K | Q5K)
+        matches!(ty, Q4K | Q5K | Q6K)
     }
 
     /// What a stored quant is above its value, for formats without a minimum.
@@ -456,6 +520,7 @@ mod avx512 {
         match ty {
             Q4_0 => 8,
             Q5_0 => 16,
+            Q6K => 32,
             _ => 128,
         }
     }
@@ -464,6 +529,7 @@ mod avx512 {
         match ty {
             Q8_0 => 8,
             Q5_0 | Q5_1 | Q5K => 5,
+            Q6K => 6,
             _ => 4,
         }
     }
@@ -552,6 +618,7 @@ mod avx512 {
                 (Acts::Q8(a), GgmlType::Q5_1) => q8::<Q5_1, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q4K) => q8::<Q4K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
@@ -559,6 +626,7 @@ mod avx512 {
                 (Acts::Q16(a), GgmlType::Q5_1) => q16::<Q5_1, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4K) => q16::<Q4K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
             }
         };
@@ -569,10 +637,10 @@ mod avx512 {
     }
 
     /// Block `b`'s quants as 8 vectors (elements `4j..4j + 4` of each row in lane `r` of
-    /// vector `j`), its scales and what multiplies the activations' sums.
+    /// vector `j`), the scales of its two halves and what multiplies the activations' sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512) {
+    unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512, __m512) {
         // SAFETY: the caller guarantees block `b` is in `lines`; lines are 64-byte aligned.
         unsafe {
             let block = lines.as_ptr().add(block_line(TY, b)).cast::<__m512i>();
@@ -601,6 +669,31 @@ mod avx512 {
                         *w = _mm512_or_si512(*w, _mm512_and_si512(shifted, fifth));
                     }
                 }
+                if TY == Q6K {
+                    // Bit `j` of each byte is vector `j`'s sixth bit: shifted to bit 5.
+                    let bits = _mm512_load_si512(block.add(5));
+                    let sixth = _mm512_set1_epi8(0x20);
+                    for (j, w) in w.iter_mut().enumerate() {
+                        let shifted = if j <= 5 {
+                            _mm512_sll_epi32(bits, _mm_cvtsi32_si128(5 - j as i32))
+                        } else {
+                            _mm512_srl_epi32(bits, _mm_cvtsi32_si128(j as i32 - 5))
+                        };
+                        *w = _mm512_or_si512(*w, _mm512_and_si512(shifted, sixth));
+                    }
+                }
+            }
+            if TY == Q6K {
+                let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
+                let s = b % K_BLOCKS;
+                let d = _mm512_cvtph_ps(_mm256_load_si256(header.cast()));
+                // The signed byte `k` of each lane's scales, sign-extended.
+                let scale = |k: usize| {
+                    let v = _mm512_load_si512(header.add(1 + k / 4));
+                    let v = _mm512_sll_epi32(v, _mm_cvtsi32_si128(24 - 8 * (k % 4) as i32));
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)))
+                };
+                return (w, scale(2 * s), scale(2 * s + 1), _mm512_setzero_ps());
             }
             if k_quant(TY) {
                 let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
@@ -616,12 +709,13 @@ mod avx512 {
                 // Negated by its sign bit, as the scalar `-` does (a subtraction from zero
                 // would give +0 for a zero minimum).
                 let mw = _mm512_castsi512_ps(_mm512_xor_si512(min, _mm512_set1_epi32(i32::MIN)));
-                return (w, _mm512_mul_ps(d, byte(1)), mw);
+                let dw = _mm512_mul_ps(d, byte(1));
+                return (w, dw, dw, mw);
             }
             let scales = block.add(quant_lines(TY)).cast::<__m256i>();
             let dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
             let mw = if has_min(TY) { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
-            (w, dw, mw)
+            (w, dw, dw, mw)
         }
     }
 
@@ -640,7 +734,7 @@ mod avx512 {
         for b in 0..blocks {
             prefetch::<TY>(lines, b);
             // SAFETY: block `b` of the group, by the caller's guarantee.
-            let (w, dw, mw) = unsafe { unpack::<TY>(lines, b) };
+            let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b) };
             for (k, acc) in acc.iter_mut().enumerate() {
                 let at = At::new(t + k, b, blocks);
                 // SAFETY: activation row `t + k` holds block `b`: 32 quants from `at.quant`,
@@ -660,7 +754,8 @@ mod avx512 {
                     }
                     let d = a.d.as_ptr().add(at.half);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, _mm512_set1_ps(*d)), *acc);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw, _mm512_set1_ps(*d.add(1))), *acc);
+                    *acc =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, _mm512_set1_ps(*d.add(1))), *acc);
                     if has_min(TY) {
                         *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
                     }
@@ -679,7 +774,7 @@ mod avx512 {
         for b in 0..blocks {
             prefetch::<TY>(lines, b);
             // SAFETY: block `b` of the group, by the caller's guarantee.
-            let (w, dw, mw) = unsafe { unpack::<TY>(lines, b) };
+            let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b) };
             let signed = if TY == Q8_0 { w.map(|w| _mm512_xor_si512(w, _mm512_set1_epi8(-128))) } else { w };
             for (k, acc) in acc.iter_mut().enumerate() {
                 let at = At::new(t + k, b, blocks);
@@ -687,6 +782,26 @@ mod avx512 {
                 // `at.quant`, one scale and sum at `at.block`.
                 unsafe {
                     let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
+                    if TY == Q6K {
+                        // One scale per half: two sums, each less 32 times its activations'
+                        // (`qsum16`, two per block, by `matmul_groups`' guarantee).
+                        let mut s = [_mm512_setzero_si512(); 2];
+                        for (h, s) in s.iter_mut().enumerate() {
+                            for j in 0..4 {
+                                *s = _mm512_dpbusd_epi32(*s, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                            }
+                            *s = _mm512_slli_epi32(*s, 8);
+                            for j in 0..4 {
+                                *s = _mm512_dpbusd_epi32(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
+                            }
+                            let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
+                            *s = _mm512_sub_epi32(*s, _mm512_set1_epi32(32 * sum));
+                        }
+                        let d = _mm512_set1_ps(*a.d.as_ptr().add(at.block));
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0]), _mm512_mul_ps(dw, d), *acc);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1]), _mm512_mul_ps(dw_hi, d), *acc);
+                        continue;
+                    }
                     let mut s = _mm512_setzero_si512();
                     for j in 0..4 {
                         s = _mm512_dpbusd_epi32(s, w[j], broadcast(hi.add(4 * j)));
@@ -766,6 +881,7 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q4K,
             GgmlType::Q5K,
+            GgmlType::Q6K,
         ] {
             let w = tensor(ty, rows, cols, &mut rng);
             let p = Packed::new(&w, &Arena::default(), serial).expect("packs");
@@ -774,6 +890,7 @@ mod tests {
             a8.quantize(&x, n, cols);
             let mut a16 = Q16Acts::default();
             a16.quantize_with(&x, n, cols, true, crate::cpu::q8::serial);
+            a16.sum_halves();
             for (acts, name) in [(Acts::Q8(&a8), "q8"), (Acts::Q16(&a16), "q16")] {
                 let want = run(Isa::Baseline, &p, acts, n);
                 for t in 0..n {

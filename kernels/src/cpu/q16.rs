@@ -24,6 +24,8 @@ pub struct Q16Acts {
     pub lo: Vec<u8>,
     pub qsum: Vec<i32>,
     pub hisum: Vec<i32>,
+    /// Per 16 elements `Σ q`, after [`Q16Acts::sum_halves`] (emptied by every quantization).
+    pub qsum16: Vec<i32>,
 }
 
 impl Q16Acts {
@@ -43,6 +45,7 @@ impl Q16Acts {
         parallel: impl Fn(usize, &Parallel),
     ) {
         let len = n * cols;
+        self.qsum16.clear();
         self.d.resize(len / QB, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.q.resize(len, 0);
@@ -72,6 +75,13 @@ impl Q16Acts {
             let (((x, q), (d, sum)), split) = &mut *part;
             quantize_q16(x, q, d, sum, split.take());
         });
+    }
+
+    /// Fills `qsum16` from the quants: Q6_K's packed kernels, one weight scale per 16 elements,
+    /// subtract their bias per half block.
+    pub fn sum_halves(&mut self) {
+        self.qsum16.clear();
+        self.qsum16.extend(self.q.chunks_exact(QB / 2).map(|h| h.iter().map(|&q| i32::from(q)).sum::<i32>()));
     }
 
     /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`, each weight
