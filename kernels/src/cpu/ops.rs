@@ -266,6 +266,9 @@ mod avx512 {
 
     use super::{HeadRows, KvElem};
 
+    /// How far ahead of the value row being read the next ones are fetched.
+    const VALUES_AHEAD: usize = 8;
+
     /// Scores of this many (head, position) pairs stay on the stack.
     const STACK_SCORES: usize = 1024;
 
@@ -351,7 +354,11 @@ mod avx512 {
             // query elements are read below `H * hd`.
             let mut acc = [[_mm512_setzero_ps(); 4]; H];
             let base = unsafe { k.add((block * stride + offset) * B) };
+            // This head's keys two blocks on: `hd * B` f16s, one line per 32.
+            let ahead = base.wrapping_add(2 * stride * B).cast::<i8>();
             for d in (0..hd).step_by(4) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(d * B * 2));
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(d * B * 2 + 64));
                 for u in 0..4 {
                     let kt = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(base.add((d + u) * B).cast())) };
                     for (h, acc) in acc.iter_mut().enumerate() {
@@ -419,7 +426,13 @@ mod avx512 {
             *part = if T::F16 { crate::cpu::vexp::avx512::exp_shifted(scores) } else { super::exp_shifted(scores) };
         }
         let mut acc = [[_mm512_setzero_ps(); C]; H];
-        for (i, p) in positions.enumerate() {
+        for (i, p) in positions.clone().enumerate() {
+            if p + VALUES_AHEAD < positions.end {
+                let ahead = row(kv.v, p + VALUES_AHEAD).cast::<i8>();
+                for l in (0..hd * size_of::<T>()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
+                }
+            }
             let v = row(kv.v, p);
             // SAFETY: `v` points at `hd` elements (sliced above).
             let v: [__m512; C] = std::array::from_fn(|c| unsafe { load(v.add(16 * c)) });
