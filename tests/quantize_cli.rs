@@ -95,6 +95,18 @@ fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
 }
 
 #[test]
+fn q6_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
+    // As for Q4_K: ffn_down takes Q6_K, the rest llama.cpp's fallback for Q6_K, Q8_0. On
+    // AVX-512 VNNI machines both run on the packed kernels, ffn_down with 16-bit activations.
+    let text = quantize_and_check("q6_k", 18, |_, dims| match dims {
+        [_] => GgmlType::F32,
+        [1536, _] => GgmlType::Q6K,
+        _ => GgmlType::Q8_0,
+    });
+    assert!(text.starts_with(" Paris"), "{text:?}");
+}
+
+#[test]
 fn unknown_type_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("x.gguf");
