@@ -156,3 +156,45 @@ fn fast_precision_runs_and_agrees_on_a_clear_answer() {
     ]);
     assert!(out.starts_with(" Paris"), "fast precision said {out:?}");
 }
+
+/// `realm run` with `REALM_CPU_ISA` set: its output, or `None` where this CPU lacks the set.
+fn run_with_isa(isa: &str) -> Option<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_realm"))
+        .env("REALM_CPU_ISA", isa)
+        .args(["run", "--model", "default", "--temperature", "0", "--max-tokens", "2"])
+        .args(["--prompt", "The capital of France is"])
+        .output()
+        .expect("run realm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("this CPU does not have it") {
+        return None;
+    }
+    assert!(out.status.success(), "REALM_CPU_ISA={isa}: {stderr}");
+    Some(String::from_utf8(out.stdout).expect("stdout is UTF-8"))
+}
+
+#[test]
+fn every_cpu_instruction_set_this_machine_has_answers_paris() {
+    // Each set runs other kernels: the scalar row kernels, the packed kernels' AVX2 twins with
+    // and without AVX-VNNI's dot products, the AVX-512 ones.
+    let mut ran = 0;
+    for isa in ["baseline", "avx2", "avxvnni", "avx512"] {
+        if let Some(text) = run_with_isa(isa) {
+            assert!(text.starts_with(" Paris"), "REALM_CPU_ISA={isa}: {text:?}");
+            ran += 1;
+        }
+    }
+    assert!(ran >= 1, "the baseline runs everywhere");
+}
+
+#[test]
+fn an_unknown_cpu_instruction_set_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_realm"))
+        .env("REALM_CPU_ISA", "avx3")
+        .args(["run", "--model", "default", "--max-tokens", "1", "--prompt", "Hi"])
+        .output()
+        .expect("run realm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("REALM_CPU_ISA=\"avx3\" is not one of avx512, avxvnni, avx2, baseline"), "{stderr}");
+}

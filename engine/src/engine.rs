@@ -111,7 +111,10 @@ fn not_built(backend: BackendKind) -> realm_kernels::KernelError {
 /// Opens the backend `options` ask for; `auto` falls through CUDA, a hardware wgpu adapter
 /// and the CPU, and says what it passed over and why.
 fn open_backend(options: &EngineOptions) -> Result<(Device, String), EngineError> {
-    let threads_note = |d: &Device| format!("cpu: {} threads, precision {:?}", d.threads(), options.precision);
+    let threads_note = |d: &Device| {
+        let isa = d.cpu_isa().map(|isa| format!(", {isa}")).unwrap_or_default();
+        format!("cpu: {} threads{isa}, precision {:?}", d.threads(), options.precision)
+    };
     match options.backend {
         BackendChoice::Cpu => {
             let d = cpu(options)?;

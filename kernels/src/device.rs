@@ -35,6 +35,17 @@ pub enum DeviceWeight {
 }
 
 impl Device {
+    /// The CPU kernels' instruction set (`REALM_CPU_ISA`'s names), on the CPU backend.
+    pub fn cpu_isa(&self) -> Option<&'static str> {
+        match self {
+            Device::Cpu(c) => Some(c.isa_name()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => None,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(_) => None,
+        }
+    }
+
     /// CPU threads the backend runs on (a GPU backend's host side counts as one).
     pub fn threads(&self) -> usize {
         match self {

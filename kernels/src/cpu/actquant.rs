@@ -4,10 +4,10 @@
 //! the same operations in the same order. Without them a batched decode step spent about an
 //! eighth of its time here, on the calling thread and the pool's.
 
-/// Whether [`avx512`] can run here.
+/// Whether [`avx512`] runs here.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn avx512_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+    super::isa() == super::q8::Isa::Avx512
 }
 
 #[cfg(target_arch = "x86_64")]

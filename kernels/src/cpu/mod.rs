@@ -132,6 +132,8 @@ pub struct Cpu {
     /// backend's tensors are f32 vectors, so a cache stores two f16 per slot.
     kv_f16: bool,
     isa: q8::Isa,
+    /// The packed kernels' instruction set.
+    simd: packed::Simd,
 }
 
 impl Cpu {
@@ -143,6 +145,8 @@ impl Cpu {
         };
         let pool =
             pool::Pool::new(threads).map_err(|e| KernelError::Shape { op: "thread pool", reason: e.to_string() })?;
+        let Features { isa, avx_vnni } =
+            features().clone().map_err(|reason| KernelError::Device { backend: BackendKind::Cpu, reason })?;
         Ok(Self {
             pool,
             packed_acts: Box::default(),
@@ -151,8 +155,19 @@ impl Cpu {
             rope_table: Box::default(),
             activations,
             kv_f16: activations == Activations::Q8,
-            isa: q8::Isa::detect(),
+            isa,
+            simd: packed::Simd::of(isa, avx_vnni),
         })
+    }
+
+    /// The instruction sets the kernels use, as `REALM_CPU_ISA` names them.
+    pub fn isa_name(&self) -> &'static str {
+        match self.simd {
+            packed::Simd::Avx512 => "avx512",
+            packed::Simd::Avx2Vnni => "avxvnni",
+            packed::Simd::Avx2 => "avx2",
+            packed::Simd::Scalar => "baseline",
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -234,14 +249,15 @@ impl Cpu {
                 tasks.push((j, g..(g + per_task).min(p.groups())));
             }
         }
-        let isa = self.isa;
+        let simd = self.simd;
         self.pool.run(tasks.len(), &|i| {
             let (j, groups) = tasks[i].clone();
             let (p, acts, out) = &targets[j];
             // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by `matmuls`),
             // tasks cover disjoint groups, the activations hold `n` rows of `cols`, and the
             // pool joins every task before the outputs are touched again.
-            unsafe { p.matmul_groups(isa, *acts, n, groups, out.0, p.rows()) };
+            // `self.simd` was detected.
+            unsafe { p.matmul_groups(simd, *acts, n, groups, out.0, p.rows()) };
         });
     }
 
@@ -253,6 +269,62 @@ impl Cpu {
             (true, Inputs::Sensitive) => RowKernel::Q16,
             (false, _) => RowKernel::F32,
         }
+    }
+}
+
+/// The instruction sets the CPU kernels use.
+#[derive(Debug, Clone, Copy)]
+struct Features {
+    isa: q8::Isa,
+    avx_vnni: bool,
+}
+
+/// [`instruction_sets`], read once: every kernel's dispatch follows it.
+fn features() -> &'static Result<Features, String> {
+    static FEATURES: OnceLock<Result<Features, String>> = OnceLock::new();
+    FEATURES.get_or_init(instruction_sets)
+}
+
+/// The instruction set the kernels dispatch on ([`Cpu::new`] reports a `REALM_CPU_ISA` it
+/// cannot honour; here such a request leaves the CPU's own).
+pub(crate) fn isa() -> q8::Isa {
+    features().as_ref().map_or_else(|_| q8::Isa::detect(), |f| f.isa)
+}
+
+/// What the CPU has (`q8::Isa` and AVX-VNNI), or less where `REALM_CPU_ISA` asks for less:
+/// `avx512`, `avxvnni` (AVX2 with AVX-VNNI), `avx2` or `baseline`, to compare the paths on one
+/// machine or to reproduce another's.
+fn instruction_sets() -> Result<Features, String> {
+    let detected = q8::Isa::detect();
+    #[cfg(target_arch = "x86_64")]
+    let avx_vnni = std::arch::is_x86_feature_detected!("avxvnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx_vnni = false;
+    let Some(wanted) = std::env::var_os("REALM_CPU_ISA") else {
+        return Ok(Features { isa: detected, avx_vnni });
+    };
+    let rank = |isa: q8::Isa| match isa {
+        q8::Isa::Baseline => 0,
+        #[cfg(target_arch = "x86_64")]
+        q8::Isa::Avx2 => 1,
+        #[cfg(target_arch = "x86_64")]
+        q8::Isa::Avx512 => 2,
+    };
+    let name = wanted.to_string_lossy();
+    let asked = match &*name {
+        "baseline" => Some((q8::Isa::Baseline, false)),
+        #[cfg(target_arch = "x86_64")]
+        "avx2" => Some((q8::Isa::Avx2, false)),
+        #[cfg(target_arch = "x86_64")]
+        "avxvnni" => Some((q8::Isa::Avx2, true)),
+        #[cfg(target_arch = "x86_64")]
+        "avx512" => Some((q8::Isa::Avx512, avx_vnni)),
+        _ => None,
+    };
+    match asked {
+        None => Err(format!("REALM_CPU_ISA={name:?} is not one of avx512, avxvnni, avx2, baseline")),
+        Some((isa, vnni)) if rank(isa) <= rank(detected) && (avx_vnni || !vnni) => Ok(Features { isa, avx_vnni: vnni }),
+        Some(_) => Err(format!("REALM_CPU_ISA={name}: this CPU does not have it")),
     }
 }
 
@@ -414,7 +486,10 @@ impl Backend for Cpu {
         } else {
             None
         };
-        let packable = self.isa == q8::Isa::Avx512 && self.activations == Activations::Q8 && packed::Packed::fits(w);
+        let packable = self.simd != packed::Simd::Scalar
+            && self.activations == Activations::Q8
+            && self.simd.takes(w.ty)
+            && packed::Packed::fits(w);
         Ok(CpuWeight { q: w.clone(), dense, packable, packed: OnceLock::new(), inputs })
     }
 

@@ -11,8 +11,8 @@ use crate::backend::{Rope, RopeLayout};
 /// than one running sum). Runs the AVX2+FMA instantiation where the CPU has it.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected just above.
+    if super::isa() != super::q8::Isa::Baseline {
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` mean AVX2 and FMA were detected.
         return unsafe { dot_avx2(a, b) };
     }
     dot_body(a, b)
@@ -44,8 +44,8 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 /// `out += w · v`, element-wise: attention's weighted sum of value rows.
 pub fn axpy(w: f32, v: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected just above.
+    if super::isa() != super::q8::Isa::Baseline {
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` mean AVX2 and FMA were detected.
         unsafe { axpy_avx2(w, v, out) };
         return;
     }
@@ -173,12 +173,9 @@ pub fn attend_partial<T: KvElem>(
     assert!(kv.k.len() >= T::key_slots(positions.end, kv.stride), "the key cache holds every position");
     assert!(kv.v.len() >= positions.end * kv.stride, "the value cache holds every position");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
+    if super::isa() == super::q8::Isa::Avx512 {
         match kv.len {
-            // SAFETY: the features were detected just above.
+            // SAFETY: `Isa::Avx512` means AVX-512 F, FMA and F16C were detected.
             64 => return unsafe { avx512::attend_partial::<T, 4>(q, kv, positions, scale, out) },
             // SAFETY: as above.
             128 => return unsafe { avx512::attend_partial::<T, 8>(q, kv, positions, scale, out) },
@@ -186,8 +183,8 @@ pub fn attend_partial<T: KvElem>(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected just above.
+    if super::isa() != super::q8::Isa::Baseline {
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` mean AVX2 and FMA were detected.
         unsafe { attend_partial_avx2(q, kv, positions, scale, out) };
         return;
     }

@@ -132,6 +132,41 @@ fn block_line(ty: GgmlType, b: usize) -> usize {
     }
 }
 
+/// Which packed kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    /// AVX-512 F/BW/VL/VNNI, FMA and F16C: a group's 16 rows per vector.
+    Avx512,
+    /// AVX2, FMA, F16C and AVX-VNNI: 8 rows per vector, each group in two halves.
+    Avx2Vnni,
+    /// AVX2, FMA and F16C: as `Avx2Vnni`, the 8-bit dot products as `vpmaddubsw` and
+    /// `vpmaddwd`.
+    Avx2,
+    /// The scalar twin (tests).
+    Scalar,
+}
+
+impl Simd {
+    /// The fastest kernels `isa` (detected) and `avx_vnni` (AVX-VNNI detected) allow.
+    pub fn of(isa: Isa, avx_vnni: bool) -> Self {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Simd::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if avx_vnni => Simd::Avx2Vnni,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Simd::Avx2,
+            Isa::Baseline => Simd::Scalar,
+        }
+    }
+
+    /// Whether these kernels multiply `ty`: plain AVX2 leaves Q8_0 to the row kernels, as
+    /// `vpmaddubsw` would saturate on pairs of its 8-bit quants.
+    pub fn takes(self, ty: GgmlType) -> bool {
+        supported(ty) && !(self == Simd::Avx2 && ty == GgmlType::Q8_0)
+    }
+}
+
 /// Activations as the packed kernels read them.
 #[derive(Clone, Copy)]
 pub enum Acts<'a> {
@@ -208,15 +243,15 @@ impl Packed {
     /// goes to `out[t * stride + r]`.
     ///
     /// # Safety
-    /// `out` is valid for writes of `n * stride` floats, `stride >= self.rows()`, nothing
-    /// else reads or writes the elements of these groups' rows meanwhile, and `acts` holds at
-    /// least `n` rows of `self.blocks * 32` elements.
+    /// `simd`'s features were detected, `out` is valid for writes of `n * stride` floats,
+    /// `stride >= self.rows()`, nothing else reads or writes the elements of these groups'
+    /// rows meanwhile, and `acts` holds at least `n` rows of `self.blocks * 32` elements.
     ///
     /// # Panics
     /// Q6_K on 16-bit activations whose half sums were not taken ([`Q16Acts::sum_halves`]).
     pub unsafe fn matmul_groups(
         &self,
-        isa: Isa,
+        simd: Simd,
         acts: Acts,
         n: usize,
         groups: std::ops::Range<usize>,
@@ -231,11 +266,17 @@ impl Packed {
             let lines = self.group(g);
             // SAFETY: the caller's guarantees cover every row of the group for every `t`.
             let at = |t: usize| unsafe { out.add(t * stride + g * GROUP) };
-            match isa {
+            match simd {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx512` means AVX-512 F/BW/VL/VNNI, FMA and F16C were detected;
-                // the lines and activations cover `self.blocks` blocks.
-                Isa::Avx512 => unsafe { avx512::group(self.ty, lines, self.blocks, acts, n, at) },
+                // SAFETY (these three): the caller detected the features; the lines and
+                // activations cover `self.blocks` blocks.
+                Simd::Avx512 => unsafe { avx512::group(self.ty, lines, self.blocks, acts, n, at) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2Vnni => unsafe { avx2_vnni::group(self.ty, lines, self.blocks, acts, n, at) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 if simd.takes(self.ty) => unsafe {
+                    avx2_plain::group(self.ty, lines, self.blocks, acts, n, at)
+                },
                 _ => {
                     for t in 0..n {
                         let sums = scalar::group(self.ty, lines, self.blocks, acts, t);
@@ -487,36 +528,36 @@ mod scalar {
     }
 }
 
+/// The formats as const generic parameters of the SIMD kernels, and where their lines lie.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+mod code {
     use std::arch::x86_64::*;
 
-    use super::{Acts, At, GROUP, K_BLOCKS, K_HEADER, Line, PREFETCH_BYTES, Q8Acts, Q16Acts, QB};
-    use crate::quant::GgmlType;
+    use super::{K_BLOCKS, K_HEADER, Line, PREFETCH_BYTES};
 
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-    const Q5_0: u8 = 3;
-    const Q5_1: u8 = 4;
-    const Q4K: u8 = 5;
-    const Q5K: u8 = 6;
-    const Q6K: u8 = 7;
+    pub(super) const Q4_0: u8 = 0;
+    pub(super) const Q4_1: u8 = 1;
+    pub(super) const Q8_0: u8 = 2;
+    pub(super) const Q5_0: u8 = 3;
+    pub(super) const Q5_1: u8 = 4;
+    pub(super) const Q4K: u8 = 5;
+    pub(super) const Q5K: u8 = 6;
+    pub(super) const Q6K: u8 = 7;
 
-    const fn five_bits(ty: u8) -> bool {
+    pub(super) const fn five_bits(ty: u8) -> bool {
         matches!(ty, Q5_0 | Q5_1 | Q5K | Q6K)
     }
 
-    const fn has_min(ty: u8) -> bool {
+    pub(super) const fn has_min(ty: u8) -> bool {
         matches!(ty, Q4_1 | Q5_1 | Q4K | Q5K)
     }
 
-    const fn k_quant(ty: u8) -> bool {
+    pub(super) const fn k_quant(ty: u8) -> bool {
         matches!(ty, Q4K | Q5K | Q6K)
     }
 
     /// What a stored quant is above its value, for formats without a minimum.
-    const fn offset(ty: u8) -> i32 {
+    pub(super) const fn offset(ty: u8) -> i32 {
         match ty {
             Q4_0 => 8,
             Q5_0 => 16,
@@ -525,7 +566,7 @@ mod avx512 {
         }
     }
 
-    const fn quant_lines(ty: u8) -> usize {
+    pub(super) const fn quant_lines(ty: u8) -> usize {
         match ty {
             Q8_0 => 8,
             Q5_0 | Q5_1 | Q5K => 5,
@@ -535,14 +576,14 @@ mod avx512 {
     }
 
     /// Lines of a K-quant super-block.
-    const fn super_lines(ty: u8) -> usize {
+    pub(super) const fn super_lines(ty: u8) -> usize {
         K_HEADER + K_BLOCKS * quant_lines(ty)
     }
 
     /// The first line that belongs to block `b`: its scale line follows its quants, a
     /// K-quant super-block's header precedes its first block.
     #[inline(always)]
-    const fn block_start(ty: u8, b: usize) -> usize {
+    pub(super) const fn block_start(ty: u8, b: usize) -> usize {
         if k_quant(ty) {
             let within = b % K_BLOCKS;
             b / K_BLOCKS * super_lines(ty) + if within == 0 { 0 } else { K_HEADER + within * quant_lines(ty) }
@@ -553,14 +594,14 @@ mod avx512 {
 
     /// Block `b`'s first quant line.
     #[inline(always)]
-    const fn block_line(ty: u8, b: usize) -> usize {
+    pub(super) const fn block_line(ty: u8, b: usize) -> usize {
         if k_quant(ty) && b.is_multiple_of(K_BLOCKS) { block_start(ty, b) + K_HEADER } else { block_start(ty, b) }
     }
 
     /// Asks for the lines `PREFETCH_BYTES` past block `b`'s, which past the group's end are
     /// the next group's (groups lie back to back).
     #[inline(always)]
-    fn prefetch<const TY: u8>(lines: &[Line], b: usize) {
+    pub(super) fn prefetch<const TY: u8>(lines: &[Line], b: usize) {
         let (start, end) = (block_start(TY, b), block_start(TY, b + 1));
         let ahead = lines.as_ptr().wrapping_add(start).cast::<i8>().wrapping_add(PREFETCH_BYTES);
         for l in 0..end - start {
@@ -568,6 +609,15 @@ mod avx512 {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l)) };
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::code::*;
+    use super::{Acts, At, GROUP, K_BLOCKS, Line, Q8Acts, Q16Acts, QB};
+    use crate::quant::GgmlType;
 
     /// Activation rows per tile: each block is unpacked once per tile, and the tile's
     /// accumulators stay in registers next to the 8 (16 for Q8_0 on 16-bit activations)
@@ -832,6 +882,324 @@ mod avx512 {
     const _: () = assert!(GROUP == 16 && QB == 32);
 }
 
+/// The AVX2 kernels, once with AVX-VNNI's `vpdpbusd` and once without. A 256-bit vector holds
+/// half a line, rows `8·side..8·side + 8` of the group; each group is multiplied in its two
+/// halves. The operations per lane are the AVX-512 kernels', so the results are the same bits.
+/// Without VNNI the dot products are `vpmaddubsw` (pairs of products summed into 16 bits,
+/// saturating) and `vpmaddwd`: no pair reaches the saturation with quants of at most 6 bits
+/// (`2 · 63 · 255 < 2^15`), and Q8_0 is not taken ([`Simd::takes`]).
+macro_rules! avx2_kernels {
+    ($name:ident, $features:literal, |$acc:ident, $a:ident, $b:ident| $dot:block) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use std::arch::x86_64::*;
+
+            use super::code::*;
+            use super::{Acts, At, K_BLOCKS, Line, Q8Acts, Q16Acts};
+            use crate::quant::GgmlType;
+
+            /// Activation rows per tile: 16 vector registers hold the 8 unpacked quant
+            /// vectors, the tile's accumulators and its integer sums.
+            const TILE: usize = 2;
+
+            /// `$acc` plus, per 32-bit lane, the sum of the 4 products of `$a`'s unsigned
+            /// bytes and `$b`'s signed ones.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn dot($acc: __m256i, $a: __m256i, $b: __m256i) -> __m256i $dot
+
+            /// # Safety
+            /// The features named above are available; `ty` is one [`super::Simd::takes`] for
+            /// these kernels; `lines` holds `blocks` blocks of a group of format `ty`; `acts`
+            /// holds rows `0..n` of `blocks` blocks; `out(t)` is valid for 16 floats for every
+            /// `t < n`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn group(
+                ty: GgmlType,
+                lines: &[Line],
+                blocks: usize,
+                acts: Acts,
+                n: usize,
+                out: impl Fn(usize) -> *mut f32,
+            ) {
+                for side in 0..2 {
+                    let mut t = 0;
+                    // SAFETY (all calls below): forwarded from the caller, rows `t..t + N`
+                    // within `0..n`.
+                    while t + TILE <= n {
+                        unsafe { tile::<TILE>(ty, lines, blocks, acts, t, side, &out) };
+                        t += TILE;
+                    }
+                    while t < n {
+                        unsafe { tile::<1>(ty, lines, blocks, acts, t, side, &out) };
+                        t += 1;
+                    }
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn tile<const N: usize>(
+                ty: GgmlType,
+                lines: &[Line],
+                blocks: usize,
+                acts: Acts,
+                t: usize,
+                side: usize,
+                out: &impl Fn(usize) -> *mut f32,
+            ) {
+                // SAFETY (all calls below): forwarded from the caller.
+                let acc: [__m256; N] = unsafe {
+                    match (acts, ty) {
+                        (Acts::Q8(a), GgmlType::Q4_0) => q8::<Q4_0, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q4_1) => q8::<Q4_1, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q5_0) => q8::<Q5_0, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q5_1) => q8::<Q5_1, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q4K) => q8::<Q4K, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q5_0) => q16::<Q5_0, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q5_1) => q16::<Q5_1, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q4K) => q16::<Q4K, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t, side),
+                    }
+                };
+                for (k, acc) in acc.into_iter().enumerate() {
+                    // SAFETY: `out(t + k)` is valid for 16 floats; this side writes 8 of them.
+                    unsafe { _mm256_storeu_ps(out(t + k).add(8 * side), acc) };
+                }
+            }
+
+            /// This side's 32 bytes of line `l` from `p`.
+            #[inline(always)]
+            unsafe fn half_line(p: *const u8, l: usize, side: usize) -> __m256i {
+                // SAFETY: the caller guarantees the line; halves of 64-byte lines are aligned.
+                unsafe { _mm256_load_si256(p.add(64 * l + 32 * side).cast()) }
+            }
+
+            /// This side's 8 f16 at byte `at` of the line at `p`, as f32.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn halves(p: *const u8, at: usize, side: usize) -> __m256 {
+                // SAFETY: the caller guarantees the line; 16-byte runs of a line are aligned.
+                unsafe { _mm256_cvtph_ps(_mm_load_si128(p.add(at + 16 * side).cast())) }
+            }
+
+            /// Block `b`'s quants for this side as 8 vectors (elements `4j..4j + 4` of each
+            /// row in lane `r` of vector `j`), the scales of its two halves and what
+            /// multiplies the activations' sums.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn unpack<const TY: u8>(
+                lines: &[Line],
+                b: usize,
+                side: usize,
+            ) -> ([__m256i; 8], __m256, __m256, __m256) {
+                // SAFETY: the caller guarantees block `b` is in `lines`.
+                unsafe {
+                    let block = lines.as_ptr().add(block_line(TY, b)).cast::<u8>();
+                    let mut w = [_mm256_setzero_si256(); 8];
+                    if TY == Q8_0 {
+                        for (j, w) in w.iter_mut().enumerate() {
+                            *w = half_line(block, j, side);
+                        }
+                    } else {
+                        let mask = _mm256_set1_epi8(0x0F);
+                        for j in 0..4 {
+                            let v = half_line(block, j, side);
+                            w[j] = _mm256_and_si256(v, mask);
+                            w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        }
+                        // Bit `j` of each byte of a bit line is vector `j`'s fifth (sixth) bit.
+                        let mut high_bit = |line: usize, bit: i32| {
+                            let bits = half_line(block, line, side);
+                            let place = _mm256_set1_epi8(1 << bit);
+                            for (j, w) in w.iter_mut().enumerate() {
+                                let j = j as i32;
+                                let shifted = if j <= bit {
+                                    _mm256_sll_epi32(bits, _mm_cvtsi32_si128(bit - j))
+                                } else {
+                                    _mm256_srl_epi32(bits, _mm_cvtsi32_si128(j - bit))
+                                };
+                                *w = _mm256_or_si256(*w, _mm256_and_si256(shifted, place));
+                            }
+                        };
+                        if five_bits(TY) {
+                            high_bit(4, 4);
+                        }
+                        if TY == Q6K {
+                            high_bit(5, 5);
+                        }
+                    }
+                    if k_quant(TY) {
+                        let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<u8>();
+                        let s = b % K_BLOCKS;
+                        let d = halves(header, 0, side);
+                        if TY == Q6K {
+                            // The signed byte `k` of each lane's scales, sign-extended.
+                            let scale = |k: usize| {
+                                let v = half_line(header, 1 + k / 4, side);
+                                let v = _mm256_sll_epi32(v, _mm_cvtsi32_si128(24 - 8 * (k % 4) as i32));
+                                _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(v)))
+                            };
+                            return (w, scale(2 * s), scale(2 * s + 1), _mm256_setzero_ps());
+                        }
+                        let shift = _mm_cvtsi32_si128(8 * (s % 4) as i32);
+                        let byte = |line: usize| {
+                            let v = _mm256_srl_epi32(half_line(header, line + s / 4, side), shift);
+                            _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xFF)))
+                        };
+                        let min = _mm256_castps_si256(_mm256_mul_ps(halves(header, 32, side), byte(3)));
+                        // Negated by its sign bit, as the scalar `-` does.
+                        let mw = _mm256_castsi256_ps(_mm256_xor_si256(min, _mm256_set1_epi32(i32::MIN)));
+                        let dw = _mm256_mul_ps(d, byte(1));
+                        return (w, dw, dw, mw);
+                    }
+                    let scales = block.add(64 * quant_lines(TY));
+                    let dw = halves(scales, 0, side);
+                    let mw = if has_min(TY) { halves(scales, 32, side) } else { _mm256_setzero_ps() };
+                    (w, dw, dw, mw)
+                }
+            }
+
+            /// Four activation bytes from `p`, broadcast to every lane.
+            #[inline(always)]
+            unsafe fn broadcast<T>(p: *const T) -> __m256i {
+                // SAFETY: the caller guarantees 4 readable bytes at `p`.
+                unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn q8<const TY: u8, const N: usize>(
+                lines: &[Line],
+                blocks: usize,
+                a: &Q8Acts,
+                t: usize,
+                side: usize,
+            ) -> [__m256; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let offset = offset(TY);
+                for b in 0..blocks {
+                    if side == 0 {
+                        prefetch::<TY>(lines, b);
+                    }
+                    // SAFETY: block `b` of the group, by the caller's guarantee.
+                    let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b, side) };
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        let at = At::new(t + k, b, blocks);
+                        // SAFETY: activation row `t + k` holds block `b`: 32 quants from
+                        // `at.quant`, scales and sums at `at.half`, `at.block`.
+                        unsafe {
+                            let x = a.q.as_ptr().add(at.quant);
+                            let mut lo = _mm256_setzero_si256();
+                            let mut hi = _mm256_setzero_si256();
+                            for j in 0..4 {
+                                lo = dot(lo, w[j], broadcast(x.add(4 * j)));
+                                hi = dot(hi, w[j + 4], broadcast(x.add(16 + 4 * j)));
+                            }
+                            if !has_min(TY) {
+                                let qsum = a.qsum.as_ptr().add(at.half);
+                                lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(offset * *qsum));
+                                hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(offset * *qsum.add(1)));
+                            }
+                            let d = a.d.as_ptr().add(at.half);
+                            let scale_lo = _mm256_mul_ps(dw, _mm256_set1_ps(*d));
+                            let scale_hi = _mm256_mul_ps(dw_hi, _mm256_set1_ps(*d.add(1)));
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), scale_lo, *acc);
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), scale_hi, *acc);
+                            if has_min(TY) {
+                                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
+
+            /// 16-bit activations as `256·hi + lo`, as the AVX-512 kernels take them.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn q16<const TY: u8, const N: usize>(
+                lines: &[Line],
+                blocks: usize,
+                a: &Q16Acts,
+                t: usize,
+                side: usize,
+            ) -> [__m256; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..blocks {
+                    if side == 0 {
+                        prefetch::<TY>(lines, b);
+                    }
+                    // SAFETY: block `b` of the group, by the caller's guarantee.
+                    let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b, side) };
+                    let signed = if TY == Q8_0 { w.map(|w| _mm256_xor_si256(w, _mm256_set1_epi8(-128))) } else { w };
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        let at = At::new(t + k, b, blocks);
+                        // SAFETY: activation row `t + k` holds block `b`: 32 high and low bytes
+                        // from `at.quant`, one scale and sum at `at.block` (and, for Q6_K, two
+                        // half sums at `2 · at.block`).
+                        unsafe {
+                            let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
+                            let d = _mm256_set1_ps(*a.d.as_ptr().add(at.block));
+                            if TY == Q6K {
+                                let mut s = [_mm256_setzero_si256(); 2];
+                                for (h, s) in s.iter_mut().enumerate() {
+                                    for j in 0..4 {
+                                        *s = dot(*s, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                                    }
+                                    *s = _mm256_slli_epi32(*s, 8);
+                                    for j in 0..4 {
+                                        *s = dot(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
+                                    }
+                                    let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
+                                    *s = _mm256_sub_epi32(*s, _mm256_set1_epi32(32 * sum));
+                                }
+                                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[0]), _mm256_mul_ps(dw, d), *acc);
+                                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[1]), _mm256_mul_ps(dw_hi, d), *acc);
+                                continue;
+                            }
+                            let mut s = _mm256_setzero_si256();
+                            for j in 0..4 {
+                                s = dot(s, w[j], broadcast(hi.add(4 * j)));
+                                s = dot(s, w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                            }
+                            if TY == Q8_0 {
+                                s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * *a.hisum.as_ptr().add(at.block)));
+                            }
+                            s = _mm256_slli_epi32(s, 8);
+                            for j in 0..4 {
+                                s = dot(s, broadcast(lo.add(4 * j)), signed[j]);
+                                s = dot(s, broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
+                            }
+                            if TY == Q4_0 || TY == Q5_0 {
+                                let qsum = *a.qsum.as_ptr().add(at.block);
+                                s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset(TY) * qsum));
+                            }
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, d), *acc);
+                            if has_min(TY) {
+                                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
+                            }
+                        }
+                    }
+                }
+                acc
+            }
+        }
+    };
+}
+
+avx2_kernels!(avx2_vnni, "avx2,fma,f16c,avxvnni", |acc, a, b| { _mm256_dpbusd_avx_epi32(acc, a, b) });
+avx2_kernels!(avx2_plain, "avx2,fma,f16c", |acc, a, b| {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+});
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -858,11 +1226,25 @@ mod tests {
         QTensor::new(ty, rows, cols, SharedBytes::new(owner, 0, len).expect("bytes")).expect("tensor")
     }
 
-    fn run(isa: Isa, p: &Packed, acts: Acts, n: usize) -> Vec<f32> {
+    fn run(simd: Simd, p: &Packed, acts: Acts, n: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; n * p.rows()];
-        // SAFETY: `out` holds `n` rows of `p.rows()` floats and is ours alone.
-        unsafe { p.matmul_groups(isa, acts, n, 0..p.groups(), out.as_mut_ptr(), p.rows()) };
+        // SAFETY: `simds` lists detected instruction sets only; `out` holds `n` rows of
+        // `p.rows()` floats and is ours alone.
+        unsafe { p.matmul_groups(simd, acts, n, 0..p.groups(), out.as_mut_ptr(), p.rows()) };
         out
+    }
+
+    /// Every SIMD variant of the packed kernels this CPU runs.
+    fn simds() -> Vec<Simd> {
+        #[cfg(target_arch = "x86_64")]
+        let avx_vnni = std::arch::is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx_vnni = false;
+        let mut simds: Vec<Simd> = simd_isas().into_iter().map(|isa| Simd::of(isa, false)).collect();
+        if avx_vnni && simds.contains(&Simd::Avx2) {
+            simds.push(Simd::Avx2Vnni);
+        }
+        simds
     }
 
     /// Packed results against the row-major integer kernels' scalar reference (the same
@@ -892,7 +1274,7 @@ mod tests {
             a16.quantize_with(&x, n, cols, true, crate::cpu::q8::serial);
             a16.sum_halves();
             for (acts, name) in [(Acts::Q8(&a8), "q8"), (Acts::Q16(&a16), "q16")] {
-                let want = run(Isa::Baseline, &p, acts, n);
+                let want = run(Simd::Scalar, &p, acts, n);
                 for t in 0..n {
                     for r in 0..rows {
                         let reference = match acts {
@@ -912,11 +1294,11 @@ mod tests {
                         );
                     }
                 }
-                for isa in simd_isas() {
-                    let got = run(isa, &p, acts, n);
-                    assert_eq!(bits(&got), bits(&want), "{ty:?} {name} {isa:?} vs the scalar twin");
-                    let alone = run(isa, &p, acts, 1);
-                    assert_eq!(bits(&alone), bits(&got[..rows]), "{ty:?} {name} {isa:?}: alone vs batched");
+                for simd in simds() {
+                    let got = run(simd, &p, acts, n);
+                    assert_eq!(bits(&got), bits(&want), "{ty:?} {name} {simd:?} vs the scalar twin");
+                    let alone = run(simd, &p, acts, 1);
+                    assert_eq!(bits(&alone), bits(&got[..rows]), "{ty:?} {name} {simd:?}: alone vs batched");
                 }
             }
         }

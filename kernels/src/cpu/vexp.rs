@@ -7,8 +7,8 @@
 /// elsewhere.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected just above.
+    if super::isa() == super::q8::Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` means AVX-512 F and FMA were detected.
         unsafe { avx512::silu_mul(gate, up) };
         return;
     }
