@@ -198,6 +198,11 @@ pub fn attend_partial<T: KvElem>(
     }
     #[cfg(target_arch = "x86_64")]
     if super::isa() != super::q8::Isa::Baseline {
+        if T::F16 && kv.len.is_multiple_of(32) {
+            // SAFETY: `Isa::Avx2` means AVX2, FMA and F16C were detected; `T` is f16.
+            unsafe { avx2::attend_partial(q, kv, positions, scale, out) };
+            return;
+        }
         // SAFETY: `Isa::Avx2` and `Isa::Avx512` mean AVX2 and FMA were detected.
         unsafe { attend_partial_avx2(q, kv, positions, scale, out) };
         return;
@@ -305,6 +310,159 @@ fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
         sum += *x;
     }
     (max, sum)
+}
+
+/// f16 caches (the fast precision) on AVX2: the scores of 8 positions per vector from the
+/// blocked keys, the values 32 dimensions per pass, so that the accumulators of up to 3 query
+/// heads stay in the 16 vector registers.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{HeadRows, KEY_BLOCK, KvElem};
+
+    /// Scores of this many (head, position) pairs stay on the stack.
+    const STACK_SCORES: usize = 1024;
+
+    /// How far ahead of the value row being read the next ones are fetched.
+    const VALUES_AHEAD: usize = 8;
+
+    /// Query heads per pass.
+    const HEADS: usize = 3;
+
+    /// [`super::attend_partial`] for f16 caches.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are available; `T` is f16 (keys blocked); `kv.len` is a multiple of
+    /// 32; both caches hold every position of `positions` at `offset..offset + len` of its
+    /// row; `out` holds `head_dim + 2` floats per query head of `q`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn attend_partial<T: KvElem>(
+        q: &[f32],
+        kv: &HeadRows<'_, T>,
+        positions: Range<usize>,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = kv.len;
+        let group = q.len() / hd;
+        let len = positions.len();
+        let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
+        let scores = if group * len <= STACK_SCORES {
+            &mut stack[..group * len]
+        } else {
+            heap.resize(group * len, 0.0);
+            &mut heap[..]
+        };
+        let mut h = 0;
+        while h < group {
+            let heads = (group - h).min(HEADS);
+            let q = &q[h * hd..(h + heads) * hd];
+            let scores = &mut scores[h * len..(h + heads) * len];
+            let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
+            // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
+            unsafe {
+                match heads {
+                    1 => heads_pass::<T, 1>(q, kv, positions.clone(), scale, scores, out),
+                    2 => heads_pass::<T, 2>(q, kv, positions.clone(), scale, scores, out),
+                    _ => heads_pass::<T, HEADS>(q, kv, positions.clone(), scale, scores, out),
+                }
+            }
+            h += heads;
+        }
+    }
+
+    /// Heads `0..H` of `q` (and of `scores`, `out`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn heads_pass<T: KvElem, const H: usize>(
+        q: &[f32],
+        kv: &HeadRows<'_, T>,
+        positions: Range<usize>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (hd, stride, offset) = (kv.len, kv.stride, kv.offset);
+        let len = positions.len();
+        let keys = kv.k.as_ptr().cast::<u16>();
+        let values = kv.v.as_ptr().cast::<u16>();
+        let scale = _mm256_set1_ps(scale);
+        let mut block = positions.start / KEY_BLOCK;
+        while block * KEY_BLOCK < positions.end {
+            let first = block * KEY_BLOCK;
+            // SAFETY (this block): the block's `hd` runs of 16 keys at `offset` lie in the
+            // cache; query elements are read below `H * hd`.
+            let base = unsafe { keys.add((block * stride + offset) * KEY_BLOCK) };
+            // This head's keys two blocks on, a line per two elements.
+            let ahead = base.wrapping_add(2 * stride * KEY_BLOCK).cast::<i8>();
+            // Per head, positions 0..8 and 8..16 of the block, each in two chains (even and
+            // odd elements) so the FMAs' latency hides behind the other chains.
+            let mut acc = [[[_mm256_setzero_ps(); 2]; 2]; H];
+            for d in 0..hd {
+                if d % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(d * KEY_BLOCK * 2));
+                }
+                let (lo, hi) = unsafe {
+                    let run = base.add(d * KEY_BLOCK);
+                    (_mm256_cvtph_ps(_mm_loadu_si128(run.cast())), _mm256_cvtph_ps(_mm_loadu_si128(run.add(8).cast())))
+                };
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let qd = _mm256_set1_ps(unsafe { *q.get_unchecked(h * hd + d) });
+                    acc[0][d % 2] = _mm256_fmadd_ps(qd, lo, acc[0][d % 2]);
+                    acc[1][d % 2] = _mm256_fmadd_ps(qd, hi, acc[1][d % 2]);
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let mut lanes = [0.0f32; KEY_BLOCK];
+                for (half, acc) in acc.iter().enumerate() {
+                    let sum = _mm256_mul_ps(_mm256_add_ps(acc[0], acc[1]), scale);
+                    // SAFETY: `lanes` holds 16 floats.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), sum) };
+                }
+                for p in first.max(positions.start)..(first + KEY_BLOCK).min(positions.end) {
+                    scores[h * len + p - positions.start] = lanes[p - first];
+                }
+            }
+            block += 1;
+        }
+        let mut parts = [(0.0f32, 0.0f32); H];
+        for (h, part) in parts.iter_mut().enumerate() {
+            *part = super::exp_shifted(&mut scores[h * len..(h + 1) * len]);
+        }
+        for chunk in 0..hd / 32 {
+            let mut acc = [[_mm256_setzero_ps(); 4]; H];
+            for (i, p) in positions.clone().enumerate() {
+                // SAFETY: the caller checked the cache holds every position's value row.
+                let row = unsafe { values.add(p * stride + offset + 32 * chunk) };
+                if chunk == 0 && p + VALUES_AHEAD < positions.end {
+                    let ahead = values.wrapping_add((p + VALUES_AHEAD) * stride + offset).cast::<i8>();
+                    for l in (0..hd * 2).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l));
+                    }
+                }
+                let w: [__m256; H] = std::array::from_fn(|h| _mm256_set1_ps(scores[h * len + i]));
+                for c in 0..4 {
+                    // SAFETY: `row` has 32 elements from this chunk on.
+                    let v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c).cast())) };
+                    for (acc, w) in acc.iter_mut().zip(&w) {
+                        acc[c] = _mm256_fmadd_ps(*w, v, acc[c]);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                let at = &mut out[h * (hd + 2) + 2 + 32 * chunk..][..32];
+                for (c, acc) in acc.iter().enumerate() {
+                    // SAFETY: `at` holds 32 floats.
+                    unsafe { _mm256_storeu_ps(at.as_mut_ptr().add(8 * c), *acc) };
+                }
+            }
+        }
+        for (h, part) in parts.iter().enumerate() {
+            (out[h * (hd + 2)], out[h * (hd + 2) + 1]) = *part;
+        }
+    }
 }
 
 /// Heads of 64 or 128 elements in 512-bit vectors: each key and value row is loaded (and
@@ -683,11 +841,18 @@ mod tests {
                 attend_partial(&q, &half, range.clone(), 0.125, &mut runs[0].1);
                 attend_partial_body(&q, &half, range.clone(), 0.125, &mut runs[1].1);
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
                     let mut got = vec![0.0; part];
                     // SAFETY: the features were detected just above.
                     unsafe { attend_partial_avx2(&q, &half, range.clone(), 0.125, &mut got) };
                     runs.push(("avx2", got));
+                    let mut got = vec![0.0; part];
+                    // SAFETY: as above; the keys are f16, `hd` a multiple of 32.
+                    unsafe { avx2::attend_partial(&q, &half, range.clone(), 0.125, &mut got) };
+                    runs.push(("avx2 f16", got));
                 }
                 for (name, got) in &runs {
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
