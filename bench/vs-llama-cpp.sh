@@ -209,7 +209,9 @@ e = os.environ
 md = [f"\n## {datetime.date.today().isoformat()}: {os.path.basename(r0['model'])}, {r0['threads']} threads\n",
       f"- CPU: {e['CPU']} ({os.cpu_count()} logical CPUs); flags: {e['FLAGS'].strip()}",
       f"- model: `{r0['model']}` ({r0['model_bytes']} bytes)",
-      f"- realm {e['COMMIT']}, precision {r0['precision']}; llama-cpp-python {dec[0]['llama_cpp_python']}, "
+      f"- realm {e['COMMIT']}, precision {r0['precision']}"
+      + (f", REALM_CPU_ISA={e['REALM_CPU_ISA']}" if e.get("REALM_CPU_ISA") else "")
+      + f"; llama-cpp-python {dec[0]['llama_cpp_python']}, "
       f"n_batch 512",
       f"- llama.cpp decode: default build (CMAKE_ARGS '{e['DECODE_ARGS']}')"
       + (", prompt fed token by token (the build dies on multi-token batches)" if dec[0]["feed_one_by_one"] else ""),
