@@ -1,8 +1,8 @@
 //! CPU backend. Two precisions: the exact reference path (weights dequantized row by row as
 //! they are used, f32 activations) and the fast path (activations quantized on the fly,
 //! integer dots against the quantized blocks: `q8`, `q16`, `kquant` on the file's rows, or
-//! `packed` on rows repacked for AVX-512 VNNI). Attention is softmax over the f32 cache, split
-//! into runs of positions and merged.
+//! `packed` on rows repacked for AVX-512 or AVX2). Attention is softmax over the KV cache
+//! (f16 in the fast path), split into runs of positions and merged.
 
 /// The entry points every SIMD module of the integer kernels exposes, around its
 /// `dot_blocks::<FORMAT, N>`: one instantiation per weight format, picked once per call.

@@ -1,8 +1,9 @@
-//! Weights repacked for the AVX-512 VNNI kernels: rows in groups of [`GROUP`], interleaved 4
-//! quant bytes at a time, so one `vpdpbusd` multiplies 4 quants of each of 16 rows by the same
-//! 4 broadcast activations. Each lane holds one row's running sum: no horizontal reductions,
-//! scales applied to 16 rows per instruction, and a block unpacked once serves every
-//! activation row of the call (prefill and batched decode read each weight once per step).
+//! Weights repacked for the SIMD integer kernels: rows in groups of [`GROUP`], interleaved 4
+//! quant bytes at a time, so one AVX-512 `vpdpbusd` multiplies 4 quants of each of 16 rows by
+//! the same 4 broadcast activations (on AVX2 a vector takes half a group). Each lane holds one
+//! row's running sum: no horizontal reductions, scales applied to a vector of rows per
+//! instruction, and a block unpacked once serves every activation row of the call (prefill
+//! and batched decode read each weight once per step).
 //!
 //! For one (row, activation row) the operations and their order do not depend on how many
 //! activation rows the call holds or how they are tiled, so a sequence gets the same numbers
