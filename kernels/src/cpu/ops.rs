@@ -429,7 +429,8 @@ mod avx2 {
         }
         let mut parts = [(0.0f32, 0.0f32); H];
         for (h, part) in parts.iter_mut().enumerate() {
-            *part = super::exp_shifted(&mut scores[h * len..(h + 1) * len]);
+            // f16 caches are the fast precision's, which takes the vector `exp`.
+            *part = crate::cpu::vexp::avx2::exp_shifted(&mut scores[h * len..(h + 1) * len]);
         }
         for chunk in 0..hd / 32 {
             let mut acc = [[_mm256_setzero_ps(); 4]; H];

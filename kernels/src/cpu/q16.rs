@@ -113,6 +113,12 @@ fn quantize_q16(x: &[f32], q: &mut [i16], d: &mut [f32], sum: &mut [f32], split:
         unsafe { super::actquant::avx512::quantize_q16(x, q, d, sum, split) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::actquant::avx2_available() {
+        // SAFETY: AVX2 was detected; the slices are one run's blocks, scales and sums.
+        unsafe { super::actquant::avx2::quantize_q16(x, q, d, sum, split) };
+        return;
+    }
     quantize_q16_ref(x, q, d, sum, split);
 }
 

@@ -127,6 +127,12 @@ fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32], qsum: &mut [i32], sum: &m
         unsafe { super::actquant::avx512::quantize_q8(x, q, d, qsum, sum) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::actquant::avx2_available() {
+        // SAFETY: AVX2 was detected; the slices are one run's blocks, scales and sums.
+        unsafe { super::actquant::avx2::quantize_q8(x, q, d, qsum, sum) };
+        return;
+    }
     quantize_q8_ref(x, q, d, qsum, sum);
 }
 
