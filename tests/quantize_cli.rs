@@ -35,8 +35,14 @@ fn read_with_gguf_py(path: &Path) -> (BTreeMap<String, String>, u64) {
 
 /// Quantizes the default model to `ty` and checks the file against its source: same
 /// metadata keys and tensors, `general.file_type`, each tensor's type from `expected(name,
-/// dims)`, and gguf-py's reading of it. Returns the file's greedy answer.
-fn quantize_and_check(ty: &str, file_type: u64, expected: impl Fn(&str, &[u64]) -> GgmlType) -> String {
+/// dims)`, and gguf-py's reading of it. Returns the file's greedy answer in each precision
+/// asked (`fast`, `exact`).
+fn quantize_and_check(
+    ty: &str,
+    file_type: u64,
+    expected: impl Fn(&str, &[u64]) -> GgmlType,
+    precisions: &[&str],
+) -> Vec<String> {
     let dir = tempfile::tempdir().expect("temp dir");
     let out_path = dir.path().join(format!("model.{ty}.gguf"));
     let out_str = out_path.to_str().expect("UTF-8 path");
@@ -72,12 +78,17 @@ fn quantize_and_check(ty: &str, file_type: u64, expected: impl Fn(&str, &[u64]) 
     assert_eq!(py_file_type, file_type);
 
     let prompt = "The capital of France is";
-    stdout_of(&["run", "--model", out_str, "--temperature", "0", "--max-tokens", "8", "--prompt", prompt])
+    let run = |precision: &str| {
+        let args = ["run", "--model", out_str, "--precision", precision, "--temperature", "0", "--max-tokens", "8"];
+        stdout_of(&[&args[..], &["--prompt", prompt]].concat())
+    };
+    precisions.iter().map(|p| run(p)).collect()
 }
 
 #[test]
 fn q8_0_file_loads_and_answers_paris() {
-    let text = quantize_and_check("q8_0", 7, |_, dims| if dims.len() == 1 { GgmlType::F32 } else { GgmlType::Q8_0 });
+    let expected = |_: &str, dims: &[u64]| if dims.len() == 1 { GgmlType::F32 } else { GgmlType::Q8_0 };
+    let text = &quantize_and_check("q8_0", 7, expected, &["fast"])[0];
     assert!(text.starts_with(" Paris"), "{text:?}");
 }
 
@@ -85,11 +96,12 @@ fn q8_0_file_loads_and_answers_paris() {
 fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
     // SmolLM2-135M's rows are 576 wide except ffn_down's 1536 (6 x 256): those take Q4_K,
     // the rest llama.cpp's fallback for Q4_K, Q5_0.
-    let text = quantize_and_check("q4_k", 14, |_, dims| match dims {
+    let expected = |_: &str, dims: &[u64]| match dims {
         [_] => GgmlType::F32,
         [1536, _] => GgmlType::Q4K,
         _ => GgmlType::Q5_0,
-    });
+    };
+    let text = &quantize_and_check("q4_k", 14, expected, &["fast"])[0];
     assert!(!text.trim().is_empty(), "{text:?}");
     assert!(text.starts_with(" Paris"), "{text:?}");
 }
@@ -98,12 +110,28 @@ fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
 fn q6_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
     // As for Q4_K: ffn_down takes Q6_K, the rest llama.cpp's fallback for Q6_K, Q8_0. On
     // AVX-512 VNNI machines both run on the packed kernels, ffn_down with 16-bit activations.
-    let text = quantize_and_check("q6_k", 18, |_, dims| match dims {
+    let expected = |_: &str, dims: &[u64]| match dims {
         [_] => GgmlType::F32,
         [1536, _] => GgmlType::Q6K,
         _ => GgmlType::Q8_0,
-    });
+    };
+    let text = &quantize_and_check("q6_k", 18, expected, &["fast"])[0];
     assert!(text.starts_with(" Paris"), "{text:?}");
+}
+
+#[test]
+fn q3_k_file_answers_as_its_exact_path_does() {
+    // ffn_down takes Q3_K, the rest llama.cpp's fallback for it, Q4_0. Three bits lose
+    // "Paris"; the fast path (on AVX-512 or AVX2 machines, packed Q3_K kernels) must still
+    // say what the exact path, dequantizing every row, says.
+    let expected = |_: &str, dims: &[u64]| match dims {
+        [_] => GgmlType::F32,
+        [1536, _] => GgmlType::Q3K,
+        _ => GgmlType::Q4_0,
+    };
+    let answers = quantize_and_check("q3_k", 11, expected, &["fast", "exact"]);
+    assert!(!answers[1].trim().is_empty(), "{answers:?}");
+    assert_eq!(answers[0], answers[1], "fast and exact greedy answers");
 }
 
 #[test]

@@ -76,7 +76,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
 };
-use crate::quant::{GgmlType, dequantize_row};
+use crate::quant::dequantize_row;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -231,7 +231,7 @@ impl Cpu {
         }
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
             q16.quantize_with(x, n, cols, true, parallel);
-            if jobs.iter().zip(packed).any(|((w, _), p)| w.inputs == Inputs::Sensitive && p.ty() == GgmlType::Q6K) {
+            if jobs.iter().zip(packed).any(|((w, _), p)| w.inputs == Inputs::Sensitive && packed::per_half(p.ty())) {
                 q16.sum_halves();
             }
         }

@@ -21,13 +21,14 @@
 //!
 //! K-quants, per group and per 256-element super-block: a header of [`K_HEADER`] lines, then
 //! the eight 32-element blocks' nibble lines and high-bit lines as Q4_1 and Q5_1 lay them out
-//! (Q6_K's quants plus 32, with a second bit line for the sixth bits).
+//! (Q6_K's quants plus 32, with a second bit line for the sixth bits; Q3_K's plus 4).
 //! - Q4_K, Q5_K header: the f16 `d` and `dmin` as in Q4_1's scale line; the eight 6-bit
 //!   scales as bytes, row `r`'s first four at `4r` of the second line and the other four in
 //!   the third; the minimums so in the fourth and fifth. A block's scale is `d · scale` and its
 //!   minimum `-(dmin · min)`.
-//! - Q6_K header: `d` at `2r`; the sixteen 8-bit scales (one per 16 elements) four by four
-//!   in the other lines, so a block has one scale per half.
+//! - Q6_K and Q3_K header: `d` at `2r`; the sixteen signed 8-bit scales (one per 16 elements;
+//!   Q3_K's 6-bit ones less 32) four by four in the other lines, so a block has one scale per
+//!   half.
 //!
 //! The products are computed in the kernel as the row kernels compute them, so the layout is
 //! 1-3% larger than the file's rather than the 25-40% that f32 scales per block would add.
@@ -39,7 +40,7 @@ use super::huge::{Arena, Region};
 use super::q8::{Isa, Q8Acts, QA, QB};
 use super::q16::Q16Acts;
 use crate::backend::QTensor;
-use crate::quant::{GgmlType, K_SCALE_SIZE, QK_K, f16_bits_to_f32, scale_min_k4};
+use crate::quant::{BlockQ3K, GgmlType, K_SCALE_SIZE, QK_K, f16_bits_to_f32, scale_min_k4};
 
 /// Rows per interleaved group: one per lane of a 512-bit vector of i32.
 pub const GROUP: usize = 16;
@@ -76,7 +77,14 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::Q3K
     )
+}
+
+/// Formats with a scale per 16 elements: two per block, and the 16-bit activations' sums per
+/// half ([`Q16Acts::sum_halves`]) for their bias.
+pub fn per_half(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q6K | GgmlType::Q3K)
 }
 
 /// Formats with a line of fifth bits after the nibbles.
@@ -96,7 +104,7 @@ fn has_min(ty: GgmlType) -> bool {
 
 /// Formats whose blocks take their scales from a super-block header.
 fn k_quant(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q3K)
 }
 
 /// Lines of a K-quant super-block's header: `d` (and `dmin`), then 4 of scales (Q6_K) or 2 of
@@ -249,7 +257,8 @@ impl Packed {
     /// rows meanwhile, and `acts` holds at least `n` rows of `self.blocks * 32` elements.
     ///
     /// # Panics
-    /// Q6_K on 16-bit activations whose half sums were not taken ([`Q16Acts::sum_halves`]).
+    /// Q6_K or Q3_K on 16-bit activations whose half sums were not taken
+    /// ([`Q16Acts::sum_halves`]).
     pub unsafe fn matmul_groups(
         &self,
         simd: Simd,
@@ -259,9 +268,9 @@ impl Packed {
         out: *mut f32,
         stride: usize,
     ) {
-        if let (Acts::Q16(a), GgmlType::Q6K) = (acts, self.ty) {
+        if let (Acts::Q16(a), true) = (acts, per_half(self.ty)) {
             let summed = a.qsum16.len() * QB / 2 == a.q.len() && a.q.len() >= n * self.blocks * QB;
-            assert!(summed, "Q6_K on 16-bit activations needs their half sums");
+            assert!(summed, "{} on 16-bit activations needs their half sums", self.ty);
         }
         for g in groups {
             let lines = self.group(g);
@@ -361,6 +370,18 @@ fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
         let mut q = [[0u8; QK_K]; GROUP];
         for (r, q) in q.iter_mut().enumerate() {
             let src = &rows[r][sb * size..(sb + 1) * size];
+            if ty == GgmlType::Q3K {
+                let mut block = [0u8; 110];
+                block.copy_from_slice(src);
+                let (quants, scales) = BlockQ3K::from_bytes(&block).quants();
+                header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[108..110]);
+                for (s, &scale) in scales.iter().enumerate() {
+                    header[1 + s / 4].0[4 * r + s % 4] = scale as u8;
+                }
+                // Stored as `q + 4`, 0..7.
+                *q = quants.map(|v| (v + 4) as u8);
+                continue;
+            }
             if ty == GgmlType::Q6K {
                 header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[208..210]);
                 for (s, &scale) in src[192..208].iter().enumerate() {
@@ -443,7 +464,7 @@ mod scalar {
     fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32, f32) {
         let header = || &lines[block_line(ty, b - b % K_BLOCKS) - K_HEADER..];
         let s = b % K_BLOCKS;
-        if ty == GgmlType::Q6K {
+        if per_half(ty) {
             let header = header();
             let d = scale(&header[0], 2 * r);
             let byte = |k: usize| f32::from(header[1 + k / 4].0[4 * r + k % 4] as i8);
@@ -484,13 +505,14 @@ mod scalar {
                             *acc = mw.mul_add(a.sum[at.block], *acc);
                         }
                     }
-                    Acts::Q16(a) if ty == GgmlType::Q6K => {
-                        // One scale per half: two sums, each less 32 times its activations'.
+                    Acts::Q16(a) if per_half(ty) => {
+                        // One scale per half: two sums, each less the bias times its
+                        // activations'.
                         let half = |h: usize| {
                             let e = h * QA..(h + 1) * QA;
                             let s: i32 = e.clone().map(|e| w(e) * i32::from(a.hi[at.quant + e])).sum();
                             let s = (s << 8) + e.map(|e| w(e) * i32::from(a.lo[at.quant + e])).sum::<i32>();
-                            s - 32 * a.qsum16[2 * at.block + h]
+                            s - offset(ty).unwrap_or(0) * a.qsum16[2 * at.block + h]
                         };
                         let d = a.d[at.block];
                         *acc = (half(0) as f32).mul_add(dw * d, *acc);
@@ -524,6 +546,7 @@ mod scalar {
             GgmlType::Q5_0 => Some(16),
             GgmlType::Q8_0 => Some(128),
             GgmlType::Q6K => Some(32),
+            GgmlType::Q3K => Some(4),
             _ => None,
         }
     }
@@ -544,6 +567,7 @@ mod code {
     pub(super) const Q4K: u8 = 5;
     pub(super) const Q5K: u8 = 6;
     pub(super) const Q6K: u8 = 7;
+    pub(super) const Q3K: u8 = 8;
 
     pub(super) const fn five_bits(ty: u8) -> bool {
         matches!(ty, Q5_0 | Q5_1 | Q5K | Q6K)
@@ -554,7 +578,12 @@ mod code {
     }
 
     pub(super) const fn k_quant(ty: u8) -> bool {
-        matches!(ty, Q4K | Q5K | Q6K)
+        matches!(ty, Q4K | Q5K | Q6K | Q3K)
+    }
+
+    /// Formats with a scale per 16 elements.
+    pub(super) const fn per_half(ty: u8) -> bool {
+        matches!(ty, Q6K | Q3K)
     }
 
     /// What a stored quant is above its value, for formats without a minimum.
@@ -563,6 +592,7 @@ mod code {
             Q4_0 => 8,
             Q5_0 => 16,
             Q6K => 32,
+            Q3K => 4,
             _ => 128,
         }
     }
@@ -670,6 +700,7 @@ mod avx512 {
                 (Acts::Q8(a), GgmlType::Q4K) => q8::<Q4K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q3K) => q8::<Q3K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
@@ -678,6 +709,7 @@ mod avx512 {
                 (Acts::Q16(a), GgmlType::Q4K) => q16::<Q4K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q3K) => q16::<Q3K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
             }
         };
@@ -734,7 +766,7 @@ mod avx512 {
                     }
                 }
             }
-            if TY == Q6K {
+            if per_half(TY) {
                 let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
                 let s = b % K_BLOCKS;
                 let d = _mm512_cvtph_ps(_mm256_load_si256(header.cast()));
@@ -833,7 +865,7 @@ mod avx512 {
                 // `at.quant`, one scale and sum at `at.block`.
                 unsafe {
                     let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
-                    if TY == Q6K {
+                    if per_half(TY) {
                         // One scale per half: two sums, each less 32 times its activations'
                         // (`qsum16`, two per block, by `matmul_groups`' guarantee).
                         let mut s = [_mm512_setzero_si512(); 2];
@@ -846,7 +878,7 @@ mod avx512 {
                                 *s = _mm512_dpbusd_epi32(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
                             }
                             let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
-                            *s = _mm512_sub_epi32(*s, _mm512_set1_epi32(32 * sum));
+                            *s = _mm512_sub_epi32(*s, _mm512_set1_epi32(offset(TY) * sum));
                         }
                         let d = _mm512_set1_ps(*a.d.as_ptr().add(at.block));
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0]), _mm512_mul_ps(dw, d), *acc);
@@ -959,6 +991,7 @@ macro_rules! avx2_kernels {
                         (Acts::Q8(a), GgmlType::Q4K) => q8::<Q4K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q3K) => q8::<Q3K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t, side),
@@ -967,6 +1000,7 @@ macro_rules! avx2_kernels {
                         (Acts::Q16(a), GgmlType::Q4K) => q16::<Q4K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q3K) => q16::<Q3K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t, side),
                     }
                 };
@@ -1041,7 +1075,7 @@ macro_rules! avx2_kernels {
                         let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<u8>();
                         let s = b % K_BLOCKS;
                         let d = halves(header, 0, side);
-                        if TY == Q6K {
+                        if per_half(TY) {
                             // The signed byte `k` of each lane's scales, sign-extended.
                             let scale = |k: usize| {
                                 let v = half_line(header, 1 + k / 4, side);
@@ -1149,7 +1183,7 @@ macro_rules! avx2_kernels {
                         unsafe {
                             let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
                             let d = _mm256_set1_ps(*a.d.as_ptr().add(at.block));
-                            if TY == Q6K {
+                            if per_half(TY) {
                                 let mut s = [_mm256_setzero_si256(); 2];
                                 for (h, s) in s.iter_mut().enumerate() {
                                     for j in 0..4 {
@@ -1160,7 +1194,7 @@ macro_rules! avx2_kernels {
                                         *s = dot(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
                                     }
                                     let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
-                                    *s = _mm256_sub_epi32(*s, _mm256_set1_epi32(32 * sum));
+                                    *s = _mm256_sub_epi32(*s, _mm256_set1_epi32(offset(TY) * sum));
                                 }
                                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[0]), _mm256_mul_ps(dw, d), *acc);
                                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[1]), _mm256_mul_ps(dw_hi, d), *acc);
@@ -1265,6 +1299,7 @@ mod tests {
             GgmlType::Q4K,
             GgmlType::Q5K,
             GgmlType::Q6K,
+            GgmlType::Q3K,
         ] {
             let w = tensor(ty, rows, cols, &mut rng);
             let p = Packed::new(&w, &Arena::default(), serial).expect("packs");
@@ -1278,6 +1313,20 @@ mod tests {
                 let want = run(Simd::Scalar, &p, acts, n);
                 for t in 0..n {
                     for r in 0..rows {
+                        let got = want[t * rows + r];
+                        if !crate::cpu::q8::supported(ty) {
+                            // No row kernel (Q3_K): the dequantized weights' f32 dot, within
+                            // the activations' rounding.
+                            let mut wf = vec![0.0; cols];
+                            crate::quant::dequantize_row(ty, w.row(r), &mut wf).expect("dequantize");
+                            let xs = &x[t * cols..(t + 1) * cols];
+                            let exact: f32 = wf.iter().zip(xs).map(|(a, b)| a * b).sum();
+                            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            let levels = if name == "q8" { 254.0 } else { 65534.0 };
+                            let bound = wf.iter().map(|w| w.abs()).sum::<f32>() * amax / levels + 1e-3;
+                            assert!((got - exact).abs() <= bound, "{ty:?} {name} row {r} act {t}: {got} vs {exact}");
+                            continue;
+                        }
                         let reference = match acts {
                             Acts::Q8(a) => {
                                 let [v] = a.dot_rows::<1>(Isa::Baseline, ty, w.row(r), t, cols);
@@ -1288,7 +1337,6 @@ mod tests {
                                 v
                             }
                         };
-                        let got = want[t * rows + r];
                         assert!(
                             (got - reference).abs() <= ROW_TOL * (1.0 + reference.abs()),
                             "{ty:?} {name} row {r} act {t}: packed {got} vs row kernel {reference}"

@@ -404,11 +404,17 @@ impl BlockQ3K {
     #[inline]
     pub fn dequantize(&self, out: &mut [f32; QK_K]) {
         let d = to_f32(self.d);
-        let scales = scales_q3k(&self.scales);
+        let (q, scales) = self.quants();
         let mut dl = [0.0; 16];
         for (dl, &sc) in dl.iter_mut().zip(&scales) {
             *dl = d * f32::from(sc);
         }
+        scale16(out, &q, &dl);
+    }
+
+    /// The quants (`-4..=3`) and the sixteen signed scales: `x = d * scale * q`.
+    #[inline]
+    pub fn quants(&self) -> ([i8; QK_K], [i8; 16]) {
         // Low two bits as in Q2_K; the high bit of output 32 * j + i is bit j of hmask[i], and
         // a clear bit means "subtract 4".
         let mut q = [0i8; QK_K];
@@ -422,7 +428,7 @@ impl BlockQ3K {
                 }
             }
         }
-        scale16(out, &q, &dl);
+        (q, scales_q3k(&self.scales))
     }
 }
 
