@@ -81,17 +81,6 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// `cache[at..at + len]` as f32: the slice itself, or converted into `scratch`.
     fn row<'b>(cache: &'b [Self], at: usize, len: usize, scratch: &'b mut [f32]) -> &'b [f32];
 
-    /// Elements `offset..offset + len` of position `p`'s key in a cache of `stride`-element
-    /// rows, as f32.
-    fn key<'b>(
-        cache: &'b [Self],
-        p: usize,
-        stride: usize,
-        offset: usize,
-        len: usize,
-        scratch: &'b mut [f32],
-    ) -> &'b [f32];
-
     /// Element `j` of the keys of positions `16 · block..16 · block + 16`, as f32, in a cache
     /// of `stride`-element rows: one contiguous run when the keys are blocked.
     fn key_lanes(cache: &[Self], block: usize, j: usize, stride: usize, out: &mut [f32; KEY_BLOCK]);
@@ -115,10 +104,6 @@ impl KvElem for f32 {
         &cache[at..at + len]
     }
 
-    fn key<'b>(cache: &'b [f32], p: usize, stride: usize, offset: usize, len: usize, _: &'b mut [f32]) -> &'b [f32] {
-        &cache[p * stride + offset..][..len]
-    }
-
     fn key_lanes(cache: &[f32], block: usize, j: usize, stride: usize, out: &mut [f32; KEY_BLOCK]) {
         for (l, x) in out.iter_mut().enumerate() {
             *x = cache[(block * KEY_BLOCK + l) * stride + j];
@@ -135,20 +120,6 @@ impl KvElem for f16 {
 
     fn row<'b>(cache: &'b [f16], at: usize, len: usize, scratch: &'b mut [f32]) -> &'b [f32] {
         cache[at..at + len].convert_to_f32_slice(&mut scratch[..len]);
-        &scratch[..len]
-    }
-
-    fn key<'b>(
-        cache: &'b [f16],
-        p: usize,
-        stride: usize,
-        offset: usize,
-        len: usize,
-        scratch: &'b mut [f32],
-    ) -> &'b [f32] {
-        for (j, x) in scratch[..len].iter_mut().enumerate() {
-            *x = cache[blocked_key(p, offset + j, stride)].to_f32();
-        }
         &scratch[..len]
     }
 
@@ -241,8 +212,9 @@ fn attend_partial_body<T: KvElem>(
     if T::F16 {
         blocked_scores_body(q, kv, positions.clone(), scale, &mut scores);
     } else {
+        // Keys in f32 are rows, as values are.
         for (i, p) in positions.clone().enumerate() {
-            let k = T::key(kv.k, p, kv.stride, kv.offset, hd, &mut scratch);
+            let k = T::row(kv.k, at(p), hd, &mut scratch);
             for h in 0..group {
                 scores[h * len + i] = dot_body(&q[h * hd..(h + 1) * hd], k) * scale;
             }
