@@ -29,6 +29,8 @@
 //! - Q6_K and Q3_K header: `d` at `2r`; the sixteen signed 8-bit scales (one per 16 elements;
 //!   Q3_K's 6-bit ones less 32) four by four in the other lines, so a block has one scale per
 //!   half.
+//! - Q2_K header: `d` and `dmin` as Q4_K's; the file's sixteen bytes of a 4-bit scale and a
+//!   4-bit minimum (one per 16 elements) four by four in the other lines.
 //!
 //! The products are computed in the kernel as the row kernels compute them, so the layout is
 //! 1-3% larger than the file's rather than the 25-40% that f32 scales per block would add.
@@ -40,7 +42,7 @@ use super::huge::{Arena, Region};
 use super::q8::{Isa, Q8Acts, QA, QB};
 use super::q16::Q16Acts;
 use crate::backend::QTensor;
-use crate::quant::{BlockQ3K, GgmlType, K_SCALE_SIZE, QK_K, f16_bits_to_f32, scale_min_k4};
+use crate::quant::{BlockQ2K, BlockQ3K, GgmlType, K_SCALE_SIZE, QK_K, f16_bits_to_f32, scale_min_k4};
 
 /// Rows per interleaved group: one per lane of a 512-bit vector of i32.
 pub const GROUP: usize = 16;
@@ -78,13 +80,14 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q5K
             | GgmlType::Q6K
             | GgmlType::Q3K
+            | GgmlType::Q2K
     )
 }
 
 /// Formats with a scale per 16 elements: two per block, and the 16-bit activations' sums per
 /// half ([`Q16Acts::sum_halves`]) for their bias.
 pub fn per_half(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q6K | GgmlType::Q3K)
+    matches!(ty, GgmlType::Q6K | GgmlType::Q3K | GgmlType::Q2K)
 }
 
 /// Formats with a line of fifth bits after the nibbles.
@@ -99,12 +102,12 @@ fn six_bits(ty: GgmlType) -> bool {
 
 /// Formats with an additive minimum per block.
 fn has_min(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K)
+    matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q2K)
 }
 
 /// Formats whose blocks take their scales from a super-block header.
 fn k_quant(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q3K)
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q3K | GgmlType::Q2K)
 }
 
 /// Lines of a K-quant super-block's header: `d` (and `dmin`), then 4 of scales (Q6_K) or 2 of
@@ -370,6 +373,17 @@ fn pack_group_k(w: &QTensor, first: usize, dst: &mut [Line]) {
         let mut q = [[0u8; QK_K]; GROUP];
         for (r, q) in q.iter_mut().enumerate() {
             let src = &rows[r][sb * size..(sb + 1) * size];
+            if ty == GgmlType::Q2K {
+                let mut block = [0u8; 84];
+                block.copy_from_slice(src);
+                header[0].0[2 * r..2 * r + 2].copy_from_slice(&src[80..82]);
+                header[0].0[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[82..84]);
+                for (s, &scales) in src[..16].iter().enumerate() {
+                    header[1 + s / 4].0[4 * r + s % 4] = scales;
+                }
+                *q = BlockQ2K::from_bytes(&block).quants();
+                continue;
+            }
             if ty == GgmlType::Q3K {
                 let mut block = [0u8; 110];
                 block.copy_from_slice(src);
@@ -459,27 +473,37 @@ mod scalar {
         f16_bits_to_f32(u16::from_le_bytes([line.0[at], line.0[at + 1]]))
     }
 
-    /// Row `r`'s scales for block `b`'s two halves and what multiplies the activations' sum
-    /// there.
-    fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32, f32) {
+    /// Row `r`'s scales for block `b`'s two halves and what multiplies the activations' sums
+    /// there (per half for Q2_K, per block for the other formats with a minimum).
+    fn scale_min(ty: GgmlType, lines: &[Line], b: usize, r: usize) -> (f32, f32, f32, f32) {
         let header = || &lines[block_line(ty, b - b % K_BLOCKS) - K_HEADER..];
         let s = b % K_BLOCKS;
+        if ty == GgmlType::Q2K {
+            let header = header();
+            let (d, dmin) = (scale(&header[0], 2 * r), scale(&header[0], 32 + 2 * r));
+            let byte = |k: usize| header[1 + k / 4].0[4 * r + k % 4];
+            let (lo, hi) = (byte(2 * s), byte(2 * s + 1));
+            let (scale_lo, scale_hi) = (f32::from(lo & 15), f32::from(hi & 15));
+            let (min_lo, min_hi) = (f32::from(lo >> 4), f32::from(hi >> 4));
+            return (d * scale_lo, d * scale_hi, -(dmin * min_lo), -(dmin * min_hi));
+        }
         if per_half(ty) {
             let header = header();
             let d = scale(&header[0], 2 * r);
             let byte = |k: usize| f32::from(header[1 + k / 4].0[4 * r + k % 4] as i8);
-            return (d * byte(2 * s), d * byte(2 * s + 1), 0.0);
+            return (d * byte(2 * s), d * byte(2 * s + 1), 0.0, 0.0);
         }
         if k_quant(ty) {
             let header = header();
             let (d, dmin) = (scale(&header[0], 2 * r), scale(&header[0], 32 + 2 * r));
             let byte = |line: usize| f32::from(header[line + s / 4].0[4 * r + s % 4]);
-            let dw = d * byte(1);
-            return (dw, dw, -(dmin * byte(3)));
+            let (dw, mw) = (d * byte(1), -(dmin * byte(3)));
+            return (dw, dw, mw, mw);
         }
         let line = &lines[block_line(ty, b) + quant_lines(ty)];
         let dw = scale(line, 2 * r);
-        (dw, dw, if has_min(ty) { scale(line, 32 + 2 * r) } else { 0.0 })
+        let mw = if has_min(ty) { scale(line, 32 + 2 * r) } else { 0.0 };
+        (dw, dw, mw, mw)
     }
 
     pub(super) fn group(ty: GgmlType, lines: &[Line], blocks: usize, acts: Acts, t: usize) -> [f32; GROUP] {
@@ -488,7 +512,7 @@ mod scalar {
             let block = &lines[block_line(ty, b)..][..quant_lines(ty)];
             let at = At::new(t, b, blocks);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let (dw, dw_hi, mw) = scale_min(ty, lines, b, r);
+                let (dw, dw_hi, mw, mw_hi) = scale_min(ty, lines, b, r);
                 let w = |e: usize| quant(ty, block, r, e);
                 match acts {
                     Acts::Q8(a) => {
@@ -501,7 +525,10 @@ mod scalar {
                         }
                         *acc = (lo as f32).mul_add(dw * a.d[at.half], *acc);
                         *acc = (hi as f32).mul_add(dw_hi * a.d[at.half + 1], *acc);
-                        if has_min(ty) {
+                        if ty == GgmlType::Q2K {
+                            *acc = mw.mul_add(a.d[at.half] * a.qsum[at.half] as f32, *acc);
+                            *acc = mw_hi.mul_add(a.d[at.half + 1] * a.qsum[at.half + 1] as f32, *acc);
+                        } else if has_min(ty) {
                             *acc = mw.mul_add(a.sum[at.block], *acc);
                         }
                     }
@@ -517,6 +544,10 @@ mod scalar {
                         let d = a.d[at.block];
                         *acc = (half(0) as f32).mul_add(dw * d, *acc);
                         *acc = (half(1) as f32).mul_add(dw_hi * d, *acc);
+                        if has_min(ty) {
+                            *acc = mw.mul_add(d * a.qsum16[2 * at.block] as f32, *acc);
+                            *acc = mw_hi.mul_add(d * a.qsum16[2 * at.block + 1] as f32, *acc);
+                        }
                     }
                     Acts::Q16(a) => {
                         let mut s: i32 = (0..QB).map(|e| w(e) * i32::from(a.hi[at.quant + e])).sum();
@@ -568,22 +599,23 @@ mod code {
     pub(super) const Q5K: u8 = 6;
     pub(super) const Q6K: u8 = 7;
     pub(super) const Q3K: u8 = 8;
+    pub(super) const Q2K: u8 = 9;
 
     pub(super) const fn five_bits(ty: u8) -> bool {
         matches!(ty, Q5_0 | Q5_1 | Q5K | Q6K)
     }
 
     pub(super) const fn has_min(ty: u8) -> bool {
-        matches!(ty, Q4_1 | Q5_1 | Q4K | Q5K)
+        matches!(ty, Q4_1 | Q5_1 | Q4K | Q5K | Q2K)
     }
 
     pub(super) const fn k_quant(ty: u8) -> bool {
-        matches!(ty, Q4K | Q5K | Q6K | Q3K)
+        matches!(ty, Q4K | Q5K | Q6K | Q3K | Q2K)
     }
 
     /// Formats with a scale per 16 elements.
     pub(super) const fn per_half(ty: u8) -> bool {
-        matches!(ty, Q6K | Q3K)
+        matches!(ty, Q6K | Q3K | Q2K)
     }
 
     /// What a stored quant is above its value, for formats without a minimum.
@@ -593,6 +625,7 @@ mod code {
             Q5_0 => 16,
             Q6K => 32,
             Q3K => 4,
+            Q2K => 0,
             _ => 128,
         }
     }
@@ -701,6 +734,7 @@ mod avx512 {
                 (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), GgmlType::Q3K) => q8::<Q3K, N>(lines, blocks, a, t),
+                (Acts::Q8(a), GgmlType::Q2K) => q8::<Q2K, N>(lines, blocks, a, t),
                 (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t),
@@ -710,6 +744,7 @@ mod avx512 {
                 (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), GgmlType::Q3K) => q16::<Q3K, N>(lines, blocks, a, t),
+                (Acts::Q16(a), GgmlType::Q2K) => q16::<Q2K, N>(lines, blocks, a, t),
                 (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t),
             }
         };
@@ -723,7 +758,7 @@ mod avx512 {
     /// vector `j`), the scales of its two halves and what multiplies the activations' sums.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512, __m512) {
+    unsafe fn unpack<const TY: u8>(lines: &[Line], b: usize) -> ([__m512i; 8], __m512, __m512, __m512, __m512) {
         // SAFETY: the caller guarantees block `b` is in `lines`; lines are 64-byte aligned.
         unsafe {
             let block = lines.as_ptr().add(block_line(TY, b)).cast::<__m512i>();
@@ -766,6 +801,30 @@ mod avx512 {
                     }
                 }
             }
+            // Negated by the sign bit, as the scalar `-` does (a subtraction from zero would
+            // give +0 for a zero minimum).
+            let negate =
+                |v: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN)));
+            if TY == Q2K {
+                let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
+                let s = b % K_BLOCKS;
+                let d = _mm512_cvtph_ps(_mm256_load_si256(header.cast()));
+                let dmin = _mm512_cvtph_ps(_mm256_load_si256(header.cast::<__m256i>().add(1)));
+                // Byte `k` of each lane's scales: the scale in its low nibble, the minimum in
+                // its high one.
+                let nibble = |k: usize, high: bool| {
+                    let v = _mm512_srl_epi32(
+                        _mm512_load_si512(header.add(1 + k / 4)),
+                        _mm_cvtsi32_si128(8 * (k % 4) as i32 + if high { 4 } else { 0 }),
+                    );
+                    _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)))
+                };
+                let (lo, hi) = (2 * s, 2 * s + 1);
+                let (dw, dw_hi) = (_mm512_mul_ps(d, nibble(lo, false)), _mm512_mul_ps(d, nibble(hi, false)));
+                let mw = negate(_mm512_mul_ps(dmin, nibble(lo, true)));
+                let mw_hi = negate(_mm512_mul_ps(dmin, nibble(hi, true)));
+                return (w, dw, dw_hi, mw, mw_hi);
+            }
             if per_half(TY) {
                 let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
                 let s = b % K_BLOCKS;
@@ -776,7 +835,7 @@ mod avx512 {
                     let v = _mm512_sll_epi32(v, _mm_cvtsi32_si128(24 - 8 * (k % 4) as i32));
                     _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)))
                 };
-                return (w, scale(2 * s), scale(2 * s + 1), _mm512_setzero_ps());
+                return (w, scale(2 * s), scale(2 * s + 1), _mm512_setzero_ps(), _mm512_setzero_ps());
             }
             if k_quant(TY) {
                 let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<__m512i>();
@@ -788,17 +847,14 @@ mod avx512 {
                     let v = _mm512_srl_epi32(_mm512_load_si512(header.add(line + s / 4)), shift);
                     _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xFF)))
                 };
-                let min = _mm512_castps_si512(_mm512_mul_ps(dmin, byte(3)));
-                // Negated by its sign bit, as the scalar `-` does (a subtraction from zero
-                // would give +0 for a zero minimum).
-                let mw = _mm512_castsi512_ps(_mm512_xor_si512(min, _mm512_set1_epi32(i32::MIN)));
+                let mw = negate(_mm512_mul_ps(dmin, byte(3)));
                 let dw = _mm512_mul_ps(d, byte(1));
-                return (w, dw, dw, mw);
+                return (w, dw, dw, mw, mw);
             }
             let scales = block.add(quant_lines(TY)).cast::<__m256i>();
             let dw = _mm512_cvtph_ps(_mm256_load_si256(scales));
             let mw = if has_min(TY) { _mm512_cvtph_ps(_mm256_load_si256(scales.add(1))) } else { _mm512_setzero_ps() };
-            (w, dw, dw, mw)
+            (w, dw, dw, mw, mw)
         }
     }
 
@@ -817,7 +873,7 @@ mod avx512 {
         for b in 0..blocks {
             prefetch::<TY>(lines, b);
             // SAFETY: block `b` of the group, by the caller's guarantee.
-            let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b) };
+            let (w, dw, dw_hi, mw, mw_hi) = unsafe { unpack::<TY>(lines, b) };
             for (k, acc) in acc.iter_mut().enumerate() {
                 let at = At::new(t + k, b, blocks);
                 // SAFETY: activation row `t + k` holds block `b`: 32 quants from `at.quant`,
@@ -839,7 +895,12 @@ mod avx512 {
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(dw, _mm512_set1_ps(*d)), *acc);
                     *acc =
                         _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(dw_hi, _mm512_set1_ps(*d.add(1))), *acc);
-                    if has_min(TY) {
+                    if TY == Q2K {
+                        // A minimum per half: the halves' sums `d · Σq`.
+                        let qsum = a.qsum.as_ptr().add(at.half);
+                        *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*d * *qsum as f32), *acc);
+                        *acc = _mm512_fmadd_ps(mw_hi, _mm512_set1_ps(*d.add(1) * *qsum.add(1) as f32), *acc);
+                    } else if has_min(TY) {
                         *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
                     }
                 }
@@ -857,7 +918,7 @@ mod avx512 {
         for b in 0..blocks {
             prefetch::<TY>(lines, b);
             // SAFETY: block `b` of the group, by the caller's guarantee.
-            let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b) };
+            let (w, dw, dw_hi, mw, mw_hi) = unsafe { unpack::<TY>(lines, b) };
             let signed = if TY == Q8_0 { w.map(|w| _mm512_xor_si512(w, _mm512_set1_epi8(-128))) } else { w };
             for (k, acc) in acc.iter_mut().enumerate() {
                 let at = At::new(t + k, b, blocks);
@@ -880,9 +941,15 @@ mod avx512 {
                             let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
                             *s = _mm512_sub_epi32(*s, _mm512_set1_epi32(offset(TY) * sum));
                         }
-                        let d = _mm512_set1_ps(*a.d.as_ptr().add(at.block));
+                        let d1 = *a.d.as_ptr().add(at.block);
+                        let d = _mm512_set1_ps(d1);
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[0]), _mm512_mul_ps(dw, d), *acc);
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1]), _mm512_mul_ps(dw_hi, d), *acc);
+                        if has_min(TY) {
+                            let qsum = a.qsum16.as_ptr().add(2 * at.block);
+                            *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(d1 * *qsum as f32), *acc);
+                            *acc = _mm512_fmadd_ps(mw_hi, _mm512_set1_ps(d1 * *qsum.add(1) as f32), *acc);
+                        }
                         continue;
                     }
                     let mut s = _mm512_setzero_si512();
@@ -992,6 +1059,7 @@ macro_rules! avx2_kernels {
                         (Acts::Q8(a), GgmlType::Q5K) => q8::<Q5K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), GgmlType::Q6K) => q8::<Q6K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), GgmlType::Q3K) => q8::<Q3K, N>(lines, blocks, a, t, side),
+                        (Acts::Q8(a), GgmlType::Q2K) => q8::<Q2K, N>(lines, blocks, a, t, side),
                         (Acts::Q8(a), _) => q8::<Q8_0, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q4_0) => q16::<Q4_0, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q4_1) => q16::<Q4_1, N>(lines, blocks, a, t, side),
@@ -1001,6 +1069,7 @@ macro_rules! avx2_kernels {
                         (Acts::Q16(a), GgmlType::Q5K) => q16::<Q5K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q6K) => q16::<Q6K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), GgmlType::Q3K) => q16::<Q3K, N>(lines, blocks, a, t, side),
+                        (Acts::Q16(a), GgmlType::Q2K) => q16::<Q2K, N>(lines, blocks, a, t, side),
                         (Acts::Q16(a), _) => q16::<Q8_0, N>(lines, blocks, a, t, side),
                     }
                 };
@@ -1034,7 +1103,7 @@ macro_rules! avx2_kernels {
                 lines: &[Line],
                 b: usize,
                 side: usize,
-            ) -> ([__m256i; 8], __m256, __m256, __m256) {
+            ) -> ([__m256i; 8], __m256, __m256, __m256, __m256) {
                 // SAFETY: the caller guarantees block `b` is in `lines`.
                 unsafe {
                     let block = lines.as_ptr().add(block_line(TY, b)).cast::<u8>();
@@ -1071,10 +1140,28 @@ macro_rules! avx2_kernels {
                             high_bit(5, 5);
                         }
                     }
+                    // Negated by the sign bit, as the scalar `-` does.
+                    let negate = |v: __m256| {
+                        _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(v), _mm256_set1_epi32(i32::MIN)))
+                    };
                     if k_quant(TY) {
                         let header = lines.as_ptr().add(b / K_BLOCKS * super_lines(TY)).cast::<u8>();
                         let s = b % K_BLOCKS;
                         let d = halves(header, 0, side);
+                        if TY == Q2K {
+                            // Byte `k` of each lane's scales: the scale in its low nibble, the
+                            // minimum in its high one.
+                            let nibble = |k: usize, high: bool| {
+                                let shift = 8 * (k % 4) as i32 + if high { 4 } else { 0 };
+                                let v = _mm256_srl_epi32(half_line(header, 1 + k / 4, side), _mm_cvtsi32_si128(shift));
+                                _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0x0F)))
+                            };
+                            let (lo, hi) = (2 * s, 2 * s + 1);
+                            let dmin = halves(header, 32, side);
+                            let (dw, dw_hi) = (_mm256_mul_ps(d, nibble(lo, false)), _mm256_mul_ps(d, nibble(hi, false)));
+                            let mw = negate(_mm256_mul_ps(dmin, nibble(lo, true)));
+                            return (w, dw, dw_hi, mw, negate(_mm256_mul_ps(dmin, nibble(hi, true))));
+                        }
                         if per_half(TY) {
                             // The signed byte `k` of each lane's scales, sign-extended.
                             let scale = |k: usize| {
@@ -1082,23 +1169,21 @@ macro_rules! avx2_kernels {
                                 let v = _mm256_sll_epi32(v, _mm_cvtsi32_si128(24 - 8 * (k % 4) as i32));
                                 _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_srai_epi32::<24>(v)))
                             };
-                            return (w, scale(2 * s), scale(2 * s + 1), _mm256_setzero_ps());
+                            return (w, scale(2 * s), scale(2 * s + 1), _mm256_setzero_ps(), _mm256_setzero_ps());
                         }
                         let shift = _mm_cvtsi32_si128(8 * (s % 4) as i32);
                         let byte = |line: usize| {
                             let v = _mm256_srl_epi32(half_line(header, line + s / 4, side), shift);
                             _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xFF)))
                         };
-                        let min = _mm256_castps_si256(_mm256_mul_ps(halves(header, 32, side), byte(3)));
-                        // Negated by its sign bit, as the scalar `-` does.
-                        let mw = _mm256_castsi256_ps(_mm256_xor_si256(min, _mm256_set1_epi32(i32::MIN)));
+                        let mw = negate(_mm256_mul_ps(halves(header, 32, side), byte(3)));
                         let dw = _mm256_mul_ps(d, byte(1));
-                        return (w, dw, dw, mw);
+                        return (w, dw, dw, mw, mw);
                     }
                     let scales = block.add(64 * quant_lines(TY));
                     let dw = halves(scales, 0, side);
                     let mw = if has_min(TY) { halves(scales, 32, side) } else { _mm256_setzero_ps() };
-                    (w, dw, dw, mw)
+                    (w, dw, dw, mw, mw)
                 }
             }
 
@@ -1125,7 +1210,7 @@ macro_rules! avx2_kernels {
                         prefetch::<TY>(lines, b);
                     }
                     // SAFETY: block `b` of the group, by the caller's guarantee.
-                    let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b, side) };
+                    let (w, dw, dw_hi, mw, mw_hi) = unsafe { unpack::<TY>(lines, b, side) };
                     for (k, acc) in acc.iter_mut().enumerate() {
                         let at = At::new(t + k, b, blocks);
                         // SAFETY: activation row `t + k` holds block `b`: 32 quants from
@@ -1148,7 +1233,12 @@ macro_rules! avx2_kernels {
                             let scale_hi = _mm256_mul_ps(dw_hi, _mm256_set1_ps(*d.add(1)));
                             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), scale_lo, *acc);
                             *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), scale_hi, *acc);
-                            if has_min(TY) {
+                            if TY == Q2K {
+                                // A minimum per half: the halves' sums `d · Σq`.
+                                let qsum = a.qsum.as_ptr().add(at.half);
+                                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*d * *qsum as f32), *acc);
+                                *acc = _mm256_fmadd_ps(mw_hi, _mm256_set1_ps(*d.add(1) * *qsum.add(1) as f32), *acc);
+                            } else if has_min(TY) {
                                 *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.sum.as_ptr().add(at.block)), *acc);
                             }
                         }
@@ -1173,12 +1263,12 @@ macro_rules! avx2_kernels {
                         prefetch::<TY>(lines, b);
                     }
                     // SAFETY: block `b` of the group, by the caller's guarantee.
-                    let (w, dw, dw_hi, mw) = unsafe { unpack::<TY>(lines, b, side) };
+                    let (w, dw, dw_hi, mw, mw_hi) = unsafe { unpack::<TY>(lines, b, side) };
                     let signed = if TY == Q8_0 { w.map(|w| _mm256_xor_si256(w, _mm256_set1_epi8(-128))) } else { w };
                     for (k, acc) in acc.iter_mut().enumerate() {
                         let at = At::new(t + k, b, blocks);
                         // SAFETY: activation row `t + k` holds block `b`: 32 high and low bytes
-                        // from `at.quant`, one scale and sum at `at.block` (and, for Q6_K, two
+                        // from `at.quant`, one scale and sum at `at.block` (and, with a scale per 16 elements, two
                         // half sums at `2 · at.block`).
                         unsafe {
                             let (hi, lo) = (a.hi.as_ptr().add(at.quant), a.lo.as_ptr().add(at.quant));
@@ -1198,6 +1288,11 @@ macro_rules! avx2_kernels {
                                 }
                                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[0]), _mm256_mul_ps(dw, d), *acc);
                                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[1]), _mm256_mul_ps(dw_hi, d), *acc);
+                                if has_min(TY) {
+                                    let (d1, qsum) = (*a.d.as_ptr().add(at.block), a.qsum16.as_ptr().add(2 * at.block));
+                                    *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(d1 * *qsum as f32), *acc);
+                                    *acc = _mm256_fmadd_ps(mw_hi, _mm256_set1_ps(d1 * *qsum.add(1) as f32), *acc);
+                                }
                                 continue;
                             }
                             let mut s = _mm256_setzero_si256();
@@ -1300,6 +1395,7 @@ mod tests {
             GgmlType::Q5K,
             GgmlType::Q6K,
             GgmlType::Q3K,
+            GgmlType::Q2K,
         ] {
             let w = tensor(ty, rows, cols, &mut rng);
             let p = Packed::new(&w, &Arena::default(), serial).expect("packs");

@@ -382,6 +382,12 @@ impl BlockQ2K {
             dl[s] = d * f32::from(self.scales[s] & 0x0f);
             ml[s] = dmin * f32::from(self.scales[s] >> 4);
         }
+        scale_min::<16, 16>(out, &self.quants(), &dl, &ml);
+    }
+
+    /// The 2-bit quants, unsigned: `x = d * (scale & 15) * q - dmin * (scale >> 4)`.
+    #[inline]
+    pub fn quants(&self) -> [u8; QK_K] {
         // Output 128 * h + 32 * l + i is 2-bit field l of qs[32 * h + i].
         let mut q = [0u8; QK_K];
         for h in 0..2 {
@@ -391,7 +397,7 @@ impl BlockQ2K {
                 }
             }
         }
-        scale_min::<16, 16>(out, &q, &dl, &ml);
+        q
     }
 }
 
