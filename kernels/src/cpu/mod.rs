@@ -488,7 +488,7 @@ impl Backend for Cpu {
         };
         let packable = self.simd != packed::Simd::Scalar
             && self.activations == Activations::Q8
-            && self.simd.takes(w.ty)
+            && self.simd.takes(w.ty, inputs == Inputs::Sensitive)
             && packed::Packed::fits(w);
         Ok(CpuWeight { q: w.clone(), dense, packable, packed: OnceLock::new(), inputs })
     }

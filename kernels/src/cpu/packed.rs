@@ -172,10 +172,11 @@ impl Simd {
         }
     }
 
-    /// Whether these kernels multiply `ty`: plain AVX2 leaves Q8_0 to the row kernels, as
-    /// `vpmaddubsw` would saturate on pairs of its 8-bit quants.
-    pub fn takes(self, ty: GgmlType) -> bool {
-        supported(ty) && !(self == Simd::Avx2 && ty == GgmlType::Q8_0)
+    /// Whether these kernels multiply `ty` on 8-bit (or, `sixteen_bit`, 16-bit) activations:
+    /// plain AVX2 leaves Q8_0 on 16-bit ones to the row kernels, as `vpmaddubsw` would saturate
+    /// on pairs of its 8-bit quants and the activations' high bytes.
+    pub fn takes(self, ty: GgmlType, sixteen_bit: bool) -> bool {
+        supported(ty) && !(self == Simd::Avx2 && ty == GgmlType::Q8_0 && sixteen_bit)
     }
 }
 
@@ -287,7 +288,7 @@ impl Packed {
                 #[cfg(target_arch = "x86_64")]
                 Simd::Avx2Vnni => unsafe { avx2_vnni::group(self.ty, lines, self.blocks, acts, n, at) },
                 #[cfg(target_arch = "x86_64")]
-                Simd::Avx2 if simd.takes(self.ty) => unsafe {
+                Simd::Avx2 if simd.takes(self.ty, matches!(acts, Acts::Q16(_))) => unsafe {
                     avx2_plain::group(self.ty, lines, self.blocks, acts, n, at)
                 },
                 _ => {
@@ -987,9 +988,11 @@ mod avx512 {
 /// halves. The operations per lane are the AVX-512 kernels', so the results are the same bits.
 /// Without VNNI the dot products are `vpmaddubsw` (pairs of products summed into 16 bits,
 /// saturating) and `vpmaddwd`: no pair reaches the saturation with quants of at most 6 bits
-/// (`2 · 63 · 255 < 2^15`), and Q8_0 is not taken ([`Simd::takes`]).
+/// (`2 · 63 · 255 < 2^15`). Q8_0's quants on 8-bit activations take them signed, their
+/// magnitudes against the activations with their signs (`2 · 128 · 127 < 2^15`); on 16-bit
+/// activations Q8_0 is not taken ([`Simd::takes`]).
 macro_rules! avx2_kernels {
-    ($name:ident, $features:literal, |$acc:ident, $a:ident, $b:ident| $dot:block) => {
+    ($name:ident, $features:literal, $signed_q8:literal, |$acc:ident, $a:ident, $b:ident| $dot:block) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use std::arch::x86_64::*;
@@ -1007,6 +1010,18 @@ macro_rules! avx2_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             fn dot($acc: __m256i, $a: __m256i, $b: __m256i) -> __m256i $dot
+
+            /// Whether Q8_0 on 8-bit activations multiplies its quants signed ([`signed_dot`]).
+            const SIGNED_Q8: bool = $signed_q8;
+
+            /// `acc` plus, per 32-bit lane, the sum of the 4 products of `w`'s and `x`'s signed
+            /// bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn signed_dot(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+                let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+                _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+            }
 
             /// # Safety
             /// The features named above are available; `ty` is one [`super::Simd::takes`] for
@@ -1211,6 +1226,9 @@ macro_rules! avx2_kernels {
                     }
                     // SAFETY: block `b` of the group, by the caller's guarantee.
                     let (w, dw, dw_hi, mw, mw_hi) = unsafe { unpack::<TY>(lines, b, side) };
+                    // Q8_0's quants less 128: the sums need no correction for the bias.
+                    let signed = SIGNED_Q8 && TY == Q8_0;
+                    let w = if signed { w.map(|w| _mm256_xor_si256(w, _mm256_set1_epi8(-128))) } else { w };
                     for (k, acc) in acc.iter_mut().enumerate() {
                         let at = At::new(t + k, b, blocks);
                         // SAFETY: activation row `t + k` holds block `b`: 32 quants from
@@ -1220,10 +1238,16 @@ macro_rules! avx2_kernels {
                             let mut lo = _mm256_setzero_si256();
                             let mut hi = _mm256_setzero_si256();
                             for j in 0..4 {
-                                lo = dot(lo, w[j], broadcast(x.add(4 * j)));
-                                hi = dot(hi, w[j + 4], broadcast(x.add(16 + 4 * j)));
+                                let (x_lo, x_hi) = (broadcast(x.add(4 * j)), broadcast(x.add(16 + 4 * j)));
+                                if signed {
+                                    lo = signed_dot(lo, w[j], x_lo);
+                                    hi = signed_dot(hi, w[j + 4], x_hi);
+                                } else {
+                                    lo = dot(lo, w[j], x_lo);
+                                    hi = dot(hi, w[j + 4], x_hi);
+                                }
                             }
-                            if !has_min(TY) {
+                            if !has_min(TY) && !signed {
                                 let qsum = a.qsum.as_ptr().add(at.half);
                                 lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(offset * *qsum));
                                 hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(offset * *qsum.add(1)));
@@ -1325,8 +1349,8 @@ macro_rules! avx2_kernels {
     };
 }
 
-avx2_kernels!(avx2_vnni, "avx2,fma,f16c,avxvnni", |acc, a, b| { _mm256_dpbusd_avx_epi32(acc, a, b) });
-avx2_kernels!(avx2_plain, "avx2,fma,f16c", |acc, a, b| {
+avx2_kernels!(avx2_vnni, "avx2,fma,f16c,avxvnni", false, |acc, a, b| { _mm256_dpbusd_avx_epi32(acc, a, b) });
+avx2_kernels!(avx2_plain, "avx2,fma,f16c", true, |acc, a, b| {
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
 });
 
