@@ -13,6 +13,9 @@
 #                                        GPU machine without a Rust toolchain (copies to such a
 #                                        machine are limited in size)
 #   scripts/gpu-check.sh --prebuilt DIR  check with what --package put in DIR
+#   ... --only ptx,kernels               run only these steps (ptx, kernels, golden, bench); the
+#                                        model is needed only by golden and bench, so a machine
+#                                        that has received part of it can run the rest first
 #
 # Results (logs, bench JSON, the table) go to $REALM_GPU_OUT (default target/gpu-check).
 set -euo pipefail
@@ -21,12 +24,21 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mode=build
 dir=
-case "${1:-}" in
-  --package) mode=package; dir=${2:?--package needs a folder} ;;
-  --prebuilt) mode=prebuilt; dir=$(cd "${2:?--prebuilt needs a folder}" && pwd) ;;
-  "") ;;
-  *) echo "usage: $0 [--package DIR | --prebuilt DIR]" >&2; exit 2 ;;
-esac
+steps=ptx,kernels,golden,bench
+usage="usage: $0 [--package DIR | --prebuilt DIR] [--only STEP,...]"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --package) mode=package; dir=${2:?--package needs a folder}; shift 2 ;;
+    --prebuilt) mode=prebuilt; dir=$(cd "${2:?--prebuilt needs a folder}" && pwd); shift 2 ;;
+    --only) steps=${2:?--only needs steps}; shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
+for s in ${steps//,/ }; do
+  case "$s" in ptx | kernels | golden | bench) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
+done
+wants() { [[ ",$steps," == *",$1,"* ]]; }
+needs_model() { wants golden || wants bench; }
 out=${REALM_GPU_OUT:-$root/target/gpu-check}
 mkdir -p "$out"
 
@@ -60,7 +72,7 @@ if [ "$mode" = package ]; then
   rm -r "${dir:?}/bin"
   cp ../shared/golden/reference-f64.jsonl "$dir/"
   model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-  [ -f "$model" ] || "$dir/realm" pull >&2
+  [ -f "$model" ] || "$root/target/release/realm" pull >&2
   (cd "$dir" && rm -f model.part* && split -b 48M -d "$model" model.part && sha256sum "$model" | cut -d' ' -f1 >model.sha256)
   ls -la "$dir" >&2
   exit 0
@@ -71,13 +83,13 @@ if [ "$mode" = build ]; then
   while read -r name path; do bin[$name]=$path; done < <(build)
   golden=$root/../shared/golden
   model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-  [ -f "$model" ] || "${bin[realm]}" pull >&2
+  if needs_model && [ ! -f "$model" ]; then "${bin[realm]}" pull >&2; fi
 else
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$dir/bin.tar.xz" "$out"
   for name in realm cuda_backend cuda_ptx golden_reference; do bin[$name]=$out/bin/$name; done
   golden=$dir
   model=$out/model.gguf
-  if [ ! -f "$model" ]; then
+  if needs_model && [ ! -f "$model" ]; then
     cat "$dir"/model.part* >"$model"
     echo "$(cat "$dir/model.sha256")  $model" | sha256sum -c --quiet
   fi
@@ -103,6 +115,7 @@ status=0
 step() {
   local name=$1
   shift
+  wants "$name" || return 0
   echo "== $name"
   if "$@" >"$out/$name.log" 2>&1; then
     echo "   ok"

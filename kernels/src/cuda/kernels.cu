@@ -150,12 +150,137 @@ template <> __device__ __forceinline__ void dequant_chunk<T_Q6_K>(const u8* row,
     }
 }
 
+// ---- dequantization of a quarter chunk, for the matmul ----------------------------------------
+//
+// Part p (0..3) of chunk c: 8 weights, which multiply the inputs at chunk offsets o0..o0+3 and
+// o1..o1+3. Four lanes share a chunk, so a warp reads 8 consecutive chunks of a row at once
+// (coalesced) and each lane keeps only 8 weights in registers.
+
+// 8 bytes from an address that is only 2-byte aligned.
+__device__ __forceinline__ void load8_a2(const u8* p, u32* lo, u32* hi) {
+    const u16* h = (const u16*)p;
+    *lo = (u32)h[0] | ((u32)h[1] << 16);
+    *hi = (u32)h[2] | ((u32)h[3] << 16);
+}
+
+__device__ __forceinline__ int byte_of(u32 lo, u32 hi, int k) {
+    return (int)(((k < 4 ? lo : hi) >> (8 * (k & 3))) & 0xFF);
+}
+
+template <int T> __device__ __forceinline__ void dequant_part(const u8* row, int c, int p, float* w, int* o0, int* o1);
+
+template <> __device__ __forceinline__ void dequant_part<T_F32>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const float4* f = (const float4*)(row + c * 128 + p * 32);
+    float4 a = f[0], b = f[1];
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+    *o0 = 8 * p;
+    *o1 = 8 * p + 4;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q4_0>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + c * 18;
+    float d = load_half(b);
+    const u16* h = (const u16*)(b + 2 + 4 * p);
+    u32 q = (u32)h[0] | ((u32)h[1] << 16);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        u32 byte = (q >> (8 * k)) & 0xFF;
+        w[k] = ((int)(byte & 0xF) - 8) * d;
+        w[4 + k] = ((int)(byte >> 4) - 8) * d;
+    }
+    *o0 = 4 * p;
+    *o1 = 16 + 4 * p;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q4_1>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + c * 20;
+    float d = load_half(b), m = load_half(b + 2);
+    // 20-byte blocks keep the 16 quant bytes 4-byte aligned.
+    u32 q = ((const u32*)(b + 4))[p];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        u32 byte = (q >> (8 * k)) & 0xFF;
+        w[k] = (float)(byte & 0xF) * d + m;
+        w[4 + k] = (float)(byte >> 4) * d + m;
+    }
+    *o0 = 4 * p;
+    *o1 = 16 + 4 * p;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q8_0>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + c * 34;
+    float d = load_half(b);
+    u32 lo, hi;
+    load8_a2(b + 2 + 8 * p, &lo, &hi);
+#pragma unroll
+    for (int k = 0; k < 8; k++) w[k] = (float)(i8)byte_of(lo, hi, k) * d;
+    *o0 = 8 * p;
+    *o1 = 8 * p + 4;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q4_K>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + (c >> 3) * 144;
+    int j = c & 7;
+    float d = load_half(b), dmin = load_half(b + 2), sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    // 144-byte super-blocks keep the quants 8-byte aligned.
+    const u32* q = (const u32*)(b + 16 + 32 * (j >> 1) + 8 * p);
+    u32 lo = q[0], hi = q[1];
+    int shift = 4 * (j & 1);
+    float ds = d * sc, dm = dmin * m;
+#pragma unroll
+    for (int k = 0; k < 8; k++) w[k] = ds * (float)((byte_of(lo, hi, k) >> shift) & 0xF) - dm;
+    *o0 = 8 * p;
+    *o1 = 8 * p + 4;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q5_K>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + (c >> 3) * 176;
+    int j = c & 7;
+    float d = load_half(b), dmin = load_half(b + 2), sc, m;
+    scale_min_k4(j, b + 4, &sc, &m);
+    // 176-byte super-blocks keep the high bits and the quants 8-byte aligned.
+    const u32* qh = (const u32*)(b + 16 + 8 * p);
+    const u32* q = (const u32*)(b + 48 + 32 * (j >> 1) + 8 * p);
+    u32 hlo = qh[0], hhi = qh[1], lo = q[0], hi = q[1];
+    int shift = 4 * (j & 1);
+    float ds = d * sc, dm = dmin * m;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int v = ((byte_of(lo, hi, k) >> shift) & 0xF) + (((byte_of(hlo, hhi, k) >> j) & 1) << 4);
+        w[k] = ds * (float)v - dm;
+    }
+    *o0 = 8 * p;
+    *o1 = 8 * p + 4;
+}
+
+template <> __device__ __forceinline__ void dequant_part<T_Q6_K>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
+    const u8* b = row + (c >> 3) * 210;
+    int j = c & 7;
+    int half = j >> 2, k4 = j & 3;
+    // 210-byte super-blocks are only 2-byte aligned.
+    u32 llo, lhi, hlo, hhi;
+    load8_a2(b + 64 * half + 32 * (k4 & 1) + 8 * p, &llo, &lhi);
+    load8_a2(b + 128 + 32 * half + 8 * p, &hlo, &hhi);
+    float d = load_half(b + 208) * (float)((const i8*)(b + 192))[8 * half + 2 * k4 + (p >> 1)];
+    int nib = 4 * (k4 >> 1), hs = 2 * k4;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        int v = (((byte_of(llo, lhi, k) >> nib) & 0xF) | (((byte_of(hlo, hhi, k) >> hs) & 3) << 4)) - 32;
+        w[k] = d * (float)v;
+    }
+    *o0 = 8 * p;
+    *o1 = 8 * p + 4;
+}
+
 // ---- matmul: out[n, rows] = x[n, cols] . W^T -------------------------------------------------
 //
-// One warp per weight row, up to MM_TILE input rows at once so each dequantized chunk is used
-// MM_TILE times; lanes take chunks in turn and the warp sums at the end. One launch serves up to
-// three weights of one format sharing the input (Q, K and V), or accumulates into `out` (the
-// residual add fused into a projection), or computes SwiGLU from a gate and an up weight.
+// One warp per weight row, up to MM_TILE input rows at once so each dequantized part is used
+// MM_TILE times; lanes take quarter chunks in turn and the warp sums at the end. One launch
+// serves up to three weights of one format sharing the input (Q, K and V), or accumulates into
+// `out` (the residual add fused into a projection), or computes SwiGLU from a gate and an up
+// weight.
 
 #define MM_WARPS 4
 #define MM_TILE 8
@@ -175,44 +300,53 @@ struct MatmulJobs {
 
 template <int T, bool SWIGLU>
 __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
-    int block = blockIdx.x, j = 0;
-    while (j + 1 < J.count && block >= (J.rows[j] + MM_WARPS - 1) / MM_WARPS) {
-        block -= (J.rows[j] + MM_WARPS - 1) / MM_WARPS;
-        j++;
+    // Which job this block serves; constant indices only, so the parameters stay in their
+    // constant bank instead of being copied to local memory.
+    int block = blockIdx.x, j = 0, rows = J.rows[0];
+    int b0 = (J.rows[0] + MM_WARPS - 1) / MM_WARPS, b1 = (J.rows[1] + MM_WARPS - 1) / MM_WARPS;
+    if (J.count > 1 && block >= b0) {
+        block -= b0;
+        j = 1;
+        rows = J.rows[1];
+        if (J.count > 2 && block >= b1) {
+            block -= b1;
+            j = 2;
+            rows = J.rows[2];
+        }
     }
-    int rows = J.rows[j], cols = J.cols;
+    int cols = J.cols;
     int r = block * MM_WARPS + threadIdx.x / WARP;
     int lane = threadIdx.x % WARP;
     int n0 = blockIdx.y * MM_TILE;
     if (r >= rows) return;
     int tile = min(MM_TILE, J.n - n0);
-    const u8* wr = (const u8*)J.w[j] + (u64)r * J.row_bytes;
+    u64 wj = j == 0 ? J.w[0] : j == 1 ? J.w[1] : J.w[2];
+    u64 oj = j == 0 ? J.out[0] : j == 1 ? J.out[1] : J.out[2];
+    const u8* wr = (const u8*)wj + (u64)r * J.row_bytes;
     const u8* ur = (const u8*)J.w[1] + (u64)r * J.row_bytes;
     float acc[MM_TILE], acc_up[MM_TILE];
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = 0.0f;
-    int chunks = cols / 32;
-    for (int c = lane; c < chunks; c += WARP) {
-        float wv[32], uv[32];
-        dequant_chunk<T>(wr, c, wv);
-        if (SWIGLU) dequant_chunk<T>(ur, c, uv);
+    int parts = cols / 8;
+    for (int i = lane; i < parts; i += WARP) {
+        int c = i >> 2, p = i & 3, o0, o1;
+        float wv[8], uv[8];
+        dequant_part<T>(wr, c, p, wv, &o0, &o1);
+        if (SWIGLU) dequant_part<T>(ur, c, p, uv, &o0, &o1);
 #pragma unroll
         for (int t = 0; t < MM_TILE; t++) {
             if (t < tile) {
-                const float4* xr = (const float4*)(x + (u64)(n0 + t) * cols + c * 32);
-                float s = 0.0f, su = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    float4 v = xr[i];
-                    s += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
-                    if (SWIGLU) su += uv[4 * i] * v.x + uv[4 * i + 1] * v.y + uv[4 * i + 2] * v.z + uv[4 * i + 3] * v.w;
-                }
-                acc[t] += s;
-                if (SWIGLU) acc_up[t] += su;
+                const float* xr = x + (u64)(n0 + t) * cols + c * 32;
+                float4 a = *(const float4*)(xr + o0), b = *(const float4*)(xr + o1);
+                acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
+                          wv[6] * b.z + wv[7] * b.w;
+                if (SWIGLU)
+                    acc_up[t] += uv[0] * a.x + uv[1] * a.y + uv[2] * a.z + uv[3] * a.w + uv[4] * b.x + uv[5] * b.y +
+                                 uv[6] * b.z + uv[7] * b.w;
             }
         }
     }
-    float* out = (float*)J.out[j];
+    float* out = (float*)oj;
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) {
         float s = warp_sum(acc[t]);
@@ -227,7 +361,7 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
 }
 
 #define MATMUL(name, T)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP) name(const MatmulJobs jobs, const float* x) { \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 8) name(const MatmulJobs jobs, const float* x) { \
         if (jobs.mode == MM_SWIGLU) matmul<T, true>(jobs, x);                                                \
         else matmul<T, false>(jobs, x);                                                                      \
     }
@@ -325,19 +459,21 @@ extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int he
 
 // ---- attention -------------------------------------------------------------------------------
 //
-// Flash-decoding: one block per (query row, KV head, run of AT_SPLIT positions). The query heads
-// sharing the KV head (GQA) are handled together, so each key and value row is read once per
-// block. Per tile of AT_TILE positions: every thread scores one position for each head, the tile's
-// softmax weights go to shared memory, then threads own (head, dim) accumulators and sum the
-// weighted value rows (coalesced). Runs of positions are merged by `attention_merge`, or written
-// directly when one run covers every row's context.
+// Flash-decoding: one block per (query row, KV head, run of `split_len` positions); the host sizes
+// the runs so a step fills the GPU however few rows it has. The query heads sharing the KV head
+// (GQA) are handled together, so each key and value row is read once per block. Per tile of
+// positions: the block stages the tile's keys and values in shared memory (coalesced), every
+// thread scores positions for one head against the staged keys, one warp per head takes the
+// softmax, then threads own (head, dim) accumulators and sum the staged value rows. Runs of
+// positions are merged by `attention_merge`, or written directly when one run covers every
+// row's context.
 //
 // The step's sequences come by value (kernel parameters, no copy to the device): a copy from
 // pageable memory would make the host wait for the GPU at every layer.
 
 #define AT_THREADS 128
-#define AT_TILE 128
-#define AT_SPLIT 256
+#define AT_TILE 64
+#define AT_TILE_FLOATS 4096
 #define AT_MAX_SEQS 32
 #define AT_MAX_GD 1024
 #define AT_MAX_GROUP 8
@@ -352,7 +488,7 @@ struct AttnSeqs {
 };
 
 struct AttnShape {
-    int n_head, n_kv_head, head_dim, splits;
+    int n_head, n_kv_head, head_dim, splits, split_len;
     float scale;
 };
 
@@ -367,18 +503,29 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
     *t = i;
 }
 
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// The host guarantees head_dim is a multiple of 4 and at most AT_TILE_FLOATS, and
+// G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
 extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
               float* __restrict__ partial) {
-    __shared__ float qs[AT_MAX_GD];
+    // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
+    // from consecutive rows, hit distinct banks.
+    __shared__ __align__(16) float ks[AT_TILE_FLOATS + 4 * AT_TILE];
+    __shared__ __align__(16) float vs[AT_TILE_FLOATS];
+    __shared__ __align__(16) float qs[AT_MAX_GD];
     __shared__ float pw[AT_MAX_GROUP][AT_TILE];
     __shared__ float m_run[AT_MAX_GROUP], l_run[AT_MAX_GROUP], corr[AT_MAX_GROUP];
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
     int g = blockIdx.y, split = blockIdx.z;
-    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
+    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D, D4 = D / 4, KS = D + 4;
+    int tp = min(AT_TILE, AT_TILE_FLOATS / D);
     int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
-    int begin = split * AT_SPLIT, end = min(begin + AT_SPLIT, pos + 1);
+    int begin = split * sh.split_len, end = min(begin + sh.split_len, pos + 1);
     const float* kc = (const float*)seqs.k[seq];
     const float* vc = (const float*)seqs.v[seq];
     int kv_len = sh.n_kv_head * D;
@@ -392,30 +539,37 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     float acc[per_thread];
 #pragma unroll
     for (int i = 0; i < per_thread; i++) acc[i] = 0.0f;
-    __syncthreads();
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
 
-    for (int tile = begin; tile < end; tile += AT_TILE) {
-        int p = tile + threadIdx.x;
-        if (p < end) {
-            const float* kr = kc + (u64)p * kv_len + g * D;
-            for (int j = 0; j < G; j++) {
-                float s = 0.0f;
-                for (int d = 0; d < D; d++) s += qs[j * D + d] * kr[d];
-                pw[j][threadIdx.x] = s;
+    for (int tile = begin; tile < end; tile += tp) {
+        int count = min(tp, end - tile);
+        for (int i = threadIdx.x; i < count * D4; i += AT_THREADS) {
+            int p = i / D4, d4 = i % D4;
+            u64 off = (u64)(tile + p) * kv_len + g * D;
+            *(float4*)(ks + p * KS + 4 * d4) = ((const float4*)(kc + off))[d4];
+            *(float4*)(vs + p * D + 4 * d4) = ((const float4*)(vc + off))[d4];
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < G * tp; i += AT_THREADS) {
+            int j = i / tp, p = i % tp;
+            float s = NEG_INF;
+            if (p < count) {
+                const float4* kr = (const float4*)(ks + p * KS);
+                const float4* qv = (const float4*)(qs + j * D);
+                s = 0.0f;
+                for (int d4 = 0; d4 < D4; d4++) s += dot4(kr[d4], qv[d4]);
             }
-        } else {
-            for (int j = 0; j < G; j++) pw[j][threadIdx.x] = NEG_INF;
+            pw[j][p] = s;
         }
         __syncthreads();
         // One warp per head finds the tile's maximum and rescales the running sums.
-        int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
         for (int j = warp; j < G; j += AT_THREADS / WARP) {
             float mx = NEG_INF;
-            for (int i = lane; i < AT_TILE; i += WARP) mx = fmaxf(mx, pw[j][i]);
+            for (int i = lane; i < tp; i += WARP) mx = fmaxf(mx, pw[j][i]);
             mx = warp_max(mx);
             float m_new = fmaxf(m_run[j], mx);
             float sum = 0.0f;
-            for (int i = lane; i < AT_TILE; i += WARP) {
+            for (int i = lane; i < tp; i += WARP) {
                 float e = expf(pw[j][i] - m_new);
                 pw[j][i] = e;
                 sum += e;
@@ -429,15 +583,13 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
             }
         }
         __syncthreads();
-        int count = min(AT_TILE, end - tile);
 #pragma unroll
         for (int i = 0; i < per_thread; i++) {
             int jd = threadIdx.x + i * AT_THREADS;
             if (jd < GD) {
                 int j = jd / D, d = jd % D;
-                const float* vr = vc + (u64)tile * kv_len + g * D + d;
                 float a = acc[i] * corr[j];
-                for (int k = 0; k < count; k++) a += pw[j][k] * vr[(u64)k * kv_len];
+                for (int k = 0; k < count; k++) a += pw[j][k] * vs[k * D + d];
                 acc[i] = a;
             }
         }
@@ -474,7 +626,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     int g = blockIdx.y;
     int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
     int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
-    int used = pos / AT_SPLIT + 1;
+    int used = pos / sh.split_len + 1;
     const float* base = partial + ((u64)blockIdx.x * sh.n_kv_head + g) * sh.splits * (GD + 2 * G);
     float* o = out + (u64)row * sh.n_head * D + g * GD;
     for (int jd = threadIdx.x; jd < GD; jd += AT_THREADS) {

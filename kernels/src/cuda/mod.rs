@@ -60,10 +60,12 @@ const KERNEL_TYPES: [GgmlType; 7] =
 /// `MM_TILE` in kernels.cu).
 const MM_WARPS: u32 = 4;
 const MM_TILE: u32 = 8;
-/// Attention (kernels.cu's `AT_*`): threads per block, positions per block, sequences per
-/// launch, and the most query heads (and their dims) sharing one KV head.
+/// Attention (kernels.cu's `AT_*`): threads per block, the most positions and floats of keys
+/// per staged tile, sequences per launch, and the most query heads (and their dims) sharing one
+/// KV head.
 const AT_THREADS: u32 = 128;
-const AT_SPLIT: usize = 256;
+const AT_TILE: usize = 64;
+const AT_TILE_FLOATS: usize = 4096;
 const AT_MAX_SEQS: usize = 32;
 const AT_MAX_GROUP: usize = 8;
 const AT_MAX_GD: usize = 1024;
@@ -136,7 +138,21 @@ struct AttnShape {
     n_kv_head: i32,
     head_dim: i32,
     splits: i32,
+    split_len: i32,
     scale: f32,
+}
+
+/// Attention blocks a launch aims for per multiprocessor: a decode step has few (row, KV head)
+/// pairs, so its context is cut into runs until the GPU is busy.
+const AT_BLOCKS_PER_SM: usize = 4;
+
+/// Positions per run of one attention block: enough runs that the launch fills the GPU, each a
+/// whole number of staged tiles of at least one tile. Returns (run length, runs).
+fn attention_splits(max_ctx: usize, row_heads: usize, head_dim: usize, sm_count: usize) -> (usize, usize) {
+    let tile = AT_TILE.min(AT_TILE_FLOATS / head_dim).max(1);
+    let wanted = (AT_BLOCKS_PER_SM * sm_count).div_ceil(row_heads.max(1)).max(1);
+    let split_len = max_ctx.div_ceil(wanted).max(AT_TILE).next_multiple_of(tile);
+    (split_len, max_ctx.div_ceil(split_len).max(1))
 }
 
 // SAFETY: as above.
@@ -202,6 +218,8 @@ pub struct Cuda {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     description: String,
+    /// Multiprocessors, for sizing launches that would otherwise leave most of them idle.
+    sm_count: usize,
     /// The positions last uploaded for `rope`, and their device copy.
     positions: Mutex<Option<(Vec<u32>, CudaSlice<u32>)>>,
     /// Where the token ids of a step are uploaded for `embed`, grown as needed.
@@ -290,6 +308,9 @@ impl Cuda {
         let (major, minor) = ctx.compute_capability().map_err(|e| driver_err("reading the compute capability", e))?;
         let name = ctx.name().map_err(|e| driver_err("reading the device name", e))?;
         let arch = format!("sm_{major}{minor}");
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_err("reading the multiprocessor count", e))?;
         let (ptx, cached) = cache::ptx_for(&arch, || compile_ptx(&arch))?;
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| driver_err("loading the kernels' PTX", e))?;
         let load = |n: &str| module.load_function(n).map_err(|e| driver_err(&format!("kernel {n}"), e));
@@ -312,6 +333,7 @@ impl Cuda {
             stream: ctx.default_stream(),
             kernels,
             description,
+            sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             positions: Mutex::new(None),
             ids: Mutex::new(None),
             pool: Pool::default(),
@@ -780,11 +802,12 @@ impl Backend for Cuda {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
         let group = n_head / n_kv_head;
-        if head_dim == 0 || group > AT_MAX_GROUP || group * head_dim > AT_MAX_GD {
+        if head_dim == 0 || !head_dim.is_multiple_of(4) || group > AT_MAX_GROUP || group * head_dim > AT_MAX_GD {
             return Err(shape_err(
                 "attention",
                 format!(
-                    "{group} heads of {head_dim} per KV head (the kernel takes {AT_MAX_GROUP} heads, {AT_MAX_GD} dims)"
+                    "{group} heads of {head_dim} per KV head (the kernel takes {AT_MAX_GROUP} heads, \
+                     {AT_MAX_GD} dims, head dims a multiple of 4)"
                 ),
             ));
         }
@@ -812,12 +835,13 @@ impl Backend for Cuda {
                 total += rows.n;
                 max_ctx = max_ctx.max(rows.first_pos + rows.n);
             }
-            let splits = max_ctx.div_ceil(AT_SPLIT);
+            let (split_len, splits) = attention_splits(max_ctx, total * n_kv_head, head_dim, self.sm_count);
             let sh = AttnShape {
                 n_head: to_i32("attention", n_head)?,
                 n_kv_head: to_i32("attention", n_kv_head)?,
                 head_dim: to_i32("attention", head_dim)?,
                 splits: to_i32("attention", splits)?,
+                split_len: to_i32("attention", split_len)?,
                 scale,
             };
             let grid_x = u32::try_from(total).map_err(|_| shape_err("attention", format!("{total} query rows")))?;
@@ -927,5 +951,29 @@ impl Backend for Cuda {
             .ok_or_else(|| shape_err("read_row", "row outside the tensor".into()))?;
         self.stream.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_runs_cover_the_context_in_whole_tiles() {
+        for head_dim in [32, 64, 80, 128, 256, 1024] {
+            let tile = AT_TILE.min(AT_TILE_FLOATS / head_dim);
+            for max_ctx in [1, 63, 64, 65, 140, 640, 4096, 100_000] {
+                for row_heads in [1, 3, 96, 1536, 100_000] {
+                    let (len, splits) = attention_splits(max_ctx, row_heads, head_dim, 132);
+                    assert!(len.is_multiple_of(tile) && len >= AT_TILE, "{len} for {head_dim}");
+                    assert!(splits * len >= max_ctx && (splits - 1) * len < max_ctx, "{splits} x {len} for {max_ctx}");
+                    let wanted = (AT_BLOCKS_PER_SM * 132).div_ceil(row_heads);
+                    assert!(splits <= wanted.max(1) || len == AT_TILE.next_multiple_of(tile), "{splits} runs");
+                }
+            }
+        }
+        // A decode step of one sequence cuts its context into single tiles; a long prompt is one run.
+        assert_eq!(attention_splits(140, 3, 64, 132), (64, 3));
+        assert_eq!(attention_splits(512, 1536, 64, 132), (512, 1));
     }
 }

@@ -183,7 +183,16 @@ pub fn rope_matches_cpu_for_both_layouts<B: Backend>(g: &B) {
 pub fn kv_write_and_attention_match_cpu_for_several_sequences<B: Backend>(g: &B) {
     let c = cpu();
     let mut rng = Rng::new("attention");
-    let shape = AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 };
+    // Head dims of 64 and 128 stage tiles of 64 and 32 positions on the CUDA backend.
+    for shape in [
+        AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 },
+        AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 128 },
+    ] {
+        attention_case(g, &c, &mut rng, shape);
+    }
+}
+
+fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionShape) {
     let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
     // (cached positions, new tokens): a fresh prompt, a decode step deep in a sequence and a
     // prompt chunk after a cached prefix, as one continuous-batching step holds them.
@@ -218,7 +227,12 @@ pub fn kv_write_and_attention_match_cpu_for_several_sequences<B: Backend>(g: &B)
     c.attention_many(&q, &cs, shape, &mut want).expect("cpu attention");
     let mut out = g.zeros(total * q_len).expect("zeros");
     g.attention_many(&qg, &gs, shape, &mut out).expect("gpu attention");
-    assert_close("attention_many", &download(g, &out, total, q_len), &want, ATTENTION_TOL);
+    assert_close(
+        &format!("attention_many, head dim {}", shape.head_dim),
+        &download(g, &out, total, q_len),
+        &want,
+        ATTENTION_TOL,
+    );
 }
 
 pub fn bad_shapes_are_errors_not_panics<B: Backend>(g: &B) {
