@@ -271,6 +271,41 @@ pub trait Backend: Send {
     /// Rotates each head of row `i` of `x` by position `positions[i]`.
     fn rope(&self, x: &mut Self::Tensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError>;
 
+    /// `matmuls` of the rows of `x` RMS-normalised by `norm`. `normed` (`n * cols` elements)
+    /// receives the normalised rows where a backend forms them apart first; a GPU normalises
+    /// inside the products and leaves it untouched.
+    fn norm_matmuls(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        n: usize,
+        jobs: &mut [(&Self::Weight, &mut Self::Tensor)],
+        normed: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        self.rms_norm(x, norm, eps, normed)?;
+        self.matmuls(normed, n, jobs)
+    }
+
+    /// `matmul_swiglu` of the rows of `x` RMS-normalised by `norm`; `normed` as in
+    /// [`Backend::norm_matmuls`].
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmul_swiglu(
+        &self,
+        x: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        n: usize,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+        out: &mut Self::Tensor,
+        scratch: &mut Self::Tensor,
+        normed: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        self.rms_norm(x, norm, eps, normed)?;
+        self.matmul_swiglu(normed, n, gate, up, out, scratch)
+    }
+
     /// [`Backend::kv_write`] for every sequence of a step; a GPU does them in one launch.
     fn kv_write_many(
         &self,
@@ -283,6 +318,24 @@ pub trait Backend: Send {
             self.kv_write(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, k, v, *rows, row_len)?;
         }
         Ok(())
+    }
+
+    /// `rope_qk`, then `kv_write_many` of the rotated keys and `v` (rows of `row_len`): one
+    /// launch on a GPU.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_write(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut Self::Tensor>, SeqRows)],
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        self.rope_qk(q, k, head_dim, positions, rope)?;
+        self.kv_write_many(writes, k, v, row_len)
     }
 
     /// [`Backend::rope`] of the queries and the keys of one step (same positions).

@@ -175,19 +175,18 @@ impl<B: Backend> Llama<B> {
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
-            b.rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn)?;
-            b.matmuls(&xn, n, &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)])?;
-            b.rope_qk(&mut q, &mut k, c.head_dim, &positions, &self.rope)?;
+            let qkv = &mut [(&layer.wq, &mut q), (&layer.wk, &mut k), (&layer.wv, &mut v)];
+            b.norm_matmuls(&x, &layer.attn_norm, c.rms_eps, n, qkv, &mut xn)?;
             let mut writes: Vec<_> =
                 steps.iter_mut().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_mut(), rows)).collect();
-            b.kv_write_many(&mut writes, &k, &v, kv_dim)?;
+            b.rope_kv_write(&mut q, &mut k, &v, c.head_dim, &positions, &self.rope, &mut writes, kv_dim)?;
             let seqs: Vec<_> =
                 steps.iter().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_ref(), rows)).collect();
             b.attention_many(&q, &seqs, shape, &mut att)?;
             b.matmul_add(&layer.wo, &att, n, &mut x, &mut proj)?;
 
-            b.rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn)?;
-            b.matmul_swiglu(&xn, n, &layer.w_gate, &layer.w_up, &mut gate, &mut up)?;
+            let (ffn_norm, eps) = (&layer.ffn_norm, c.rms_eps);
+            b.norm_matmul_swiglu(&x, ffn_norm, eps, n, &layer.w_gate, &layer.w_up, &mut gate, &mut up, &mut xn)?;
             b.matmul_add(&layer.w_down, &gate, n, &mut x, &mut proj)?;
         }
         for s in steps.iter_mut() {

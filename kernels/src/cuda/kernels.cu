@@ -20,9 +20,10 @@ __device__ __forceinline__ float half_to_float(u16 h) {
     return f;
 }
 
-// GGML blocks are only 2-byte aligned (18, 34 and 210 bytes long), so scales are read byte-wise.
+// GGML blocks are only 2-byte aligned (18, 34 and 210 bytes long, and rows of whole blocks),
+// so scales are read as 16-bit words.
 __device__ __forceinline__ float load_half(const u8* p) {
-    return half_to_float((u16)p[0] | ((u16)p[1] << 8));
+    return half_to_float(*(const u16*)p);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -33,6 +34,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
 // ---- dequantization of one 32-element chunk of a row ----------------------------------------
@@ -277,10 +282,12 @@ template <> __device__ __forceinline__ void dequant_part<T_Q6_K>(const u8* row, 
 // ---- matmul: out[n, rows] = x[n, cols] . W^T -------------------------------------------------
 //
 // One warp per weight row, up to MM_TILE input rows at once so each dequantized part is used
-// MM_TILE times; lanes take quarter chunks in turn and the warp sums at the end. One launch
-// serves up to three weights of one format sharing the input (Q, K and V), or accumulates into
-// `out` (the residual add fused into a projection), or computes SwiGLU from a gate and an up
-// weight.
+// MM_TILE times; lanes take quarter chunks in turn, two at a time so their loads are in flight
+// together, and the warp sums at the end. One launch serves up to three weights of one format
+// sharing the input (Q, K and V), or accumulates into `out` (the residual add fused into a
+// projection), or computes SwiGLU from a gate and an up weight. With `norm` set, the input is
+// RMS-normalised on the fly: the lanes cover every column of an input row between them, so the
+// warp's sum of squares is the row's, and the product is scaled once at the end.
 
 #define MM_WARPS 4
 #define MM_TILE 8
@@ -290,15 +297,49 @@ enum { MM_STORE = 0, MM_ADD = 1, MM_SWIGLU = 2 };
 struct MatmulJobs {
     u64 w[3];
     u64 out[3];
+    u64 norm;
     int rows[3];
     int count;
     int mode;
     int row_bytes;
     int cols;
     int n;
+    float eps;
 };
 
-template <int T, bool SWIGLU>
+template <int T, bool SWIGLU, bool NORM>
+__device__ __forceinline__ void matmul_part(const u8* wr, const u8* ur, const float* __restrict__ x,
+                                            const float* __restrict__ nw, int cols, int n0, int tile, int i,
+                                            float* acc, float* acc_up, float* ss) {
+    int c = i >> 2, p = i & 3, o0, o1;
+    float wv[8], uv[8];
+    dequant_part<T>(wr, c, p, wv, &o0, &o1);
+    if (SWIGLU) dequant_part<T>(ur, c, p, uv, &o0, &o1);
+    if (NORM) {
+        float4 na = *(const float4*)(nw + c * 32 + o0), nb = *(const float4*)(nw + c * 32 + o1);
+        wv[0] *= na.x; wv[1] *= na.y; wv[2] *= na.z; wv[3] *= na.w;
+        wv[4] *= nb.x; wv[5] *= nb.y; wv[6] *= nb.z; wv[7] *= nb.w;
+        if (SWIGLU) {
+            uv[0] *= na.x; uv[1] *= na.y; uv[2] *= na.z; uv[3] *= na.w;
+            uv[4] *= nb.x; uv[5] *= nb.y; uv[6] *= nb.z; uv[7] *= nb.w;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MM_TILE; t++) {
+        if (t < tile) {
+            const float* xr = x + (u64)(n0 + t) * cols + c * 32;
+            float4 a = *(const float4*)(xr + o0), b = *(const float4*)(xr + o1);
+            acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
+                      wv[6] * b.z + wv[7] * b.w;
+            if (SWIGLU)
+                acc_up[t] += uv[0] * a.x + uv[1] * a.y + uv[2] * a.z + uv[3] * a.w + uv[4] * b.x + uv[5] * b.y +
+                             uv[6] * b.z + uv[7] * b.w;
+            if (NORM) ss[t] += dot4(a, a) + dot4(b, b);
+        }
+    }
+}
+
+template <int T, bool SWIGLU, bool NORM>
 __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
     // Which job this block serves; constant indices only, so the parameters stay in their
     // constant bank instead of being copied to local memory.
@@ -324,33 +365,26 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
     u64 oj = j == 0 ? J.out[0] : j == 1 ? J.out[1] : J.out[2];
     const u8* wr = (const u8*)wj + (u64)r * J.row_bytes;
     const u8* ur = (const u8*)J.w[1] + (u64)r * J.row_bytes;
-    float acc[MM_TILE], acc_up[MM_TILE];
+    const float* nw = (const float*)J.norm;
+    float acc[MM_TILE], acc_up[MM_TILE], ss[MM_TILE];
 #pragma unroll
-    for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = 0.0f;
-    int parts = cols / 8;
-    for (int i = lane; i < parts; i += WARP) {
-        int c = i >> 2, p = i & 3, o0, o1;
-        float wv[8], uv[8];
-        dequant_part<T>(wr, c, p, wv, &o0, &o1);
-        if (SWIGLU) dequant_part<T>(ur, c, p, uv, &o0, &o1);
-#pragma unroll
-        for (int t = 0; t < MM_TILE; t++) {
-            if (t < tile) {
-                const float* xr = x + (u64)(n0 + t) * cols + c * 32;
-                float4 a = *(const float4*)(xr + o0), b = *(const float4*)(xr + o1);
-                acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
-                          wv[6] * b.z + wv[7] * b.w;
-                if (SWIGLU)
-                    acc_up[t] += uv[0] * a.x + uv[1] * a.y + uv[2] * a.z + uv[3] * a.w + uv[4] * b.x + uv[5] * b.y +
-                                 uv[6] * b.z + uv[7] * b.w;
-            }
-        }
+    for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = ss[t] = 0.0f;
+    int parts = cols / 8, i = lane;
+    for (; i + WARP < parts; i += 2 * WARP) {
+        matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i, acc, acc_up, ss);
+        matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i + WARP, acc, acc_up, ss);
     }
+    if (i < parts) matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i, acc, acc_up, ss);
     float* out = (float*)oj;
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) {
         float s = warp_sum(acc[t]);
         float su = SWIGLU ? warp_sum(acc_up[t]) : 0.0f;
+        if (NORM) {
+            float scale = rsqrtf(warp_sum(ss[t]) / cols + J.eps);
+            s *= scale;
+            su *= scale;
+        }
         if (lane == 0 && t < tile) {
             float* o = out + (u64)(n0 + t) * rows + r;
             if (SWIGLU) *o = s / (1.0f + expf(-s)) * su;
@@ -361,9 +395,16 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
 }
 
 #define MATMUL(name, T)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 8) name(const MatmulJobs jobs, const float* x) { \
-        if (jobs.mode == MM_SWIGLU) matmul<T, true>(jobs, x);                                                \
-        else matmul<T, false>(jobs, x);                                                                      \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 6) name(const MatmulJobs jobs, const float* x) { \
+        bool norm = jobs.norm != 0;                                                                             \
+        if (jobs.mode == MM_SWIGLU) {                                                                           \
+            if (norm) matmul<T, true, true>(jobs, x);                                                           \
+            else matmul<T, true, false>(jobs, x);                                                               \
+        } else if (norm) {                                                                                      \
+            matmul<T, false, true>(jobs, x);                                                                    \
+        } else {                                                                                                \
+            matmul<T, false, false>(jobs, x);                                                                   \
+        }                                                                                                       \
     }
 
 MATMUL(matmul_f32, T_F32)
@@ -437,12 +478,10 @@ extern "C" __global__ void add(float* x, const float* y, int len) {
 // `neox` pairs (i, i + n_rot/2), otherwise (2i, 2i + 1). Queries and keys go in one launch. The
 // angle is position * base^(-2i/n_rot), in f64 as on the CPU: in f32 it drifts by ~1e-3
 // radians at positions in the thousands.
-extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int head_dim, int n_rot,
-                                const u32* positions, double log2_base, int neox) {
+__device__ void rotate_row(float* row, int row_len, int head_dim, int n_rot, u32 position, double log2_base,
+                           int neox) {
     int half = n_rot / 2;
-    int row_len = blockIdx.y ? len1 : len0;
-    double pos = (double)positions[blockIdx.x];
-    float* row = (blockIdx.y ? x1 : x0) + (u64)blockIdx.x * row_len;
+    double pos = (double)position;
     int heads = row_len / head_dim;
     for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
         int h = t / half, i = t % half;
@@ -455,6 +494,13 @@ extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int he
         head[a] = x0v * c - x1v * s;
         head[b] = x0v * s + x1v * c;
     }
+}
+
+extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int head_dim, int n_rot,
+                                const u32* positions, double log2_base, int neox) {
+    int row_len = blockIdx.y ? len1 : len0;
+    float* row = (blockIdx.y ? x1 : x0) + (u64)blockIdx.x * row_len;
+    rotate_row(row, row_len, head_dim, n_rot, positions[blockIdx.x], log2_base, neox);
 }
 
 // ---- attention -------------------------------------------------------------------------------
@@ -492,6 +538,29 @@ struct AttnShape {
     float scale;
 };
 
+// Merges the runs of positions of one (query row i, KV head g) into the output. The runs were
+// written by other blocks of this launch: read through L2 (`__ldcg`), never a stale L1 line.
+__device__ void merge_runs(const AttnSeqs& seqs, const AttnShape& sh, int i, int g, int pos, int row,
+                           const float* partial, float* out) {
+    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
+    int used = pos / sh.split_len + 1;
+    const float* base = partial + ((u64)i * sh.n_kv_head + g) * sh.splits * (GD + 2 * G);
+    float* o = out + (u64)row * sh.n_head * D + g * GD;
+    for (int jd = threadIdx.x; jd < GD; jd += AT_THREADS) {
+        int j = jd / D;
+        float mx = NEG_INF;
+        for (int s = 0; s < used; s++) mx = fmaxf(mx, __ldcg(base + s * (GD + 2 * G) + j));
+        float num = 0.0f, den = 0.0f;
+        for (int s = 0; s < used; s++) {
+            const float* part = base + s * (GD + 2 * G);
+            float w = expf(__ldcg(part + j) - mx);
+            den += __ldcg(part + G + j) * w;
+            num += __ldcg(part + 2 * G + jd) * w;
+        }
+        o[jd] = num / den;
+    }
+}
+
 // Which sequence and token the flat row index `i` is.
 __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* t) {
     int k = 0;
@@ -503,15 +572,11 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
     *t = i;
 }
 
-__device__ __forceinline__ float dot4(float4 a, float4 b) {
-    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-}
-
 // The host guarantees head_dim is a multiple of 4 and at most AT_TILE_FLOATS, and
 // G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
 extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
-              float* __restrict__ partial) {
+              float* __restrict__ partial, u32* __restrict__ arrived) {
     // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
     // from consecutive rows, hit distinct banks.
     __shared__ __align__(16) float ks[AT_TILE_FLOATS + 4 * AT_TILE];
@@ -616,33 +681,23 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
         int jd = threadIdx.x + i * AT_THREADS;
         if (jd < GD) part[2 * G + jd] = acc[i];
     }
-}
-
-// Merges the runs of positions of one (query row, KV head).
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention_merge(const AttnSeqs seqs, const AttnShape sh, const float* __restrict__ partial, float* __restrict__ out) {
-    int seq, t;
-    seq_of(seqs, blockIdx.x, &seq, &t);
-    int g = blockIdx.y;
-    int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
-    int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
-    int used = pos / sh.split_len + 1;
-    const float* base = partial + ((u64)blockIdx.x * sh.n_kv_head + g) * sh.splits * (GD + 2 * G);
-    float* o = out + (u64)row * sh.n_head * D + g * GD;
-    for (int jd = threadIdx.x; jd < GD; jd += AT_THREADS) {
-        int j = jd / D;
-        float mx = NEG_INF;
-        for (int s = 0; s < used; s++) mx = fmaxf(mx, base[s * (GD + 2 * G) + j]);
-        float num = 0.0f, den = 0.0f;
-        for (int s = 0; s < used; s++) {
-            const float* part = base + s * (GD + 2 * G);
-            float w = expf(part[j] - mx);
-            den += part[G + j] * w;
-            num += part[2 * G + jd] * w;
-        }
-        o[jd] = num / den;
+    // The last block of this (row, KV head) to finish merges the runs (no second launch), and
+    // puts its arrival counter back to zero for the next launch.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32* counter = arrived + (u64)blockIdx.x * sh.n_kv_head + g;
+        last = atomicAdd(counter, 1u) == (u32)sh.splits - 1;
+        if (last) *counter = 0;
+    }
+    __syncthreads();
+    if (last) {
+        __threadfence();
+        merge_runs(seqs, sh, blockIdx.x, g, pos, row, partial, out);
     }
 }
+
 
 // Appends every sequence's new key and value rows to its caches (one block per new row).
 extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict__ k, const float* __restrict__ v,
@@ -656,4 +711,29 @@ extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict
         kc[dst + i] = k[src + i];
         vc[dst + i] = v[src + i];
     }
+}
+
+// `rope` of queries and keys and `kv_write` in one launch: block (i, 0) rotates query row i,
+// (i, 1) rotates key row i and appends it to its sequence's cache, (i, 2) appends value row i.
+extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
+                                         int kv_len, int head_dim, int n_rot, const u32* positions,
+                                         double log2_base, int neox) {
+    int seq, t;
+    seq_of(seqs, blockIdx.x, &seq, &t);
+    u64 row = seqs.row[seq] + t, dst = (u64)(seqs.first_pos[seq] + t) * kv_len;
+    if (blockIdx.y == 0) {
+        rotate_row(q + row * q_len, q_len, head_dim, n_rot, positions[row], log2_base, neox);
+        return;
+    }
+    if (blockIdx.y == 2) {
+        float* vc = (float*)seqs.v[seq];
+        for (int i = threadIdx.x; i < kv_len; i += blockDim.x) vc[dst + i] = v[row * kv_len + i];
+        return;
+    }
+    float* kr = k + row * kv_len;
+    rotate_row(kr, kv_len, head_dim, n_rot, positions[row], log2_base, neox);
+    // Each thread copies elements other threads rotated.
+    __syncthreads();
+    float* kc = (float*)seqs.k[seq];
+    for (int i = threadIdx.x; i < kv_len; i += blockDim.x) kc[dst + i] = kr[i];
 }

@@ -47,8 +47,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add",
     "rope",
     "attention",
-    "attention_merge",
     "kv_write",
+    "rope_kv_write",
 ];
 
 /// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`/`embed_*`
@@ -77,12 +77,14 @@ const AT_MAX_GD: usize = 1024;
 struct MatmulJobs {
     w: [u64; 3],
     out: [u64; 3],
+    norm: u64,
     rows: [i32; 3],
     count: i32,
     mode: i32,
     row_bytes: i32,
     cols: i32,
     n: i32,
+    eps: f32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct.
@@ -210,8 +212,8 @@ struct Kernels {
     add: CudaFunction,
     rope: CudaFunction,
     attention: CudaFunction,
-    attention_merge: CudaFunction,
     kv_write: CudaFunction,
+    rope_kv_write: CudaFunction,
 }
 
 pub struct Cuda {
@@ -224,8 +226,14 @@ pub struct Cuda {
     positions: Mutex<Option<(Vec<u32>, CudaSlice<u32>)>>,
     /// Where the token ids of a step are uploaded for `embed`, grown as needed.
     ids: Mutex<Option<CudaSlice<u32>>>,
+    /// Attention's arrival counters, one per (query row, KV head) of a launch: zero between
+    /// launches (each launch's last blocks put theirs back), grown as needed.
+    arrived: Mutex<Option<CudaSlice<u32>>>,
     pool: Pool,
 }
+
+/// The positions cache, locked.
+type PositionsGuard<'a> = std::sync::MutexGuard<'a, Option<(Vec<u32>, CudaSlice<u32>)>>;
 
 /// Device buffers of activations, by length, kept for the next step: a decode step asks for the
 /// same dozen sizes every time, and an allocation, a free and their driver calls per tensor
@@ -272,12 +280,14 @@ impl CudaWeight {
     }
 }
 
-/// Device pointers of one matmul launch's weights and outputs (`count` of them used).
+/// Device pointers of one matmul launch's weights and outputs (`count` of them used), and the
+/// RMSNorm weight and epsilon applied to the input on the fly, if any.
 struct MatmulTargets {
     ws: [u64; 3],
     outs: [u64; 3],
     rows: [i32; 3],
     count: usize,
+    norm: Option<(u64, f32)>,
 }
 
 fn kernel_index(ty: GgmlType) -> Option<usize> {
@@ -322,8 +332,8 @@ impl Cuda {
             add: load("add")?,
             rope: load("rope")?,
             attention: load("attention")?,
-            attention_merge: load("attention_merge")?,
             kv_write: load("kv_write")?,
+            rope_kv_write: load("rope_kv_write")?,
         };
         let description = format!(
             "{name} (sm_{major}{minor}, kernels {})",
@@ -336,6 +346,7 @@ impl Cuda {
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             positions: Mutex::new(None),
             ids: Mutex::new(None),
+            arrived: Mutex::new(None),
             pool: Pool::default(),
         })
     }
@@ -414,11 +425,7 @@ impl Cuda {
         tensors: u32,
     ) -> Result<(), KernelError> {
         let rows = positions.len();
-        let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
-        // Every layer rotates by the same positions: one upload per step.
-        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
-            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
-        }
+        let last = self.positions_on_device(positions)?;
         let Some((_, pos)) = last.as_ref() else { return Err(device_err("positions cache empty")) };
         let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
         let log2_base = f64::from(rope.freq_base).log2();
@@ -426,6 +433,64 @@ impl Cuda {
         let cfg = LaunchConfig { grid_dim: (rows as u32, tensors, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let [(p0, l0), (p1, l1)] = targets;
         launch!(self, &self.kernels.rope, cfg, &p0, &l0, &p1, &l1, &hd, &nr, pos, &log2_base, &neox)
+    }
+
+    /// `positions` on the device. Every layer rotates by the same positions: one upload per step.
+    fn positions_on_device(&self, positions: &[u32]) -> Result<PositionsGuard<'_>, KernelError> {
+        let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
+        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
+            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
+        }
+        Ok(last)
+    }
+
+    /// Checks the shapes of KV writes and makes room in their caches.
+    fn prepare_kv_writes(
+        &self,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        k: &CudaTensor,
+        v: &CudaTensor,
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        for (cache, rows) in writes.iter_mut() {
+            check_len("kv_write", "source", k.len, (rows.row + rows.n) * row_len)?;
+            check_len("kv_write", "source", v.len, (rows.row + rows.n) * row_len)?;
+            u32::try_from(rows.first_pos + rows.n)
+                .map_err(|_| shape_err("kv_write", format!("position {}", rows.first_pos + rows.n)))?;
+            if rows.n > 0 && row_len > 0 {
+                let end = (rows.first_pos + rows.n) * row_len;
+                self.reserve(cache.k, end)?;
+                self.reserve(cache.v, end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `launch` with the caches and rows of up to `AT_MAX_SEQS` writes at a time, and the
+    /// number of new rows they hold.
+    fn for_each_kv_chunk(
+        &self,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        row_len: usize,
+        mut launch: impl FnMut(&AttnSeqs, u32) -> Result<(), KernelError>,
+    ) -> Result<(), KernelError> {
+        let live: Vec<_> = writes.iter_mut().filter(|(_, r)| r.n > 0 && row_len > 0).collect();
+        for chunk in live.chunks(AT_MAX_SEQS) {
+            let mut desc = AttnSeqs::empty(chunk.len());
+            let mut guards = Vec::with_capacity(chunk.len());
+            let mut total = 0;
+            for (i, (cache, rows)) in chunk.iter().enumerate() {
+                let (kp, kg) = buf("kv_write", cache.k)?.device_ptr(&self.stream);
+                let (vp, vg) = buf("kv_write", cache.v)?.device_ptr(&self.stream);
+                guards.push((kg, vg));
+                desc.set(i, kp, vp, rows);
+                total += rows.n;
+            }
+            let total = u32::try_from(total).map_err(|_| shape_err("kv_write", format!("{total} rows")))?;
+            launch(&desc, total)?;
+            drop(guards);
+        }
+        Ok(())
     }
 
     /// Shapes of a matmul over `n` rows of `x` into outputs of the given lengths.
@@ -459,10 +524,12 @@ impl Cuda {
         mode: i32,
     ) -> Result<(), KernelError> {
         let k = kernel_index(w.ty).ok_or_else(|| shape_err("matmul", format!("no kernel for {}", w.ty)))?;
-        let MatmulTargets { ws, outs, rows, count } = targets;
+        let MatmulTargets { ws, outs, rows, count, norm } = targets;
         let jobs = MatmulJobs {
             w: ws,
             out: outs,
+            norm: norm.map_or(0, |(p, _)| p),
+            eps: norm.map_or(0.0, |(_, e)| e),
             rows,
             count: count as i32,
             mode,
@@ -482,6 +549,91 @@ impl Cuda {
         };
         let xb = buf("matmul", x)?;
         launch!(self, &self.kernels.matmul[k], cfg, &jobs, xb)
+    }
+
+    /// `matmuls`, of `x` RMS-normalised by `norm` when given: Q, K and V (one format) go in
+    /// one launch, anything else one launch per weight.
+    fn normed_matmuls(
+        &self,
+        x: &CudaTensor,
+        norm: Option<(&CudaWeight, f32)>,
+        n: usize,
+        jobs: &mut [(&CudaWeight, &mut CudaTensor)],
+    ) -> Result<(), KernelError> {
+        let Some(&(first, _)) = jobs.first() else { return Ok(()) };
+        self.check_matmul(x, n, jobs.iter().map(|(w, o)| (*w, o.len)))?;
+        let norm = check_norm(norm, first.cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let together = jobs.len() <= 3 && jobs.iter().all(|(w, _)| w.ty == first.ty && w.row_bytes == first.row_bytes);
+        let groups: Vec<&mut [(&CudaWeight, &mut CudaTensor)]> =
+            if together { vec![jobs] } else { jobs.chunks_mut(1).collect() };
+        let (norm_ptr, norm_guard) = match norm {
+            Some((w, eps)) => {
+                let (p, g) = w.bytes.device_ptr(&self.stream);
+                (Some((p, eps)), Some(g))
+            }
+            None => (None, None),
+        };
+        for group in groups {
+            let (format, count) = (group[0].0, group.len());
+            let mut guards = Vec::new();
+            let mut ws = [0u64; 3];
+            let mut outs = [0u64; 3];
+            let mut rows = [0i32; 3];
+            for (i, (w, out)) in group.iter_mut().enumerate() {
+                let (wp, wg) = w.bytes.device_ptr(&self.stream);
+                let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
+                guards.push((wg, og));
+                ws[i] = wp;
+                outs[i] = op;
+                rows[i] = to_i32("matmul", w.rows)?;
+            }
+            let targets = MatmulTargets { ws, outs, rows, count, norm: norm_ptr };
+            self.launch_matmul(format, x, n, targets, MM_STORE)?;
+            drop(guards);
+        }
+        drop(norm_guard);
+        Ok(())
+    }
+
+    /// `matmul_swiglu`, of `x` RMS-normalised by `norm` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn normed_swiglu(
+        &self,
+        x: &CudaTensor,
+        norm: Option<(&CudaWeight, f32)>,
+        n: usize,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+        out: &mut CudaTensor,
+        scratch: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        if gate.ty != up.ty || gate.rows != up.rows || gate.row_bytes != up.row_bytes {
+            self.normed_matmuls(x, norm, n, &mut [(gate, &mut *out), (up, &mut *scratch)])?;
+            return self.silu_mul(out, scratch, n * gate.rows);
+        }
+        self.check_matmul(x, n, [(gate, out.len), (up, out.len)].into_iter())?;
+        let norm = check_norm(norm, gate.cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (gp, gg) = gate.bytes.device_ptr(&self.stream);
+        let (up_ptr, ug) = up.bytes.device_ptr(&self.stream);
+        let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
+        let (norm_ptr, norm_guard) = match norm {
+            Some((w, eps)) => {
+                let (p, g) = w.bytes.device_ptr(&self.stream);
+                (Some((p, eps)), Some(g))
+            }
+            None => (None, None),
+        };
+        let rows = [to_i32("matmul", gate.rows)?, 0, 0];
+        let targets = MatmulTargets { ws: [gp, up_ptr, 0], outs: [op, 0, 0], rows, count: 1, norm: norm_ptr };
+        self.launch_matmul(gate, x, n, targets, MM_SWIGLU)?;
+        drop((gg, ug, og, norm_guard));
+        Ok(())
     }
 
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
@@ -520,6 +672,17 @@ fn buf<'a>(op: &'static str, t: &'a CudaTensor) -> Result<&'a CudaSlice<f32>, Ke
 
 fn buf_mut<'a>(op: &'static str, t: &'a mut CudaTensor) -> Result<&'a mut CudaSlice<f32>, KernelError> {
     t.buf.as_mut().ok_or_else(|| shape_err(op, "tensor is empty".into()))
+}
+
+/// The RMSNorm weight of a fused matmul must be an f32 vector as long as the input rows.
+fn check_norm(norm: Option<(&CudaWeight, f32)>, cols: usize) -> Result<Option<(&CudaWeight, f32)>, KernelError> {
+    match norm {
+        Some((w, _)) if w.rows != 1 || w.ty != GgmlType::F32 || w.cols != cols => Err(shape_err(
+            "rms_norm",
+            format!("weight of {} x {} ({}) does not normalise rows of {cols}", w.rows, w.cols, w.ty),
+        )),
+        _ => Ok(norm),
+    }
 }
 
 fn grid_1d(len: usize) -> LaunchConfig {
@@ -625,33 +788,19 @@ impl Backend for Cuda {
         n: usize,
         jobs: &mut [(&CudaWeight, &mut CudaTensor)],
     ) -> Result<(), KernelError> {
-        let Some(&(first, _)) = jobs.first() else { return Ok(()) };
-        self.check_matmul(x, n, jobs.iter().map(|(w, o)| (*w, o.len)))?;
-        if n == 0 {
-            return Ok(());
-        }
-        // Q, K and V (one format) go in one launch; anything else one launch per weight.
-        let together = jobs.len() <= 3 && jobs.iter().all(|(w, _)| w.ty == first.ty && w.row_bytes == first.row_bytes);
-        let groups: Vec<&mut [(&CudaWeight, &mut CudaTensor)]> =
-            if together { vec![jobs] } else { jobs.chunks_mut(1).collect() };
-        for group in groups {
-            let (format, count) = (group[0].0, group.len());
-            let mut guards = Vec::new();
-            let mut ws = [0u64; 3];
-            let mut outs = [0u64; 3];
-            let mut rows = [0i32; 3];
-            for (i, (w, out)) in group.iter_mut().enumerate() {
-                let (wp, wg) = w.bytes.device_ptr(&self.stream);
-                let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
-                guards.push((wg, og));
-                ws[i] = wp;
-                outs[i] = op;
-                rows[i] = to_i32("matmul", w.rows)?;
-            }
-            self.launch_matmul(format, x, n, MatmulTargets { ws, outs, rows, count }, MM_STORE)?;
-            drop(guards);
-        }
-        Ok(())
+        self.normed_matmuls(x, None, n, jobs)
+    }
+
+    fn norm_matmuls(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        n: usize,
+        jobs: &mut [(&CudaWeight, &mut CudaTensor)],
+        _normed: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        self.normed_matmuls(x, Some((norm, eps)), n, jobs)
     }
 
     fn matmul_add(
@@ -669,7 +818,7 @@ impl Backend for Cuda {
         let (wp, wg) = w.bytes.device_ptr(&self.stream);
         let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
         let rows = [to_i32("matmul", w.rows)?, 0, 0];
-        let targets = MatmulTargets { ws: [wp, 0, 0], outs: [op, 0, 0], rows, count: 1 };
+        let targets = MatmulTargets { ws: [wp, 0, 0], outs: [op, 0, 0], rows, count: 1, norm: None };
         self.launch_matmul(w, x, n, targets, MM_ADD)?;
         drop((wg, og));
         Ok(())
@@ -684,22 +833,22 @@ impl Backend for Cuda {
         out: &mut CudaTensor,
         scratch: &mut CudaTensor,
     ) -> Result<(), KernelError> {
-        if gate.ty != up.ty || gate.rows != up.rows || gate.row_bytes != up.row_bytes {
-            self.matmuls(x, n, &mut [(gate, &mut *out), (up, &mut *scratch)])?;
-            return self.silu_mul(out, scratch, n * gate.rows);
-        }
-        self.check_matmul(x, n, [(gate, out.len), (up, out.len)].into_iter())?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (gp, gg) = gate.bytes.device_ptr(&self.stream);
-        let (up_ptr, ug) = up.bytes.device_ptr(&self.stream);
-        let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
-        let rows = [to_i32("matmul", gate.rows)?, 0, 0];
-        let targets = MatmulTargets { ws: [gp, up_ptr, 0], outs: [op, 0, 0], rows, count: 1 };
-        self.launch_matmul(gate, x, n, targets, MM_SWIGLU)?;
-        drop((gg, ug, og));
-        Ok(())
+        self.normed_swiglu(x, None, n, gate, up, out, scratch)
+    }
+
+    fn norm_matmul_swiglu(
+        &self,
+        x: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        n: usize,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+        out: &mut CudaTensor,
+        scratch: &mut CudaTensor,
+        _normed: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        self.normed_swiglu(x, Some((norm, eps)), n, gate, up, out, scratch)
     }
 
     fn rope(&self, x: &mut CudaTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
@@ -748,35 +897,57 @@ impl Backend for Cuda {
         v: &CudaTensor,
         row_len: usize,
     ) -> Result<(), KernelError> {
-        for (cache, rows) in writes.iter_mut() {
-            check_len("kv_write", "source", k.len, (rows.row + rows.n) * row_len)?;
-            check_len("kv_write", "source", v.len, (rows.row + rows.n) * row_len)?;
-            u32::try_from(rows.first_pos + rows.n)
-                .map_err(|_| shape_err("kv_write", format!("position {}", rows.first_pos + rows.n)))?;
-            if rows.n > 0 && row_len > 0 {
-                let end = (rows.first_pos + rows.n) * row_len;
-                self.reserve(cache.k, end)?;
-                self.reserve(cache.v, end)?;
-            }
-        }
-        let live: Vec<_> = writes.iter_mut().filter(|(_, r)| r.n > 0 && row_len > 0).collect();
+        self.prepare_kv_writes(writes, k, v, row_len)?;
         let (kb, vb, len) = (buf("kv_write", k)?, buf("kv_write", v)?, to_i32("kv_write", row_len)?);
-        for chunk in live.chunks(AT_MAX_SEQS) {
-            let mut desc = AttnSeqs::empty(chunk.len());
-            let mut guards = Vec::with_capacity(chunk.len());
-            let mut total = 0;
-            for (i, (cache, rows)) in chunk.iter().enumerate() {
-                let (kp, kg) = buf("kv_write", cache.k)?.device_ptr(&self.stream);
-                let (vp, vg) = buf("kv_write", cache.v)?.device_ptr(&self.stream);
-                guards.push((kg, vg));
-                desc.set(i, kp, vp, rows);
-                total += rows.n;
-            }
-            let cfg = LaunchConfig { grid_dim: (total as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, &self.kernels.kv_write, cfg, &desc, kb, vb, &len)?;
-            drop(guards);
+        self.for_each_kv_chunk(writes, row_len, |desc, total| {
+            let cfg = LaunchConfig { grid_dim: (total, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, &self.kernels.kv_write, cfg, desc, kb, vb, &len)
+        })
+    }
+
+    fn rope_kv_write(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        // One launch needs every row rotated exactly once: the writes must cover rows
+        // 0..positions.len() in order, as a forward step's do. Anything else takes two launches.
+        let mut next = 0;
+        let in_order = writes.iter().all(|(_, r)| {
+            let ok = r.row == next;
+            next += r.n;
+            ok
+        });
+        if positions.is_empty() || !in_order || next != positions.len() || row_len == 0 {
+            self.rope_qk(q, k, head_dim, positions, rope)?;
+            return self.kv_write_many(writes, k, v, row_len);
         }
-        Ok(())
+        if k.len != positions.len() * row_len {
+            return Err(shape_err("rope_kv_write", format!("{} key elements are not rows of {row_len}", k.len)));
+        }
+        self.prepare_kv_writes(writes, k, v, row_len)?;
+        let rows = positions.len();
+        let ((qp, q_len), qg) = self.rope_target(q, head_dim, rows, rope)?;
+        let ((kp, kv_len), kg) = self.rope_target(k, head_dim, rows, rope)?;
+        let vb = buf("rope_kv_write", v)?;
+        let pos = self.positions_on_device(positions)?;
+        let Some((_, pos)) = pos.as_ref() else { return Err(device_err("positions cache empty")) };
+        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
+        let log2_base = f64::from(rope.freq_base).log2();
+        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
+        let result = self.for_each_kv_chunk(writes, row_len, |desc, total| {
+            let cfg = LaunchConfig { grid_dim: (total, 3, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+            let kernel = &self.kernels.rope_kv_write;
+            launch!(self, kernel, cfg, desc, &qp, &q_len, &kp, vb, &kv_len, &hd, &nr, pos, &log2_base, &neox)
+        });
+        drop((qg, kg));
+        result
     }
 
     fn attention(
@@ -851,16 +1022,20 @@ impl Backend for Cuda {
                 shared_mem_bytes: 0,
             };
             let part_len = total * n_kv_head * splits * (group * head_dim + 2 * group);
-            // One run of positions covers every row: the kernel writes the output itself and
-            // the partial buffer is not touched.
-            // The merge reads only the runs the attention kernel wrote: no zeroing.
+            // With one run of positions the kernel writes the output itself and the partial
+            // buffer is not touched; with several, the merging block reads only runs written in
+            // this launch: no zeroing either way.
             let mut workspace = self.pooled(if splits > 1 { part_len } else { 1 }, false)?;
             let partial = buf_mut("attention", &mut workspace)?;
             let ob = buf_mut("attention", out)?;
-            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, &mut *ob, &mut *partial)?;
-            if splits > 1 {
-                launch!(self, &self.kernels.attention_merge, grid(1), &desc, &sh, &*partial, ob)?;
+            let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
+            let counters = total * n_kv_head;
+            if arrived.as_ref().is_none_or(|a| a.len() < counters) {
+                let zeroed = self.stream.alloc_zeros::<u32>(counters.next_power_of_two());
+                *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
             }
+            let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
+            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, ob, partial, counters)?;
             drop(guards);
         }
         Ok(())

@@ -283,6 +283,39 @@ pub fn fused_matmuls_match_cpu<B: Backend>(g: &B) {
     assert_close("matmul_swiglu", &rows, &co, MATMUL_TOL);
 }
 
+/// RMSNorm fused into the products (Q/K/V and SwiGLU) against the CPU's norm, then products.
+pub fn norm_fused_matmuls_match_cpu<B: Backend>(g: &B) {
+    let c = cpu();
+    let mut rng = Rng::new("norm fused");
+    let (dim, kv, ffn) = (512, 64, 256);
+    let nw = qtensor(GgmlType::F32, 1, dim, &rng.vec(dim));
+    let (ng, nc) = (g.load_weight(&nw, Inputs::Robust).expect("w"), c.load_weight(&nw, Inputs::Robust).expect("w"));
+    for ty in FORMATS {
+        let mut load = |rows: usize| {
+            let t = qtensor(ty, rows, dim, &rng.vec(rows * dim));
+            (g.load_weight(&t, Inputs::Robust).expect("w"), c.load_weight(&t, Inputs::Robust).expect("w"))
+        };
+        let (wq, wk, gate, up) = (load(dim), load(kv), load(ffn), load(ffn));
+        // 9 rows take two tiles of input rows on the CUDA backend.
+        for n in [1, 9] {
+            let x: Vec<f32> = rng.vec(n * dim).iter().map(|v| 3.0 * v).collect();
+            let xg = g.upload(&x).expect("x");
+            let (mut cq, mut ck, mut cn) = (vec![0.0; n * dim], vec![0.0; n * kv], vec![0.0; n * dim]);
+            c.norm_matmuls(&x, &nc, 1e-5, n, &mut [(&wq.1, &mut cq), (&wk.1, &mut ck)], &mut cn).expect("cpu");
+            let (mut gq, mut gk) = (g.zeros(n * dim).expect("z"), g.zeros(n * kv).expect("z"));
+            let mut gn = g.zeros(n * dim).expect("z");
+            g.norm_matmuls(&xg, &ng, 1e-5, n, &mut [(&wq.0, &mut gq), (&wk.0, &mut gk)], &mut gn).expect("gpu");
+            assert_close(&format!("{ty} n={n} normed q"), &download(g, &gq, n, dim), &cq, MATMUL_TOL);
+            assert_close(&format!("{ty} n={n} normed k"), &download(g, &gk, n, kv), &ck, MATMUL_TOL);
+            let (mut co, mut cs) = (vec![0.0; n * ffn], vec![0.0; n * ffn]);
+            c.norm_matmul_swiglu(&x, &nc, 1e-5, n, &gate.1, &up.1, &mut co, &mut cs, &mut cn).expect("cpu");
+            let (mut go, mut gs) = (g.zeros(n * ffn).expect("z"), g.zeros(n * ffn).expect("z"));
+            g.norm_matmul_swiglu(&xg, &ng, 1e-5, n, &gate.0, &up.0, &mut go, &mut gs, &mut gn).expect("gpu");
+            assert_close(&format!("{ty} n={n} normed swiglu"), &download(g, &go, n, ffn), &co, MATMUL_TOL);
+        }
+    }
+}
+
 pub fn rope_qk_and_kv_write_many_match_cpu<B: Backend>(g: &B) {
     let c = cpu();
     let mut rng = Rng::new("rope_qk");
@@ -313,6 +346,23 @@ pub fn rope_qk_and_kv_write_many_match_cpu<B: Backend>(g: &B) {
     for (i, (cc, gc)) in cpu_caches.iter().zip(&gpu_caches).enumerate() {
         assert_close(&format!("k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
         assert_close(&format!("v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
+    }
+
+    // The same rotation and writes fused (one launch on the CUDA backend), onto fresh caches.
+    let mut fresh: Vec<_> =
+        prior.iter().map(|&p| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect::<Vec<_>>();
+    let mut gpu_fresh: Vec<_> =
+        fresh.iter().map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") }).collect();
+    let (mut cq, mut ck) = (q.clone(), k.clone());
+    let mut cw: Vec<_> = fresh.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
+    c.rope_kv_write(&mut cq, &mut ck, &v, head_dim, &positions, &rope, &mut cw, kv_len).expect("cpu");
+    let (mut gq, mut gk) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"));
+    let mut gw: Vec<_> = gpu_fresh.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
+    g.rope_kv_write(&mut gq, &mut gk, &vg, head_dim, &positions, &rope, &mut gw, kv_len).expect("gpu");
+    assert_close("fused rope q", &download(g, &gq, 4, q_len), &cq, ROPE_TOL);
+    for (i, (cc, gc)) in fresh.iter().zip(&gpu_fresh).enumerate() {
+        assert_close(&format!("fused k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
+        assert_close(&format!("fused v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
     }
 }
 
