@@ -231,6 +231,62 @@ impl Backend for Device {
         dispatch!(self, |b| b.matmul_swiglu(x.part()?, n, gate.part()?, up.part()?, out.part()?, scratch.part()?))
     }
 
+    fn norm_matmuls(
+        &self,
+        x: &DeviceTensor,
+        norm: &DeviceWeight,
+        eps: f32,
+        n: usize,
+        jobs: &mut [(&DeviceWeight, &mut DeviceTensor)],
+        normed: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = Vec::with_capacity(jobs.len());
+            for (w, out) in jobs.iter_mut() {
+                own.push(((*w).part()?, (&mut **out).part()?));
+            }
+            b.norm_matmuls(x.part()?, norm.part()?, eps, n, &mut own, normed.part()?)
+        })
+    }
+
+    fn norm_matmul_swiglu(
+        &self,
+        x: &DeviceTensor,
+        norm: &DeviceWeight,
+        eps: f32,
+        n: usize,
+        gate: &DeviceWeight,
+        up: &DeviceWeight,
+        out: &mut DeviceTensor,
+        scratch: &mut DeviceTensor,
+        normed: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let (x, norm, gate, up) = (x.part()?, norm.part()?, gate.part()?, up.part()?);
+            b.norm_matmul_swiglu(x, norm, eps, n, gate, up, out.part()?, scratch.part()?, normed.part()?)
+        })
+    }
+
+    fn rope_kv_write(
+        &self,
+        q: &mut DeviceTensor,
+        k: &mut DeviceTensor,
+        vv: &DeviceTensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut DeviceTensor>, SeqRows)],
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = Vec::with_capacity(writes.len());
+            for (cache, rows) in writes.iter_mut() {
+                own.push((KvLayer { k: (&mut *cache.k).part()?, v: (&mut *cache.v).part()? }, *rows));
+            }
+            b.rope_kv_write(q.part()?, k.part()?, vv.part()?, head_dim, positions, rope, &mut own, row_len)
+        })
+    }
+
     fn rope(&self, x: &mut DeviceTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
         dispatch!(self, |b| b.rope(x.part()?, head_dim, positions, rope))
     }

@@ -282,12 +282,12 @@ template <> __device__ __forceinline__ void dequant_part<T_Q6_K>(const u8* row, 
 // ---- matmul: out[n, rows] = x[n, cols] . W^T -------------------------------------------------
 //
 // One warp per weight row, up to MM_TILE input rows at once so each dequantized part is used
-// MM_TILE times; lanes take quarter chunks in turn, two at a time so their loads are in flight
-// together, and the warp sums at the end. One launch serves up to three weights of one format
-// sharing the input (Q, K and V), or accumulates into `out` (the residual add fused into a
-// projection), or computes SwiGLU from a gate and an up weight. With `norm` set, the input is
-// RMS-normalised on the fly: the lanes cover every column of an input row between them, so the
-// warp's sum of squares is the row's, and the product is scaled once at the end.
+// MM_TILE times; lanes take quarter chunks in turn and the warp sums at the end. One launch
+// serves up to three weights of one format sharing the input (Q, K and V), or accumulates into
+// `out` (the residual add fused into a projection), or computes SwiGLU from a gate and an up
+// weight. With `norm` set, the input is RMS-normalised on the fly: the lanes cover every column
+// of an input row between them, so the warp's sum of squares is the row's, and the product is
+// scaled once at the end.
 
 #define MM_WARPS 4
 #define MM_TILE 8
@@ -369,12 +369,8 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
     float acc[MM_TILE], acc_up[MM_TILE], ss[MM_TILE];
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = ss[t] = 0.0f;
-    int parts = cols / 8, i = lane;
-    for (; i + WARP < parts; i += 2 * WARP) {
+    for (int i = lane; i < cols / 8; i += WARP)
         matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i, acc, acc_up, ss);
-        matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i + WARP, acc, acc_up, ss);
-    }
-    if (i < parts) matmul_part<T, SWIGLU, NORM>(wr, ur, x, nw, cols, n0, tile, i, acc, acc_up, ss);
     float* out = (float*)oj;
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) {
