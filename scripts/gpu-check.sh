@@ -9,13 +9,16 @@
 #
 #   scripts/gpu-check.sh                 build here (needs cargo), then check
 #   scripts/gpu-check.sh --package DIR   build here and put the binaries (xz-compressed), golden
-#                                        files and the model (in parts under 48 MiB) in DIR, for a
-#                                        GPU machine without a Rust toolchain (copies to such a
-#                                        machine are limited in size)
-#   scripts/gpu-check.sh --prebuilt DIR  check with what --package put in DIR
-#   ... --only ptx,kernels               run only these steps (ptx, kernels, golden, bench); the
-#                                        model is needed only by golden and bench, so a machine
-#                                        that has received part of it can run the rest first
+#                                        files and the model (in 40 MiB parts) in DIR/1, DIR/2...,
+#                                        each under 56 MiB, for a GPU machine without a Rust
+#                                        toolchain that receives at most 64 MiB a copy
+#   scripts/gpu-check.sh --prebuilt DIR[:DIR...]
+#                                        check with what --package put in those folders
+#   ... --only ptx,kernels               run only these steps: ptx, kernels, golden, bench (the
+#                                        default set) and profile (ncu's time per kernel over a
+#                                        few decode steps at batch 1 and 32). Only golden, bench
+#                                        and profile need the model, so a machine that has
+#                                        received part of it can run the rest first
 #
 # Results (logs, bench JSON, the table) go to $REALM_GPU_OUT (default target/gpu-check).
 set -euo pipefail
@@ -25,20 +28,20 @@ cd "$root"
 mode=build
 dir=
 steps=ptx,kernels,golden,bench
-usage="usage: $0 [--package DIR | --prebuilt DIR] [--only STEP,...]"
+usage="usage: $0 [--package DIR | --prebuilt DIR[:DIR...]] [--only STEP,...]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --package) mode=package; dir=${2:?--package needs a folder}; shift 2 ;;
-    --prebuilt) mode=prebuilt; dir=$(cd "${2:?--prebuilt needs a folder}" && pwd); shift 2 ;;
+    --prebuilt) mode=prebuilt; dir=${2:?--prebuilt needs a folder}; shift 2 ;;
     --only) steps=${2:?--only needs steps}; shift 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
 for s in ${steps//,/ }; do
-  case "$s" in ptx | kernels | golden | bench) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
+  case "$s" in ptx | kernels | golden | bench | profile) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
 done
 wants() { [[ ",$steps," == *",$1,"* ]]; }
-needs_model() { wants golden || wants bench; }
+needs_model() { wants golden || wants bench || wants profile; }
 out=${REALM_GPU_OUT:-$root/target/gpu-check}
 mkdir -p "$out"
 
@@ -62,19 +65,32 @@ for line in sys.stdin:
 }
 
 if [ "$mode" = package ]; then
-  mkdir -p "$dir/bin"
+  rm -rf "${dir:?}"
+  mkdir -p "$dir/bin" "$dir/1"
   build | while read -r name path; do
     cp "$path" "$dir/bin/$name"
     strip "$dir/bin/$name" 2>/dev/null || true
   done
   python3 -c 'import sys, tarfile; t = tarfile.open(sys.argv[1], "w:xz"); t.add(sys.argv[2], "bin"); t.close()' \
-    "$dir/bin.tar.xz" "$dir/bin"
+    "$dir/1/bin.tar.xz" "$dir/bin"
   rm -r "${dir:?}/bin"
-  cp ../shared/golden/reference-f64.jsonl "$dir/"
   model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
   [ -f "$model" ] || "$root/target/release/realm" pull >&2
-  (cd "$dir" && rm -f model.part* && split -b 48M -d "$model" model.part && sha256sum "$model" | cut -d' ' -f1 >model.sha256)
-  ls -la "$dir" >&2
+  (cd "$dir" && split -b 40M -d "$model" model.part)
+  cp ../shared/golden/reference-f64.jsonl "$dir/"
+  sha256sum "$model" | cut -d' ' -f1 >"$dir/model.sha256"
+  # Fill folders 1, 2... in turn, each kept under 56 MiB (a copy to the GPU machine, repository
+  # included, is limited to 64 MiB).
+  n=1
+  for f in "$dir"/model.part* "$dir/model.sha256" "$dir/reference-f64.jsonl"; do
+    used=$(du -sb "$dir/$n" | cut -f1)
+    if [ $((used + $(stat -c %s "$f"))) -gt $((56 << 20)) ]; then
+      n=$((n + 1))
+      mkdir -p "$dir/$n"
+    fi
+    mv "$f" "$dir/$n/"
+  done
+  du -sh "$dir"/* >&2
   exit 0
 fi
 
@@ -85,13 +101,31 @@ if [ "$mode" = build ]; then
   model=${REALM_TEST_MODEL:-$HOME/.cache/realm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
   if needs_model && [ ! -f "$model" ]; then "${bin[realm]}" pull >&2; fi
 else
-  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$dir/bin.tar.xz" "$out"
+  # The package's files, from whichever of the folders holds each.
+  found() {
+    local d
+    for d in ${dir//:/ }; do
+      if [ -e "$d/$1" ]; then
+        echo "$d/$1"
+        return
+      fi
+    done
+    echo "$1 is in none of $dir" >&2
+    return 1
+  }
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' "$(found bin.tar.xz)" "$out"
   for name in realm cuda_backend cuda_ptx golden_reference; do bin[$name]=$out/bin/$name; done
-  golden=$dir
   model=$out/model.gguf
-  if needs_model && [ ! -f "$model" ]; then
-    cat "$dir"/model.part* >"$model"
-    echo "$(cat "$dir/model.sha256")  $model" | sha256sum -c --quiet
+  if needs_model; then
+    golden=$(dirname "$(found reference-f64.jsonl)")
+    if [ ! -f "$model" ]; then
+      # shellcheck disable=SC2046 # one path per part, none with spaces (the package's own names)
+      cat $(for d in ${dir//:/ }; do ls "$d"/model.part* 2>/dev/null || true; done |
+        awk -F/ '{print $NF, $0}' | sort | cut -d' ' -f2) >"$model"
+      echo "$(cat "$(found model.sha256)")  $model" | sha256sum -c --quiet
+    fi
+  else
+    golden=$out
   fi
 fi
 
@@ -134,8 +168,33 @@ bench() {
     --gen-tokens 128 --repeat 3 --json >"$out/bench.json"
 }
 step bench bench
-grep -h "registers\|spill" "$out/ptx.log" | sort | uniq -c | sort -rn | head -5 || true
+# shellcheck disable=SC2329 # called through step
+profile() {
+  command -v ncu >/dev/null || { echo "ncu (Nsight Compute) is not on the PATH"; return 1; }
+  local b
+  for b in 1 32; do
+    # Past the warm-up's first decode steps, about four steps of launches.
+    ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 2000 --launch-count 700 --csv \
+      --print-summary per-kernel "${bin[realm]}" bench --model "$model" --backend cuda --batch "$b" \
+      --prompt-tokens 128 --gen-tokens 16 --repeat 1 >"$out/ncu-batch$b.csv"
+  done
+}
+step profile profile
+if wants ptx; then grep -h "registers\|spill" "$out/ptx.log" | sort | uniq -c | sort -rn | head -5 || true; fi
 
+if wants profile && [ -s "$out/ncu-batch1.csv" ]; then
+  python3 - "$out"/ncu-batch*.csv <<'EOF' | tee "$out/profile.txt"
+import csv, sys
+for path in sys.argv[1:]:
+    rows = [r for r in csv.reader(open(path)) if len(r) > 14 and r[0] != "Process ID"]
+    total = sum(int(r[8]) * float(r[14].replace(",", "")) for r in rows)
+    print(f"\n{path.rsplit('/', 1)[-1]}: GPU time by kernel over {sum(int(r[8]) for r in rows)} launches")
+    print(f"{'kernel':<18} {'grid':<16} {'launches':>8} {'us each':>8} {'share':>6}")
+    for r in sorted(rows, key=lambda r: -int(r[8]) * float(r[14].replace(",", ""))):
+        each = float(r[14].replace(",", ""))
+        print(f"{r[3]:<18} {r[5]:<16} {int(r[8]):>8} {each / 1e3:>8.2f} {100 * int(r[8]) * each / total:>5.1f}%")
+EOF
+fi
 if [ -s "$out/bench.json" ]; then
   python3 - "$out/bench.json" <<'EOF' | tee "$out/table.txt"
 import json, sys

@@ -398,3 +398,31 @@ impl Backend for Device {
         dispatch!(self, |b| b.read_row(t.part()?, row, row_len, out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Names of the `fn`s declared one indent in, from the line starting `start` to the next
+    /// line that is a lone `}`.
+    fn methods(source: &str, start: &str) -> Vec<String> {
+        let mut names: Vec<String> = source
+            .lines()
+            .skip_while(|l| !l.starts_with(start))
+            .take_while(|l| *l != "}")
+            .filter_map(|l| l.strip_prefix("    fn "))
+            .filter_map(|l| l.split(['(', '<']).next())
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A trait method with a default body that `Device` does not forward runs the default for
+    /// every backend, silently: the CUDA backend's fused kernels were once skipped that way.
+    #[test]
+    fn device_forwards_every_backend_method() {
+        let trait_methods = methods(include_str!("backend.rs"), "pub trait Backend");
+        let forwarded = methods(include_str!("device.rs"), "impl Backend for Device");
+        assert!(trait_methods.len() > 20, "parsed {trait_methods:?}");
+        assert_eq!(trait_methods, forwarded);
+    }
+}
