@@ -57,7 +57,10 @@ const KERNEL_TYPES: [GgmlType; 7] =
     [GgmlType::F32, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 /// Warps (weight rows) per matmul block and input rows per matmul block (`MM_WARPS`,
-/// `MM_TILE` in kernels.cu).
+/// `MM_TILE` in kernels.cu). The RMSNorm is fused into a matmul only for up to `MM_TILE` input
+/// rows: every warp recomputes its rows' sum of squares, which is free while a launch waits on
+/// memory (decode) but doubles the input-side arithmetic of the wide tiles of prefill and large
+/// batches, where the separate norm launch costs little.
 const MM_WARPS: u32 = 4;
 const MM_TILE: u32 = 8;
 /// Attention (kernels.cu's `AT_*`): threads per block, the most positions and floats of keys
@@ -798,8 +801,12 @@ impl Backend for Cuda {
         eps: f32,
         n: usize,
         jobs: &mut [(&CudaWeight, &mut CudaTensor)],
-        _normed: &mut CudaTensor,
+        normed: &mut CudaTensor,
     ) -> Result<(), KernelError> {
+        if n > MM_TILE as usize {
+            self.rms_norm(x, norm, eps, normed)?;
+            return self.normed_matmuls(normed, None, n, jobs);
+        }
         self.normed_matmuls(x, Some((norm, eps)), n, jobs)
     }
 
@@ -846,8 +853,12 @@ impl Backend for Cuda {
         up: &CudaWeight,
         out: &mut CudaTensor,
         scratch: &mut CudaTensor,
-        _normed: &mut CudaTensor,
+        normed: &mut CudaTensor,
     ) -> Result<(), KernelError> {
+        if n > MM_TILE as usize {
+            self.rms_norm(x, norm, eps, normed)?;
+            return self.normed_swiglu(normed, None, n, gate, up, out, scratch);
+        }
         self.normed_swiglu(x, Some((norm, eps)), n, gate, up, out, scratch)
     }
 
