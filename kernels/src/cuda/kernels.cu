@@ -390,26 +390,26 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
     }
 }
 
-#define MATMUL(name, T)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 6) name(const MatmulJobs jobs, const float* x) { \
-        bool norm = jobs.norm != 0;                                                                             \
-        if (jobs.mode == MM_SWIGLU) {                                                                           \
-            if (norm) matmul<T, true, true>(jobs, x);                                                           \
-            else matmul<T, true, false>(jobs, x);                                                               \
-        } else if (norm) {                                                                                      \
-            matmul<T, false, true>(jobs, x);                                                                    \
-        } else {                                                                                                \
-            matmul<T, false, false>(jobs, x);                                                                   \
-        }                                                                                                       \
+// Without the norm a kernel fits 64 registers, so 16 blocks (all 64 warps) stay resident on a
+// multiprocessor, which the wide grids of prefill need; the norm variants take 80.
+#define MATMUL(name, norm_name, T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 8) name(const MatmulJobs jobs, const float* x) {  \
+        if (jobs.mode == MM_SWIGLU) matmul<T, true, false>(jobs, x);                                             \
+        else matmul<T, false, false>(jobs, x);                                                                   \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 6) norm_name(const MatmulJobs jobs,              \
+                                                                              const float* x) {                   \
+        if (jobs.mode == MM_SWIGLU) matmul<T, true, true>(jobs, x);                                              \
+        else matmul<T, false, true>(jobs, x);                                                                    \
     }
 
-MATMUL(matmul_f32, T_F32)
-MATMUL(matmul_q4_0, T_Q4_0)
-MATMUL(matmul_q4_1, T_Q4_1)
-MATMUL(matmul_q8_0, T_Q8_0)
-MATMUL(matmul_q4_k, T_Q4_K)
-MATMUL(matmul_q5_k, T_Q5_K)
-MATMUL(matmul_q6_k, T_Q6_K)
+MATMUL(matmul_f32, matmul_norm_f32, T_F32)
+MATMUL(matmul_q4_0, matmul_norm_q4_0, T_Q4_0)
+MATMUL(matmul_q4_1, matmul_norm_q4_1, T_Q4_1)
+MATMUL(matmul_q8_0, matmul_norm_q8_0, T_Q8_0)
+MATMUL(matmul_q4_k, matmul_norm_q4_k, T_Q4_K)
+MATMUL(matmul_q5_k, matmul_norm_q5_k, T_Q5_K)
+MATMUL(matmul_q6_k, matmul_norm_q6_k, T_Q6_K)
 
 // ---- embedding: out[i] = table[ids[i]] -------------------------------------------------------
 

@@ -35,6 +35,13 @@ pub const KERNEL_NAMES: &[&str] = &[
     "matmul_q4_k",
     "matmul_q5_k",
     "matmul_q6_k",
+    "matmul_norm_f32",
+    "matmul_norm_q4_0",
+    "matmul_norm_q4_1",
+    "matmul_norm_q8_0",
+    "matmul_norm_q4_k",
+    "matmul_norm_q5_k",
+    "matmul_norm_q6_k",
     "embed_f32",
     "embed_q4_0",
     "embed_q4_1",
@@ -51,8 +58,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "rope_kv_write",
 ];
 
-/// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`/`embed_*`
-/// names above.
+/// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`,
+/// `matmul_norm_*` and `embed_*` names above.
 const KERNEL_TYPES: [GgmlType; 7] =
     [GgmlType::F32, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
@@ -209,6 +216,8 @@ pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
 
 struct Kernels {
     matmul: Vec<CudaFunction>,
+    /// The matmuls that RMS-normalise their input on the fly.
+    matmul_norm: Vec<CudaFunction>,
     embed: Vec<CudaFunction>,
     rms_norm: CudaFunction,
     silu_mul: CudaFunction,
@@ -329,7 +338,8 @@ impl Cuda {
         let load = |n: &str| module.load_function(n).map_err(|e| driver_err(&format!("kernel {n}"), e));
         let kernels = Kernels {
             matmul: KERNEL_NAMES[..7].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
-            embed: KERNEL_NAMES[7..14].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
+            matmul_norm: KERNEL_NAMES[7..14].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
+            embed: KERNEL_NAMES[14..21].iter().map(|n| load(n)).collect::<Result<_, _>>()?,
             rms_norm: load("rms_norm")?,
             silu_mul: load("silu_mul")?,
             add: load("add")?,
@@ -551,7 +561,8 @@ impl Cuda {
             shared_mem_bytes: 0,
         };
         let xb = buf("matmul", x)?;
-        launch!(self, &self.kernels.matmul[k], cfg, &jobs, xb)
+        let kernels = if norm.is_some() { &self.kernels.matmul_norm } else { &self.kernels.matmul };
+        launch!(self, &kernels[k], cfg, &jobs, xb)
     }
 
     /// `matmuls`, of `x` RMS-normalised by `norm` when given: Q, K and V (one format) go in
