@@ -565,6 +565,21 @@ impl Cuda {
         launch!(self, &kernels[k], cfg, &jobs, xb)
     }
 
+    /// The device pointer and epsilon of a fused matmul's RMSNorm, and the guard to hold
+    /// across its launch.
+    fn norm_pointer<'a>(
+        &'a self,
+        norm: Option<(&'a CudaWeight, f32)>,
+    ) -> (Option<(u64, f32)>, Option<cudarc::driver::SyncOnDrop<'a>>) {
+        match norm {
+            Some((w, eps)) => {
+                let (p, g) = w.bytes.device_ptr(&self.stream);
+                (Some((p, eps)), Some(g))
+            }
+            None => (None, None),
+        }
+    }
+
     /// `matmuls`, of `x` RMS-normalised by `norm` when given: Q, K and V (one format) go in
     /// one launch, anything else one launch per weight.
     fn normed_matmuls(
@@ -583,13 +598,7 @@ impl Cuda {
         let together = jobs.len() <= 3 && jobs.iter().all(|(w, _)| w.ty == first.ty && w.row_bytes == first.row_bytes);
         let groups: Vec<&mut [(&CudaWeight, &mut CudaTensor)]> =
             if together { vec![jobs] } else { jobs.chunks_mut(1).collect() };
-        let (norm_ptr, norm_guard) = match norm {
-            Some((w, eps)) => {
-                let (p, g) = w.bytes.device_ptr(&self.stream);
-                (Some((p, eps)), Some(g))
-            }
-            None => (None, None),
-        };
+        let (norm_ptr, norm_guard) = self.norm_pointer(norm);
         for group in groups {
             let (format, count) = (group[0].0, group.len());
             let mut guards = Vec::new();
@@ -636,13 +645,7 @@ impl Cuda {
         let (gp, gg) = gate.bytes.device_ptr(&self.stream);
         let (up_ptr, ug) = up.bytes.device_ptr(&self.stream);
         let (op, og) = buf_mut("matmul", out)?.device_ptr_mut(&self.stream);
-        let (norm_ptr, norm_guard) = match norm {
-            Some((w, eps)) => {
-                let (p, g) = w.bytes.device_ptr(&self.stream);
-                (Some((p, eps)), Some(g))
-            }
-            None => (None, None),
-        };
+        let (norm_ptr, norm_guard) = self.norm_pointer(norm);
         let rows = [to_i32("matmul", gate.rows)?, 0, 0];
         let targets = MatmulTargets { ws: [gp, up_ptr, 0], outs: [op, 0, 0], rows, count: 1, norm: norm_ptr };
         self.launch_matmul(gate, x, n, targets, MM_SWIGLU)?;
