@@ -183,24 +183,27 @@ pub fn rope_matches_cpu_for_both_layouts<B: Backend>(g: &B) {
 pub fn kv_write_and_attention_match_cpu_for_several_sequences<B: Backend>(g: &B) {
     let c = cpu();
     let mut rng = Rng::new("attention");
+    // (cached positions, new tokens): a fresh prompt, a decode step deep in a sequence and a
+    // prompt chunk after a cached prefix, as one continuous-batching step holds them.
+    let mixed = [(0usize, 7usize), (300, 1), (40, 5)];
     // Head dims of 64 and 128 stage tiles of 64 and 32 positions on the CUDA backend.
     for shape in [
         AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 },
         AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 128 },
     ] {
-        attention_case(g, &c, &mut rng, shape);
+        attention_case(g, &c, &mut rng, shape, &mixed);
     }
+    // More decode steps than one CUDA launch takes (32 sequences), contexts of 1 to 205.
+    let decode: Vec<_> = (0..35).map(|i| (i * 6, 1)).collect();
+    attention_case(g, &c, &mut rng, AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 }, &decode);
 }
 
-fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionShape) {
+fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionShape, seqs: &[(usize, usize)]) {
     let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
-    // (cached positions, new tokens): a fresh prompt, a decode step deep in a sequence and a
-    // prompt chunk after a cached prefix, as one continuous-batching step holds them.
-    let seqs = [(0usize, 7usize), (300, 1), (40, 5)];
     let total: usize = seqs.iter().map(|s| s.1).sum();
     let mut cpu_caches = Vec::new();
     let mut gpu_caches = Vec::new();
-    for &(cached, _) in &seqs {
+    for &(cached, _) in seqs {
         let (k, v) = (rng.vec(cached * kv_len), rng.vec(cached * kv_len));
         cpu_caches.push(KvLayer { k: k.clone(), v: v.clone() });
         gpu_caches.push(KvLayer { k: g.upload(&k).expect("k"), v: g.upload(&v).expect("v") });
@@ -363,6 +366,29 @@ pub fn rope_qk_and_kv_write_many_match_cpu<B: Backend>(g: &B) {
     for (i, (cc, gc)) in fresh.iter().zip(&gpu_fresh).enumerate() {
         assert_close(&format!("fused k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
         assert_close(&format!("fused v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
+    }
+
+    // A decode step of more sequences than one CUDA launch takes (32), one new row each.
+    let prior: Vec<usize> = (0..35).map(|i| 3 * i + 1).collect();
+    let positions: Vec<u32> = prior.iter().map(|&p| p as u32).collect();
+    let (q, k, v) = (rng.vec(35 * q_len), rng.vec(35 * kv_len), rng.vec(35 * kv_len));
+    let mut cpu_caches: Vec<_> =
+        prior.iter().map(|&p| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect();
+    let mut gpu_caches: Vec<_> = cpu_caches
+        .iter()
+        .map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") })
+        .collect();
+    let rows: Vec<_> = prior.iter().enumerate().map(|(i, &p)| SeqRows { row: i, n: 1, first_pos: p }).collect();
+    let (mut cq, mut ck) = (q.clone(), k.clone());
+    let mut cw: Vec<_> = cpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+    c.rope_kv_write(&mut cq, &mut ck, &v, head_dim, &positions, &rope, &mut cw, kv_len).expect("cpu");
+    let (mut gq, mut gk, vg) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"), g.upload(&v).expect("v"));
+    let mut gw: Vec<_> = gpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+    g.rope_kv_write(&mut gq, &mut gk, &vg, head_dim, &positions, &rope, &mut gw, kv_len).expect("gpu");
+    assert_close("35 sequences: rope q", &download(g, &gq, 35, q_len), &cq, ROPE_TOL);
+    for (i, (cc, gc)) in cpu_caches.iter().zip(&gpu_caches).enumerate() {
+        assert_close(&format!("35 sequences: k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
+        assert_close(&format!("35 sequences: v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
     }
 }
 
