@@ -96,6 +96,30 @@ macro_rules! parts {
     };
 }
 
+/// One backend's parts of matmul jobs (weight, output).
+fn job_parts<'a, W, T>(
+    jobs: &'a mut [(&DeviceWeight, &mut DeviceTensor)],
+) -> Result<Vec<(&'a W, &'a mut T)>, KernelError>
+where
+    &'a DeviceWeight: Part<&'a W>,
+    &'a mut DeviceTensor: Part<&'a mut T>,
+{
+    jobs.iter_mut().map(|(w, out)| Ok(((*w).part()?, (&mut **out).part()?))).collect()
+}
+
+/// One backend's parts of KV writes (a layer's caches, the rows to write).
+fn kv_parts<'a, T>(
+    writes: &'a mut [(KvLayer<&mut DeviceTensor>, SeqRows)],
+) -> Result<Vec<(KvLayer<&'a mut T>, SeqRows)>, KernelError>
+where
+    &'a mut DeviceTensor: Part<&'a mut T>,
+{
+    writes
+        .iter_mut()
+        .map(|(cache, rows)| Ok((KvLayer { k: (&mut *cache.k).part()?, v: (&mut *cache.v).part()? }, *rows)))
+        .collect()
+}
+
 fn foreign(backend: BackendKind) -> KernelError {
     KernelError::Device { backend, reason: "a tensor of another backend was passed in".into() }
 }
@@ -200,10 +224,7 @@ impl Backend for Device {
         jobs: &mut [(&DeviceWeight, &mut DeviceTensor)],
     ) -> Result<(), KernelError> {
         dispatch!(self, |b| {
-            let mut own = Vec::with_capacity(jobs.len());
-            for (w, out) in jobs.iter_mut() {
-                own.push(((*w).part()?, (&mut **out).part()?));
-            }
+            let mut own = job_parts(jobs)?;
             b.matmuls(x.part()?, n, &mut own)
         })
     }
@@ -241,10 +262,7 @@ impl Backend for Device {
         normed: &mut DeviceTensor,
     ) -> Result<(), KernelError> {
         dispatch!(self, |b| {
-            let mut own = Vec::with_capacity(jobs.len());
-            for (w, out) in jobs.iter_mut() {
-                own.push(((*w).part()?, (&mut **out).part()?));
-            }
+            let mut own = job_parts(jobs)?;
             b.norm_matmuls(x.part()?, norm.part()?, eps, n, &mut own, normed.part()?)
         })
     }
@@ -279,10 +297,7 @@ impl Backend for Device {
         row_len: usize,
     ) -> Result<(), KernelError> {
         dispatch!(self, |b| {
-            let mut own = Vec::with_capacity(writes.len());
-            for (cache, rows) in writes.iter_mut() {
-                own.push((KvLayer { k: (&mut *cache.k).part()?, v: (&mut *cache.v).part()? }, *rows));
-            }
+            let mut own = kv_parts(writes)?;
             b.rope_kv_write(q.part()?, k.part()?, vv.part()?, head_dim, positions, rope, &mut own, row_len)
         })
     }
@@ -313,10 +328,7 @@ impl Backend for Device {
         row_len: usize,
     ) -> Result<(), KernelError> {
         dispatch!(self, |b| {
-            let mut own = Vec::with_capacity(writes.len());
-            for (cache, rows) in writes.iter_mut() {
-                own.push((KvLayer { k: (&mut *cache.k).part()?, v: (&mut *cache.v).part()? }, *rows));
-            }
+            let mut own = kv_parts(writes)?;
             b.kv_write_many(&mut own, k.part()?, vv.part()?, row_len)
         })
     }
