@@ -74,16 +74,19 @@ def test_platform_environment(platform, tmp_path):
             def models_records():
                 return [r for r in s.log_records() if r.get("route") == "/v1/models"]
 
-            # The server's own check already asked for /v1/models, untraced; the log is read
-            # from its stderr by another thread, so wait (bounded) for this request's record.
-            before = len(models_records())
+            # The server's own check already asked for /v1/models, untraced, and its record can
+            # still be on its way (the log is read from stderr by another thread): wait (bounded)
+            # for a record that carries a trace, and check it is this request's.
+            def traced_records():
+                return [r for r in models_records() if "logging.googleapis.com/trace" in r]
+
             request(s, "GET", "/v1/models", headers={"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/1;o=1"})
             deadline = time.monotonic() + 10
-            while len(models_records()) == before and time.monotonic() < deadline:
+            while not traced_records() and time.monotonic() < deadline:
                 time.sleep(0.02)
-            traced = models_records()[before:]
-            assert traced and traced[0].get("logging.googleapis.com/trace") == (
-                "projects/realm-test/traces/0af7651916cd43dd8448eb211c80319c"), traced
+            traced = traced_records()
+            assert [r["logging.googleapis.com/trace"] for r in traced] == [
+                "projects/realm-test/traces/0af7651916cd43dd8448eb211c80319c"], models_records()
         assert s.get("/health")[0] == 200
         assert s.get("/ready")[0] == 200
 
