@@ -2,8 +2,8 @@
 // headers: NVRTC finds none on a machine that only has the driver).
 //
 // Activations are f32, row-major. Weights stay in their GGML blocks in device memory and are
-// dequantized in registers, 32 elements (one "chunk") at a time: a Q4_0/Q4_1/Q8_0 block is one
-// chunk, a K-quant super-block of 256 is eight.
+// dequantized in registers, a quarter of a 32-element "chunk" at a time: a Q4_0/Q4_1/Q8_0 block
+// is one chunk, a K-quant super-block of 256 is eight.
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -40,18 +40,9 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
     return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
-// ---- dequantization of one 32-element chunk of a row ----------------------------------------
+// ---- dequantization ------------------------------------------------------------------------
 
 enum { T_F32 = 0, T_Q4_0 = 1, T_Q4_1 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q5_K = 5, T_Q6_K = 6 };
-
-template <int T> struct Fmt;
-template <> struct Fmt<T_F32> { enum { BLOCK = 32, BYTES = 128 }; };
-template <> struct Fmt<T_Q4_0> { enum { BLOCK = 32, BYTES = 18 }; };
-template <> struct Fmt<T_Q4_1> { enum { BLOCK = 32, BYTES = 20 }; };
-template <> struct Fmt<T_Q8_0> { enum { BLOCK = 32, BYTES = 34 }; };
-template <> struct Fmt<T_Q4_K> { enum { BLOCK = 256, BYTES = 144 }; };
-template <> struct Fmt<T_Q5_K> { enum { BLOCK = 256, BYTES = 176 }; };
-template <> struct Fmt<T_Q6_K> { enum { BLOCK = 256, BYTES = 210 }; };
 
 // The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block (`get_scale_min_k4`).
 __device__ __forceinline__ void scale_min_k4(int j, const u8* s, float* sc, float* m) {
@@ -64,103 +55,6 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* s, float* sc, floa
     }
 }
 
-template <int T> __device__ __forceinline__ void dequant_chunk(const u8* row, int c, float* w);
-
-template <> __device__ __forceinline__ void dequant_chunk<T_F32>(const u8* row, int c, float* w) {
-    const float4* p = (const float4*)(row + c * 128);
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        float4 v = p[i];
-        w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
-    }
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q4_0>(const u8* row, int c, float* w) {
-    const u8* b = row + c * 18;
-    float d = load_half(b);
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        u8 q = b[2 + j];
-        w[j] = ((int)(q & 0xF) - 8) * d;
-        w[j + 16] = ((int)(q >> 4) - 8) * d;
-    }
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q4_1>(const u8* row, int c, float* w) {
-    const u8* b = row + c * 20;
-    float d = load_half(b), m = load_half(b + 2);
-    // 20-byte blocks keep the 16 quant bytes 4-byte aligned.
-    const u32* qs = (const u32*)(b + 4);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        u32 q = qs[i];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u32 byte = (q >> (8 * k)) & 0xFF;
-            w[4 * i + k] = (float)(byte & 0xF) * d + m;
-            w[4 * i + k + 16] = (float)(byte >> 4) * d + m;
-        }
-    }
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q8_0>(const u8* row, int c, float* w) {
-    const u8* b = row + c * 34;
-    float d = load_half(b);
-#pragma unroll
-    for (int j = 0; j < 32; j++) w[j] = (float)(i8)b[2 + j] * d;
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q4_K>(const u8* row, int c, float* w) {
-    const u8* b = row + (c >> 3) * 144;
-    int j = c & 7;
-    float d = load_half(b), dmin = load_half(b + 2), sc, m;
-    scale_min_k4(j, b + 4, &sc, &m);
-    const u8* q = b + 16 + 32 * (j >> 1);
-    int shift = 4 * (j & 1);
-    float ds = d * sc, dm = dmin * m;
-#pragma unroll
-    for (int l = 0; l < 32; l++) w[l] = ds * (float)((q[l] >> shift) & 0xF) - dm;
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q5_K>(const u8* row, int c, float* w) {
-    const u8* b = row + (c >> 3) * 176;
-    int j = c & 7;
-    float d = load_half(b), dmin = load_half(b + 2), sc, m;
-    scale_min_k4(j, b + 4, &sc, &m);
-    const u8* qh = b + 16;
-    const u8* q = b + 48 + 32 * (j >> 1);
-    int shift = 4 * (j & 1);
-    float ds = d * sc, dm = dmin * m;
-#pragma unroll
-    for (int l = 0; l < 32; l++) {
-        int v = ((q[l] >> shift) & 0xF) + (((qh[l] >> j) & 1) << 4);
-        w[l] = ds * (float)v - dm;
-    }
-}
-
-template <> __device__ __forceinline__ void dequant_chunk<T_Q6_K>(const u8* row, int c, float* w) {
-    const u8* b = row + (c >> 3) * 210;
-    int j = c & 7;
-    int half = j >> 2, k = j & 3;
-    const u8* ql = b + 64 * half + 32 * (k & 1);
-    const u8* qh = b + 128 + 32 * half;
-    const i8* sc = (const i8*)(b + 192) + 8 * half + 2 * k;
-    float d = load_half(b + 208);
-    int nib = 4 * (k >> 1), hs = 2 * k;
-    float d0 = d * sc[0], d1 = d * sc[1];
-#pragma unroll
-    for (int l = 0; l < 32; l++) {
-        int v = (((ql[l] >> nib) & 0xF) | (((qh[l] >> hs) & 3) << 4)) - 32;
-        w[l] = (l < 16 ? d0 : d1) * (float)v;
-    }
-}
-
-// ---- dequantization of a quarter chunk, for the matmul ----------------------------------------
-//
-// Part p (0..3) of chunk c: 8 weights, which multiply the inputs at chunk offsets o0..o0+3 and
-// o1..o1+3. Four lanes share a chunk, so a warp reads 8 consecutive chunks of a row at once
-// (coalesced) and each lane keeps only 8 weights in registers.
-
 // 8 bytes from an address that is only 2-byte aligned.
 __device__ __forceinline__ void load8_a2(const u8* p, u32* lo, u32* hi) {
     const u16* h = (const u16*)p;
@@ -172,6 +66,9 @@ __device__ __forceinline__ int byte_of(u32 lo, u32 hi, int k) {
     return (int)(((k < 4 ? lo : hi) >> (8 * (k & 3))) & 0xFF);
 }
 
+// Part p (0..3) of chunk c: 8 weights, which multiply the inputs at chunk offsets o0..o0+3 and
+// o1..o1+3. In the matmul four lanes share a chunk, so a warp reads 8 consecutive chunks of a row
+// at once (coalesced) and each lane keeps only 8 weights in registers.
 template <int T> __device__ __forceinline__ void dequant_part(const u8* row, int c, int p, float* w, int* o0, int* o1);
 
 template <> __device__ __forceinline__ void dequant_part<T_F32>(const u8* row, int c, int p, float* w, int* o0, int* o1) {
@@ -416,13 +313,17 @@ MATMUL(matmul_q6_k, matmul_norm_q6_k, T_Q6_K)
 template <int T>
 __device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, const u32* __restrict__ ids,
                       float* __restrict__ out) {
-    int i = blockIdx.x;
-    const u8* row = table + (u64)ids[i] * row_bytes;
-    for (int c = threadIdx.x; c < cols / 32; c += blockDim.x) {
-        float wv[32];
-        dequant_chunk<T>(row, c, wv);
+    const u8* row = table + (u64)ids[blockIdx.x] * row_bytes;
+    float* o = out + (u64)blockIdx.x * cols;
+    for (int part = threadIdx.x; part < cols / 8; part += blockDim.x) {
+        int c = part >> 2, o0, o1;
+        float w[8];
+        dequant_part<T>(row, c, part & 3, w, &o0, &o1);
 #pragma unroll
-        for (int j = 0; j < 32; j++) out[(u64)i * cols + c * 32 + j] = wv[j];
+        for (int k = 0; k < 4; k++) {
+            o[c * 32 + o0 + k] = w[k];
+            o[c * 32 + o1 + k] = w[4 + k];
+        }
     }
 }
 
