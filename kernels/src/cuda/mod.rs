@@ -244,6 +244,25 @@ pub struct Cuda {
     pool: Pool,
 }
 
+/// The rotation's kernel arguments: head dim, rotated dims, log2 of the base, NeoX pairing.
+struct RopeArgs {
+    hd: i32,
+    nr: i32,
+    log2_base: f64,
+    neox: i32,
+}
+
+impl RopeArgs {
+    fn new(head_dim: usize, rope: &Rope) -> Result<Self, KernelError> {
+        Ok(Self {
+            hd: to_i32("rope", head_dim)?,
+            nr: to_i32("rope", rope.n_rot)?,
+            log2_base: f64::from(rope.freq_base).log2(),
+            neox: i32::from(rope.layout == crate::backend::RopeLayout::Neox),
+        })
+    }
+}
+
 /// The positions cache, locked.
 type PositionsGuard<'a> = std::sync::MutexGuard<'a, Option<(Vec<u32>, CudaSlice<u32>)>>;
 
@@ -440,9 +459,7 @@ impl Cuda {
         let rows = positions.len();
         let last = self.positions_on_device(positions)?;
         let Some((_, pos)) = last.as_ref() else { return Err(device_err("positions cache empty")) };
-        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
-        let log2_base = f64::from(rope.freq_base).log2();
-        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
+        let RopeArgs { hd, nr, log2_base, neox } = RopeArgs::new(head_dim, rope)?;
         let cfg = LaunchConfig { grid_dim: (rows as u32, tensors, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let [(p0, l0), (p1, l1)] = targets;
         launch!(self, &self.kernels.rope, cfg, &p0, &l0, &p1, &l1, &hd, &nr, pos, &log2_base, &neox)
@@ -691,15 +708,22 @@ fn buf_mut<'a>(op: &'static str, t: &'a mut CudaTensor) -> Result<&'a mut CudaSl
     t.buf.as_mut().ok_or_else(|| shape_err(op, "tensor is empty".into()))
 }
 
-/// The RMSNorm weight of a fused matmul must be an f32 vector as long as the input rows.
-fn check_norm(norm: Option<(&CudaWeight, f32)>, cols: usize) -> Result<Option<(&CudaWeight, f32)>, KernelError> {
-    match norm {
-        Some((w, _)) if w.rows != 1 || w.ty != GgmlType::F32 || w.cols != cols => Err(shape_err(
-            "rms_norm",
-            format!("weight of {} x {} ({}) does not normalise rows of {cols}", w.rows, w.cols, w.ty),
-        )),
-        _ => Ok(norm),
+/// The length of the rows an RMSNorm weight normalises: it must be an f32 vector.
+fn norm_dim(weight: &CudaWeight) -> Result<usize, KernelError> {
+    if weight.rows != 1 || weight.ty != GgmlType::F32 {
+        return Err(shape_err("rms_norm", "weight is not a vector".into()));
     }
+    Ok(weight.cols)
+}
+
+/// The RMSNorm weight of a fused matmul must be as long as the input rows.
+fn check_norm(norm: Option<(&CudaWeight, f32)>, cols: usize) -> Result<Option<(&CudaWeight, f32)>, KernelError> {
+    if let Some((w, _)) = norm
+        && norm_dim(w)? != cols
+    {
+        return Err(shape_err("rms_norm", format!("weight of {} does not normalise rows of {cols}", w.cols)));
+    }
+    Ok(norm)
 }
 
 fn grid_1d(len: usize) -> LaunchConfig {
@@ -781,10 +805,7 @@ impl Backend for Cuda {
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaWeight, eps: f32, out: &mut CudaTensor) -> Result<(), KernelError> {
-        if weight.rows != 1 || weight.ty != GgmlType::F32 {
-            return Err(shape_err("rms_norm", "weight is not a vector".into()));
-        }
-        let dim = weight.cols;
+        let dim = norm_dim(weight)?;
         if dim == 0 || !x.len.is_multiple_of(dim) {
             return Err(shape_err("rms_norm", format!("input of {} elements is not rows of {dim}", x.len)));
         }
@@ -963,9 +984,7 @@ impl Backend for Cuda {
         let vb = buf("rope_kv_write", v)?;
         let pos = self.positions_on_device(positions)?;
         let Some((_, pos)) = pos.as_ref() else { return Err(device_err("positions cache empty")) };
-        let (hd, nr) = (to_i32("rope", head_dim)?, to_i32("rope", rope.n_rot)?);
-        let log2_base = f64::from(rope.freq_base).log2();
-        let neox = i32::from(rope.layout == crate::backend::RopeLayout::Neox);
+        let RopeArgs { hd, nr, log2_base, neox } = RopeArgs::new(head_dim, rope)?;
         let result = self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 3, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             let kernel = &self.kernels.rope_kv_write;
