@@ -85,6 +85,17 @@ fn quantize_and_check(
     precisions.iter().map(|p| run(p)).collect()
 }
 
+/// The types of a SmolLM2-135M file whose rows are 576 wide except ffn_down's 1536 (6 x 256):
+/// ffn_down takes `down`, the other matrices `rest` (llama.cpp's fallback where rows are not
+/// whole super-blocks), vectors F32.
+fn down_and_rest(down: GgmlType, rest: GgmlType) -> impl Fn(&str, &[u64]) -> GgmlType {
+    move |_, dims| match dims {
+        [_] => GgmlType::F32,
+        [1536, _] => down,
+        _ => rest,
+    }
+}
+
 #[test]
 fn q8_0_file_loads_and_answers_paris() {
     let expected = |_: &str, dims: &[u64]| if dims.len() == 1 { GgmlType::F32 } else { GgmlType::Q8_0 };
@@ -94,14 +105,8 @@ fn q8_0_file_loads_and_answers_paris() {
 
 #[test]
 fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
-    // SmolLM2-135M's rows are 576 wide except ffn_down's 1536 (6 x 256): those take Q4_K,
-    // the rest llama.cpp's fallback for Q4_K, Q5_0.
-    let expected = |_: &str, dims: &[u64]| match dims {
-        [_] => GgmlType::F32,
-        [1536, _] => GgmlType::Q4K,
-        _ => GgmlType::Q5_0,
-    };
-    let text = &quantize_and_check("q4_k", 14, expected, &["fast"])[0];
+    // ffn_down takes Q4_K, the rest llama.cpp's fallback for Q4_K, Q5_0.
+    let text = &quantize_and_check("q4_k", 14, down_and_rest(GgmlType::Q4K, GgmlType::Q5_0), &["fast"])[0];
     assert!(!text.trim().is_empty(), "{text:?}");
     assert!(text.starts_with(" Paris"), "{text:?}");
 }
@@ -110,12 +115,7 @@ fn q4_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
 fn q6_k_file_falls_back_where_rows_are_not_whole_super_blocks() {
     // As for Q4_K: ffn_down takes Q6_K, the rest llama.cpp's fallback for Q6_K, Q8_0. On
     // AVX-512 VNNI machines both run on the packed kernels, ffn_down with 16-bit activations.
-    let expected = |_: &str, dims: &[u64]| match dims {
-        [_] => GgmlType::F32,
-        [1536, _] => GgmlType::Q6K,
-        _ => GgmlType::Q8_0,
-    };
-    let text = &quantize_and_check("q6_k", 18, expected, &["fast"])[0];
+    let text = &quantize_and_check("q6_k", 18, down_and_rest(GgmlType::Q6K, GgmlType::Q8_0), &["fast"])[0];
     assert!(text.starts_with(" Paris"), "{text:?}");
 }
 
@@ -124,12 +124,7 @@ fn q3_k_file_answers_as_its_exact_path_does() {
     // ffn_down takes Q3_K, the rest llama.cpp's fallback for it, Q4_0. Three bits lose
     // "Paris"; the fast path (on AVX-512 or AVX2 machines, packed Q3_K kernels) must still
     // say what the exact path, dequantizing every row, says.
-    let expected = |_: &str, dims: &[u64]| match dims {
-        [_] => GgmlType::F32,
-        [1536, _] => GgmlType::Q3K,
-        _ => GgmlType::Q4_0,
-    };
-    let answers = quantize_and_check("q3_k", 11, expected, &["fast", "exact"]);
+    let answers = quantize_and_check("q3_k", 11, down_and_rest(GgmlType::Q3K, GgmlType::Q4_0), &["fast", "exact"]);
     assert!(!answers[1].trim().is_empty(), "{answers:?}");
     assert_eq!(answers[0], answers[1], "fast and exact greedy answers");
 }
