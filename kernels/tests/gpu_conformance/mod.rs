@@ -352,43 +352,47 @@ pub fn rope_qk_and_kv_write_many_match_cpu<B: Backend>(g: &B) {
     }
 
     // The same rotation and writes fused (one launch on the CUDA backend), onto fresh caches.
-    let mut fresh: Vec<_> =
-        prior.iter().map(|&p| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect::<Vec<_>>();
-    let mut gpu_fresh: Vec<_> =
-        fresh.iter().map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") }).collect();
-    let (mut cq, mut ck) = (q.clone(), k.clone());
-    let mut cw: Vec<_> = fresh.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
-    c.rope_kv_write(&mut cq, &mut ck, &v, head_dim, &positions, &rope, &mut cw, kv_len).expect("cpu");
-    let (mut gq, mut gk) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"));
-    let mut gw: Vec<_> = gpu_fresh.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), r)).collect();
-    g.rope_kv_write(&mut gq, &mut gk, &vg, head_dim, &positions, &rope, &mut gw, kv_len).expect("gpu");
-    assert_close("fused rope q", &download(g, &gq, 4, q_len), &cq, ROPE_TOL);
-    for (i, (cc, gc)) in fresh.iter().zip(&gpu_fresh).enumerate() {
-        assert_close(&format!("fused k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
-        assert_close(&format!("fused v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
-    }
-
+    let dims = (head_dim, q_len, kv_len);
+    rope_kv_write_case(g, &c, &mut rng, "fused", &prior, &rows, &positions, &rope, dims);
     // A decode step of more sequences than one CUDA launch takes (32), one new row each.
     let prior: Vec<usize> = (0..35).map(|i| 3 * i + 1).collect();
     let positions: Vec<u32> = prior.iter().map(|&p| p as u32).collect();
-    let (q, k, v) = (rng.vec(35 * q_len), rng.vec(35 * kv_len), rng.vec(35 * kv_len));
+    let rows: Vec<_> = prior.iter().enumerate().map(|(i, &p)| SeqRows { row: i, n: 1, first_pos: p }).collect();
+    rope_kv_write_case(g, &c, &mut rng, "35 sequences", &prior, &rows, &positions, &rope, dims);
+}
+
+/// `rope_kv_write` of fresh random rows into fresh caches of `prior` positions each, against
+/// the CPU's; `dims` is (head dim, query row, key row).
+#[allow(clippy::too_many_arguments)]
+fn rope_kv_write_case<B: Backend>(
+    g: &B,
+    c: &Cpu,
+    rng: &mut Rng,
+    label: &str,
+    prior: &[usize],
+    rows: &[SeqRows],
+    positions: &[u32],
+    rope: &Rope,
+    (head_dim, q_len, kv_len): (usize, usize, usize),
+) {
+    let n = positions.len();
+    let (q, k, v) = (rng.vec(n * q_len), rng.vec(n * kv_len), rng.vec(n * kv_len));
     let mut cpu_caches: Vec<_> =
         prior.iter().map(|&p| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect();
     let mut gpu_caches: Vec<_> = cpu_caches
         .iter()
         .map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") })
         .collect();
-    let rows: Vec<_> = prior.iter().enumerate().map(|(i, &p)| SeqRows { row: i, n: 1, first_pos: p }).collect();
     let (mut cq, mut ck) = (q.clone(), k.clone());
-    let mut cw: Vec<_> = cpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
-    c.rope_kv_write(&mut cq, &mut ck, &v, head_dim, &positions, &rope, &mut cw, kv_len).expect("cpu");
+    let mut cw: Vec<_> = cpu_caches.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+    c.rope_kv_write(&mut cq, &mut ck, &v, head_dim, positions, rope, &mut cw, kv_len).expect("cpu");
     let (mut gq, mut gk, vg) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"), g.upload(&v).expect("v"));
-    let mut gw: Vec<_> = gpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
-    g.rope_kv_write(&mut gq, &mut gk, &vg, head_dim, &positions, &rope, &mut gw, kv_len).expect("gpu");
-    assert_close("35 sequences: rope q", &download(g, &gq, 35, q_len), &cq, ROPE_TOL);
+    let mut gw: Vec<_> = gpu_caches.iter_mut().zip(rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+    g.rope_kv_write(&mut gq, &mut gk, &vg, head_dim, positions, rope, &mut gw, kv_len).expect("gpu");
+    assert_close(&format!("{label}: rope q"), &download(g, &gq, n, q_len), &cq, ROPE_TOL);
     for (i, (cc, gc)) in cpu_caches.iter().zip(&gpu_caches).enumerate() {
-        assert_close(&format!("35 sequences: k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
-        assert_close(&format!("35 sequences: v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
+        assert_close(&format!("{label}: k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
+        assert_close(&format!("{label}: v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
     }
 }
 
