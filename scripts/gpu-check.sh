@@ -186,13 +186,14 @@ if wants profile && [ -s "$out/ncu-batch1.csv" ]; then
   python3 - "$out"/ncu-batch*.csv <<'EOF' | tee "$out/profile.txt"
 import csv, sys
 for path in sys.argv[1:]:
-    rows = [r for r in csv.reader(open(path)) if len(r) > 14 and r[0] != "Process ID"]
-    total = sum(int(r[8]) * float(r[14].replace(",", "")) for r in rows)
-    print(f"\n{path.rsplit('/', 1)[-1]}: GPU time by kernel over {sum(int(r[8]) for r in rows)} launches")
+    # (kernel, grid, launches, average ns) per row of ncu's per-kernel summary.
+    rows = [(r[3], r[5], int(r[8]), float(r[14].replace(",", "")))
+            for r in csv.reader(open(path)) if len(r) > 14 and r[0] != "Process ID"]
+    total = sum(n * each for _, _, n, each in rows)
+    print(f"\n{path.rsplit('/', 1)[-1]}: GPU time by kernel over {sum(n for _, _, n, _ in rows)} launches")
     print(f"{'kernel':<18} {'grid':<16} {'launches':>8} {'us each':>8} {'share':>6}")
-    for r in sorted(rows, key=lambda r: -int(r[8]) * float(r[14].replace(",", ""))):
-        each = float(r[14].replace(",", ""))
-        print(f"{r[3]:<18} {r[5]:<16} {int(r[8]):>8} {each / 1e3:>8.2f} {100 * int(r[8]) * each / total:>5.1f}%")
+    for name, grid, n, each in sorted(rows, key=lambda r: -r[2] * r[3]):
+        print(f"{name:<18} {grid:<16} {n:>8} {each / 1e3:>8.2f} {100 * n * each / total:>5.1f}%")
 EOF
 fi
 if [ -s "$out/bench.json" ]; then
