@@ -149,6 +149,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let peak_rss = probe.peak_rss();
     let backend = engine.backend_kind().to_string();
+    if let Some(note) = engine.launch_note()? {
+        eprintln!("realm bench: {note}");
+    }
     drop(engine);
 
     let rows: Vec<Row> = measured

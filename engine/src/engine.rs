@@ -250,6 +250,22 @@ impl Engine {
         }
     }
 
+    /// How the GPU's launches were submitted so far (CUDA graphs built and replayed), for a
+    /// benchmark's log; `None` on a backend without graphs.
+    pub fn launch_note(&self) -> Result<Option<String>, EngineError> {
+        match self.model.backend() {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => {
+                let g = c.graph_stats()?;
+                Ok(Some(format!(
+                    "CUDA graphs: {} built, {} replays; {} kernels launched one by one",
+                    g.built, g.replays, g.direct
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Waits for the device's queued work (a GPU runs ahead of the host); benchmarks call it
     /// before reading a clock.
     pub fn synchronize(&self) -> Result<(), EngineError> {

@@ -22,3 +22,34 @@ fn gpu() -> Option<&'static Cuda> {
 }
 
 gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_batch, embed_matches_cpu_for_every_format, rms_norm_silu_mul_add_and_gather_match_cpu, rope_matches_cpu_for_both_layouts, kv_write_and_attention_match_cpu_for_several_sequences, bad_shapes_are_errors_not_panics, fused_matmuls_match_cpu, norm_fused_matmuls_match_cpu, rope_qk_and_kv_write_many_match_cpu);
+
+/// A run of launches submitted again with new buffers and data is replayed as a CUDA graph
+/// (after the second time its shape is seen), its nodes updated, and gives what direct
+/// launches give.
+#[test]
+fn repeated_runs_of_launches_replay_a_graph_with_new_arguments() {
+    use realm_kernels::Backend;
+    let Some(gpu) = gpu() else { return };
+    let graphs_off = std::env::var("REALM_CUDA_GRAPHS").is_ok_and(|v| v == "0");
+    let before = gpu.graph_stats().expect("stats");
+    let (len, adds) = (1000, 24);
+    let mut got = Vec::new();
+    for round in 0..4u16 {
+        // Multiples of 0.5 far below 2^23: every sum is exact, whatever the order.
+        let y_host: Vec<f32> = (0..len).map(|i| f32::from(i as u16 % 997 + round) * 0.5).collect();
+        let y = gpu.upload(&y_host).expect("upload");
+        let mut x = gpu.zeros(len).expect("zeros");
+        for _ in 0..adds {
+            gpu.add(&mut x, &y, len).expect("add");
+        }
+        gpu.read_row(&x, 0, len, &mut got).expect("read");
+        let want: Vec<f32> = y_host.iter().map(|v| v * adds as f32).collect();
+        assert_eq!(got, want, "round {round}");
+    }
+    let after = gpu.graph_stats().expect("stats");
+    if graphs_off {
+        assert_eq!(after.replays, before.replays, "graphs are off but {after:?}");
+    } else {
+        assert!(after.built > before.built && after.replays >= before.replays + 3, "{before:?} then {after:?}");
+    }
+}

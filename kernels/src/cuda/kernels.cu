@@ -473,7 +473,7 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
 // G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
 extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
-              float* __restrict__ partial, u32* __restrict__ arrived) {
+              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions) {
     // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
     // from consecutive rows, hit distinct banks.
     __shared__ __align__(16) float ks[AT_TILE_FLOATS + 4 * AT_TILE];
@@ -486,7 +486,10 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     int g = blockIdx.y, split = blockIdx.z;
     int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D, D4 = D / 4, KS = D + 4;
     int tp = min(AT_TILE, AT_TILE_FLOATS / D);
-    int pos = seqs.first_pos[seq] + t, row = seqs.row[seq] + t;
+    // Each row's position: from the step's uploaded positions when given (the arguments then
+    // stay the same from step to step, for CUDA graphs), else from its sequence's first.
+    int row = seqs.row[seq] + t;
+    int pos = positions ? (int)positions[row] : (int)seqs.first_pos[seq] + t;
     int begin = split * sh.split_len, end = min(begin + sh.split_len, pos + 1);
     const float* kc = (const float*)seqs.k[seq];
     const float* vc = (const float*)seqs.v[seq];
@@ -611,13 +614,15 @@ extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict
 }
 
 // `rope` of queries and keys and `kv_write` in one launch: block (i, 0) rotates query row i,
-// (i, 1) rotates key row i and appends it to its sequence's cache, (i, 2) appends value row i.
+// (i, 1) rotates key row i and appends it to its sequence's cache at its position, (i, 2)
+// appends value row i.
 extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
                                          int kv_len, int head_dim, int n_rot, const u32* positions,
                                          double log2_base, int neox) {
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
-    u64 row = seqs.row[seq] + t, dst = (u64)(seqs.first_pos[seq] + t) * kv_len;
+    // The host checked each row goes to the cache row of its position.
+    u64 row = seqs.row[seq] + t, dst = (u64)positions[row] * kv_len;
     if (blockIdx.y == 0) {
         rotate_row(q + row * q_len, q_len, head_dim, n_rot, positions[row], log2_base, neox);
         return;

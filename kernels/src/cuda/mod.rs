@@ -8,13 +8,13 @@
 //! are f32, so the GPU computes what the exact CPU path computes, up to summation order.
 
 mod cache;
+mod graphs;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
@@ -22,6 +22,8 @@ use crate::backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
 };
 use crate::quant::{GgmlType, dequantize_row};
+pub use graphs::GraphStats;
+use graphs::{Args, Queue};
 
 /// The kernels' source, as NVRTC compiles it.
 pub const KERNELS_CU: &str = include_str!("kernels.cu");
@@ -95,6 +97,8 @@ struct MatmulJobs {
     cols: i32,
     n: i32,
     eps: f32,
+    /// The C struct's trailing padding, spelled out: arguments are compared byte for byte.
+    pad: i32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct.
@@ -114,6 +118,8 @@ struct AttnSeqs {
     row: [u32; AT_MAX_SEQS],
     n: [u32; AT_MAX_SEQS],
     count: u32,
+    /// The C struct's trailing padding, spelled out: arguments are compared byte for byte.
+    pad: u32,
 }
 
 // SAFETY: plain old data laid out as the kernel's struct (repr(C), same field order and types).
@@ -128,6 +134,7 @@ impl AttnSeqs {
             row: [0; AT_MAX_SEQS],
             n: [0; AT_MAX_SEQS],
             count: count as u32,
+            pad: 0,
         }
     }
 
@@ -234,14 +241,33 @@ pub struct Cuda {
     description: String,
     /// Multiprocessors, for sizing launches that would otherwise leave most of them idle.
     sm_count: usize,
-    /// The positions last uploaded for `rope`, and their device copy.
+    /// The positions last uploaded, and the device buffer holding them (grown as needed, never
+    /// moved otherwise, so the launches that read it replay unchanged).
     positions: Mutex<Option<(Vec<u32>, CudaSlice<u32>)>>,
     /// Where the token ids of a step are uploaded for `embed`, grown as needed.
     ids: Mutex<Option<CudaSlice<u32>>>,
     /// Attention's arrival counters, one per (query row, KV head) of a launch: zero between
     /// launches (each launch's last blocks put theirs back), grown as needed.
     arrived: Mutex<Option<CudaSlice<u32>>>,
-    pool: Pool,
+    shared: Arc<Shared>,
+}
+
+/// What the backend shares with its tensors and weights: a tensor goes back to the pool when
+/// dropped, and anything freed first submits the queued launches that may still use it (a
+/// free is ordered on the stream after what was submitted before it).
+struct Shared {
+    pool: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    queue: Mutex<Queue>,
+}
+
+impl Shared {
+    /// Submits the queued launches where errors cannot be returned (before memory is freed,
+    /// at the end of a step): the next call that waits on the queue returns them.
+    fn flush_quietly(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.flush_or_keep_error();
+        }
+    }
 }
 
 /// The rotation's kernel arguments: head dim, rotated dims, log2 of the base, NeoX pairing.
@@ -266,32 +292,36 @@ impl RopeArgs {
 /// The positions cache, locked.
 type PositionsGuard<'a> = std::sync::MutexGuard<'a, Option<(Vec<u32>, CudaSlice<u32>)>>;
 
-/// Device buffers of activations, by length, kept for the next step: a decode step asks for the
-/// same dozen sizes every time, and an allocation, a free and their driver calls per tensor
-/// cost more than the small kernels that use them.
-type Pool = Arc<Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>>;
-
-/// Buffers kept per length (enough for one step's activations of that size).
+/// Device buffers of activations are kept by length for the next step: a decode step asks
+/// for the same dozen sizes every time, and an allocation, a free and their driver calls per
+/// tensor cost more than the small kernels that use them. Getting the same buffers back also
+/// keeps the step's launches identical, so its graph replays unchanged.
 const POOL_PER_LEN: usize = 8;
 
 /// An f32 tensor in device memory. `len` elements are in use; a KV cache keeps spare
 /// capacity beyond them so appending rarely reallocates. Activations go back to the pool
-/// they came from when dropped.
+/// when dropped.
 pub struct CudaTensor {
     buf: Option<CudaSlice<f32>>,
     len: usize,
-    pool: Option<Pool>,
+    shared: Option<Arc<Shared>>,
+    pooled: bool,
 }
 
 impl Drop for CudaTensor {
     fn drop(&mut self) {
-        if let (Some(pool), Some(buf)) = (&self.pool, self.buf.take())
-            && let Ok(mut pool) = pool.lock()
+        let (Some(shared), Some(buf)) = (&self.shared, self.buf.take()) else { return };
+        let mut buf = Some(buf);
+        if self.pooled
+            && let Ok(mut pool) = shared.pool.lock()
         {
-            let kept = pool.entry(buf.len()).or_default();
+            let kept = pool.entry(buf.as_ref().map_or(0, |b| b.len())).or_default();
             if kept.len() < POOL_PER_LEN {
-                kept.push(buf);
+                kept.extend(buf.take());
             }
+        }
+        if buf.is_some() {
+            shared.flush_quietly();
         }
     }
 }
@@ -303,6 +333,13 @@ pub struct CudaWeight {
     cols: usize,
     row_bytes: usize,
     bytes: CudaSlice<u8>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for CudaWeight {
+    fn drop(&mut self) {
+        self.shared.flush_quietly();
+    }
 }
 
 impl CudaWeight {
@@ -325,14 +362,41 @@ fn kernel_index(ty: GgmlType) -> Option<usize> {
     KERNEL_TYPES.iter().position(|&t| t == ty)
 }
 
-/// Queues kernel `$f` with its arguments, in the order the kernel declares them.
+/// A kernel argument as the launch queue takes it: its bytes, or a buffer's device pointer.
+trait KernelArg {
+    fn push_to(&self, stream: &CudaStream, args: &mut Args);
+}
+
+macro_rules! value_args {
+    ($($t:ty),+) => {$(
+        impl KernelArg for $t {
+            fn push_to(&self, _: &CudaStream, args: &mut Args) {
+                // SAFETY: a plain value without padding bytes (the kernel structs spell theirs
+                // out), read as the bytes the kernel receives.
+                let bytes = unsafe { std::slice::from_raw_parts((self as *const $t).cast::<u8>(), size_of::<$t>()) };
+                args.push(bytes);
+            }
+        }
+    )+};
+}
+
+value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape);
+
+impl<T> KernelArg for CudaSlice<T> {
+    fn push_to(&self, stream: &CudaStream, args: &mut Args) {
+        let (p, _guard) = self.device_ptr(stream);
+        args.push(&p.to_ne_bytes());
+    }
+}
+
+/// Queues kernel `$f` with its arguments, in the order the kernel declares them. Every caller
+/// passes the arguments its kernel declares and has checked the buffers hold what the launch
+/// reads and writes.
 macro_rules! launch {
     ($self:expr, $f:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let mut b = $self.stream.launch_builder($f);
-        $( b.arg($arg); )+
-        // SAFETY: every caller passes the arguments its kernel declares, in order, and has
-        // checked the buffers hold what the launch reads and writes.
-        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| driver_err("kernel launch", e))
+        let mut args = Args::default();
+        $( KernelArg::push_to(&*$arg, &$self.stream, &mut args); )+
+        $self.queue()?.launch($f, $cfg, args).map_err(|e| driver_err("kernel launch", e))
     }};
 }
 
@@ -371,16 +435,34 @@ impl Cuda {
             "{name} (sm_{major}{minor}, kernels {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" }
         );
+        let stream = ctx.default_stream();
+        let queue = Queue::new(stream.clone());
         Ok(Self {
-            stream: ctx.default_stream(),
+            stream,
             kernels,
             description,
             sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
             positions: Mutex::new(None),
             ids: Mutex::new(None),
             arrived: Mutex::new(None),
-            pool: Pool::default(),
+            shared: Arc::new(Shared { pool: Mutex::default(), queue: Mutex::new(queue) }),
         })
+    }
+
+    /// How many CUDA graphs were built and replayed, and kernels launched one by one.
+    pub fn graph_stats(&self) -> Result<GraphStats, KernelError> {
+        Ok(self.queue()?.stats())
+    }
+
+    fn queue(&self) -> Result<std::sync::MutexGuard<'_, Queue>, KernelError> {
+        self.shared.queue.lock().map_err(|_| device_err("launch queue poisoned"))
+    }
+
+    /// The stream, once every queued launch is submitted: for anything but a launch (copies,
+    /// memsets, allocations, waits), which must come after the launches queued before it.
+    fn flushed(&self) -> Result<&Arc<CudaStream>, KernelError> {
+        self.queue()?.flush().map_err(|e| driver_err("kernel launch", e))?;
+        Ok(&self.stream)
     }
 
     /// The device and how its kernels were obtained, for the start-up log line.
@@ -391,15 +473,15 @@ impl Cuda {
     /// Device-to-device copy bandwidth, counting bytes read and written, of the fastest of
     /// `passes` copies of `bytes`: the ceiling a decode step's weight reads can reach.
     pub fn copy_bandwidth(&self, bytes: usize, passes: usize) -> Result<f64, KernelError> {
-        let src = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
-        let mut dst = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
+        let src = self.flushed()?.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
+        let mut dst = self.flushed()?.alloc_zeros::<u8>(bytes).map_err(|e| driver_err("allocating the probe", e))?;
         let mut best = f64::INFINITY;
         // The first copy warms clocks and page mappings and is not counted.
         for pass in 0..=passes {
-            self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            self.flushed()?.synchronize().map_err(|e| driver_err("synchronize", e))?;
             let t = std::time::Instant::now();
-            self.stream.memcpy_dtod(&src, &mut dst).map_err(|e| driver_err("probe copy", e))?;
-            self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            self.flushed()?.memcpy_dtod(&src, &mut dst).map_err(|e| driver_err("probe copy", e))?;
+            self.flushed()?.synchronize().map_err(|e| driver_err("synchronize", e))?;
             if pass > 0 {
                 best = best.min(t.elapsed().as_secs_f64());
             }
@@ -418,10 +500,11 @@ impl Cuda {
             {
                 let (src, mut dst) = (old.try_slice(..cached.len), g.try_slice_mut(..cached.len));
                 if let (Some(src), Some(dst)) = (src, dst.as_mut()) {
-                    self.stream.memcpy_dtod(&src, dst).map_err(|e| driver_err("growing the KV cache", e))?;
+                    self.flushed()?.memcpy_dtod(&src, dst).map_err(|e| driver_err("growing the KV cache", e))?;
                 }
             }
             cached.buf = grown;
+            cached.shared = Some(self.shared.clone());
         }
         cached.len = cached.len.max(len);
         Ok(())
@@ -468,8 +551,19 @@ impl Cuda {
     /// `positions` on the device. Every layer rotates by the same positions: one upload per step.
     fn positions_on_device(&self, positions: &[u32]) -> Result<PositionsGuard<'_>, KernelError> {
         let mut last = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
-        if last.as_ref().is_none_or(|(host, _)| host.as_slice() != positions) {
-            *last = Some((positions.to_vec(), self.upload_u32(positions)?));
+        if last.as_ref().is_none_or(|(_, dev)| dev.len() < positions.len()) {
+            *last = Some((Vec::new(), self.upload_u32(&vec![0; positions.len().next_power_of_two()])?));
+        }
+        if let Some((host, dev)) = last.as_mut()
+            && host.as_slice() != positions
+        {
+            let mut head =
+                dev.try_slice_mut(..positions.len()).ok_or_else(|| device_err("positions buffer too short"))?;
+            self.flushed()?
+                .memcpy_htod(positions, &mut head)
+                .map_err(|e| driver_err("copying positions to the GPU", e))?;
+            host.clear();
+            host.extend_from_slice(positions);
         }
         Ok(last)
     }
@@ -566,6 +660,7 @@ impl Cuda {
             row_bytes: to_i32("matmul", w.row_bytes)?,
             cols: to_i32("matmul", w.cols)?,
             n: to_i32("matmul", n)?,
+            pad: 0,
         };
         let blocks: usize = rows[..count].iter().map(|&r| (r as usize).div_ceil(MM_WARPS as usize)).sum();
         let grid_y = u32::try_from(n.div_ceil(MM_TILE as usize))
@@ -674,29 +769,30 @@ impl Cuda {
         if len == 0 {
             return Ok(None);
         }
-        self.stream.alloc_zeros(len).map(Some).map_err(|e| driver_err(&format!("allocating {len} floats"), e))
+        self.flushed()?.alloc_zeros(len).map(Some).map_err(|e| driver_err(&format!("allocating {len} floats"), e))
     }
 
     /// An activation tensor of `len` elements from the pool (zeroed when `zero`).
     fn pooled(&self, len: usize, zero: bool) -> Result<CudaTensor, KernelError> {
         if len == 0 {
-            return Ok(CudaTensor { buf: None, len: 0, pool: None });
+            return Ok(CudaTensor { buf: None, len: 0, shared: None, pooled: false });
         }
-        let kept = self.pool.lock().map_err(|_| device_err("buffer pool poisoned"))?.get_mut(&len).and_then(Vec::pop);
+        let kept =
+            self.shared.pool.lock().map_err(|_| device_err("buffer pool poisoned"))?.get_mut(&len).and_then(Vec::pop);
         let mut buf = match kept {
             Some(b) => b,
             // SAFETY: zeroed below when asked; otherwise every caller writes before it reads.
-            None => unsafe { self.stream.alloc::<f32>(len) }
+            None => unsafe { self.flushed()?.alloc::<f32>(len) }
                 .map_err(|e| driver_err(&format!("allocating {len} floats"), e))?,
         };
         if zero {
-            self.stream.memset_zeros(&mut buf).map_err(|e| driver_err("zeroing a buffer", e))?;
+            self.flushed()?.memset_zeros(&mut buf).map_err(|e| driver_err("zeroing a buffer", e))?;
         }
-        Ok(CudaTensor { buf: Some(buf), len, pool: Some(self.pool.clone()) })
+        Ok(CudaTensor { buf: Some(buf), len, shared: Some(self.shared.clone()), pooled: true })
     }
 
     fn upload_u32(&self, data: &[u32]) -> Result<CudaSlice<u32>, KernelError> {
-        self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
+        self.flushed()?.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))
     }
 }
 
@@ -758,9 +854,10 @@ impl Backend for Cuda {
                 format!("{} columns: the CUDA kernels need a multiple of 32", w.cols),
             ));
         }
-        let bytes = self.stream.clone_htod(host.as_ref()).map_err(|e| driver_err("copying a weight to the GPU", e))?;
+        let bytes =
+            self.flushed()?.clone_htod(host.as_ref()).map_err(|e| driver_err("copying a weight to the GPU", e))?;
         let row_bytes = host.len() / w.rows.max(1);
-        Ok(CudaWeight { ty, rows: w.rows, cols: w.cols, row_bytes, bytes })
+        Ok(CudaWeight { ty, rows: w.rows, cols: w.cols, row_bytes, bytes, shared: self.shared.clone() })
     }
 
     fn weight_rows(&self, w: &CudaWeight) -> usize {
@@ -774,10 +871,10 @@ impl Backend for Cuda {
 
     fn upload(&self, data: &[f32]) -> Result<CudaTensor, KernelError> {
         if data.is_empty() {
-            return Ok(CudaTensor { buf: None, len: 0, pool: None });
+            return Ok(CudaTensor { buf: None, len: 0, shared: None, pooled: false });
         }
-        let buf = self.stream.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))?;
-        Ok(CudaTensor { buf: Some(buf), len: data.len(), pool: None })
+        let buf = self.flushed()?.clone_htod(data).map_err(|e| driver_err("copying to the GPU", e))?;
+        Ok(CudaTensor { buf: Some(buf), len: data.len(), shared: Some(self.shared.clone()), pooled: false })
     }
 
     fn embed(&self, table: &CudaWeight, ids: &[u32], out: &mut CudaTensor) -> Result<(), KernelError> {
@@ -796,7 +893,7 @@ impl Backend for Cuda {
         }
         let Some(ids_dev) = ids_buf.as_mut() else { return Err(device_err("ids buffer missing")) };
         let mut head = ids_dev.try_slice_mut(..ids.len()).ok_or_else(|| device_err("ids buffer too short"))?;
-        self.stream.memcpy_htod(ids, &mut head).map_err(|e| driver_err("copying token ids to the GPU", e))?;
+        self.flushed()?.memcpy_htod(ids, &mut head).map_err(|e| driver_err("copying token ids to the GPU", e))?;
         let ids_dev = &*ids_dev;
         let (cols, row_bytes) = (to_i32("embed", dim)?, to_i32("embed", table.row_bytes)?);
         let out = buf_mut("embed", out)?;
@@ -963,10 +1060,14 @@ impl Backend for Cuda {
         row_len: usize,
     ) -> Result<(), KernelError> {
         // One launch needs every row rotated exactly once: the writes must cover rows
-        // 0..positions.len() in order, as a forward step's do. Anything else takes two launches.
+        // 0..positions.len() in order, each row going to the cache row of its position (the
+        // kernel reads where to write from the positions, so its arguments stay the same from
+        // step to step), as a forward step's do. Anything else takes two launches.
         let mut next = 0;
         let in_order = writes.iter().all(|(_, r)| {
-            let ok = r.row == next;
+            let at_positions =
+                (0..r.n).all(|i| positions.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i));
+            let ok = r.row == next && at_positions;
             next += r.n;
             ok
         });
@@ -988,7 +1089,8 @@ impl Backend for Cuda {
         let result = self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 3, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             let kernel = &self.kernels.rope_kv_write;
-            launch!(self, kernel, cfg, desc, &qp, &q_len, &kp, vb, &kv_len, &hd, &nr, pos, &log2_base, &neox)
+            let desc = AttnSeqs { first_pos: [0; AT_MAX_SEQS], ..*desc };
+            launch!(self, kernel, cfg, &desc, &qp, &q_len, &kp, vb, &kv_len, &hd, &nr, pos, &log2_base, &neox)
         });
         drop((qg, kg));
         result
@@ -1038,6 +1140,15 @@ impl Backend for Cuda {
         let live: Vec<_> = seqs.iter().filter(|(_, r)| r.n > 0).collect();
         let scale = 1.0 / (head_dim as f32).sqrt();
         let qb = buf("attention", q)?;
+        // When the positions last uploaded are these rows' positions (a forward step's), the
+        // kernel reads each row's position there, so its arguments stay the same from step to
+        // step; otherwise it takes them from the sequences' first positions.
+        let uploaded = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
+        let at_positions = uploaded.as_ref().filter(|(host, _)| {
+            live.iter()
+                .all(|(_, r)| (0..r.n).all(|i| host.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i)))
+        });
+        let no_positions = 0u64;
         for chunk in live.chunks(AT_MAX_SEQS) {
             let mut desc = AttnSeqs::empty(chunk.len());
             let mut guards = Vec::with_capacity(chunk.len());
@@ -1050,7 +1161,13 @@ impl Backend for Cuda {
                 total += rows.n;
                 max_ctx = max_ctx.max(rows.first_pos + rows.n);
             }
-            let (split_len, splits) = attention_splits(max_ctx, total * n_kv_head, head_dim, self.sm_count);
+            if at_positions.is_some() {
+                desc.first_pos = [0; AT_MAX_SEQS];
+            }
+            // Sized for the context rounded up to a power of two: a decode step keeps its grid
+            // (and its graph) while the context grows, at the cost of a few empty runs.
+            let bucket = max_ctx.next_power_of_two();
+            let (split_len, splits) = attention_splits(bucket, total * n_kv_head, head_dim, self.sm_count);
             let sh = AttnShape {
                 n_head: to_i32("attention", n_head)?,
                 n_kv_head: to_i32("attention", n_kv_head)?,
@@ -1075,11 +1192,15 @@ impl Backend for Cuda {
             let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
             let counters = total * n_kv_head;
             if arrived.as_ref().is_none_or(|a| a.len() < counters) {
-                let zeroed = self.stream.alloc_zeros::<u32>(counters.next_power_of_two());
+                let zeroed = self.flushed()?.alloc_zeros::<u32>(counters.next_power_of_two());
                 *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
             }
             let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
-            launch!(self, &self.kernels.attention, grid(splits), qb, &desc, &sh, ob, partial, counters)?;
+            let kernel = &self.kernels.attention;
+            match at_positions {
+                Some((_, pos)) => launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, pos)?,
+                None => launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, &no_positions)?,
+            }
             drop(guards);
         }
         Ok(())
@@ -1105,7 +1226,7 @@ impl Backend for Cuda {
             let s = sb.try_slice(r * row_len..(r + 1) * row_len);
             let mut d = ob.try_slice_mut(i * row_len..(i + 1) * row_len);
             if let (Some(s), Some(d)) = (s, d.as_mut()) {
-                self.stream.memcpy_dtod(&s, d).map_err(|e| driver_err("gather_rows", e))?;
+                self.flushed()?.memcpy_dtod(&s, d).map_err(|e| driver_err("gather_rows", e))?;
             }
         }
         Ok(())
@@ -1133,8 +1254,12 @@ impl Backend for Cuda {
         launch!(self, &self.kernels.add, grid_1d(len), xb, yb, &l)
     }
 
+    fn step_done(&self) {
+        self.shared.flush_quietly();
+    }
+
     fn synchronize(&self) -> Result<(), KernelError> {
-        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+        self.flushed()?.synchronize().map_err(|e| driver_err("synchronize", e))
     }
 
     fn read_rows(
@@ -1154,7 +1279,7 @@ impl Backend for Cuda {
         let src = buf("read_rows", t)?
             .try_slice(rows.start * row_len..rows.end * row_len)
             .ok_or_else(|| shape_err("read_rows", "rows outside the tensor".into()))?;
-        self.stream.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
+        self.flushed()?.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()
     }
 
@@ -1168,7 +1293,7 @@ impl Backend for Cuda {
         let src = buf("read_row", t)?
             .try_slice(row * row_len..(row + 1) * row_len)
             .ok_or_else(|| shape_err("read_row", "row outside the tensor".into()))?;
-        self.stream.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
+        self.flushed()?.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()
     }
 }
