@@ -9,6 +9,11 @@
 //! only the nodes whose arguments changed are updated before a replay. A run seen for the first
 //! time, a short run, or any run when graphs are off (`REALM_CUDA_GRAPHS=0`) is launched kernel
 //! by kernel.
+//!
+//! On sm_90 and later each launch also allows programmatic dependent launch (a stream
+//! attribute for direct launches, programmatic edges in a graph): a kernel starts while the one
+//! before it finishes and prefetches its weights until it must wait (kernels.cu, `step_wait`).
+//! `REALM_CUDA_PDL=0` turns that off.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -94,6 +99,8 @@ struct Kept {
 pub(super) struct Queue {
     stream: Arc<CudaStream>,
     graphs_on: bool,
+    /// Programmatic dependent launch between consecutive kernels.
+    pdl: bool,
     queued: Vec<Queued>,
     /// Every queued argument, and the word each starts at.
     words: Vec<u64>,
@@ -111,11 +118,13 @@ pub(super) struct Queue {
 unsafe impl Send for Queue {}
 
 impl Queue {
-    pub(super) fn new(stream: Arc<CudaStream>) -> Self {
-        let graphs_on = std::env::var("REALM_CUDA_GRAPHS").map_or(true, |v| v != "0");
+    /// A queue for `stream`; `pdl_capable` says the GPU has programmatic dependent launch.
+    pub(super) fn new(stream: Arc<CudaStream>, pdl_capable: bool) -> Self {
+        let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         Self {
             stream,
-            graphs_on,
+            graphs_on: on("REALM_CUDA_GRAPHS"),
+            pdl: pdl_capable && on("REALM_CUDA_PDL"),
             queued: Vec::new(),
             words: Vec::new(),
             starts: Vec::new(),
@@ -128,6 +137,12 @@ impl Queue {
 
     pub(super) fn stats(&self) -> GraphStats {
         self.stats
+    }
+
+    /// How launches are submitted, for the start-up log line.
+    pub(super) fn describe(&self) -> String {
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        format!("CUDA graphs {}, programmatic launch {}", on_off(self.graphs_on), on_off(self.pdl))
     }
 
     /// Queues a launch of `func` (or launches it now when graphs are off).
@@ -180,27 +195,29 @@ impl Queue {
 
     fn submit_directly(&mut self) -> Result<(), DriverError> {
         let mut pointers = Vec::new();
+        let mut pdl = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+        };
         for q in &self.queued {
             argument_pointers(&mut self.words, &self.starts[q.params.clone()], &mut pointers);
             let Shape { grid, block, smem, .. } = q.shape;
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block.0,
+                blockDimY: block.1,
+                blockDimZ: block.2,
+                sharedMemBytes: smem,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut pdl,
+                numAttrs: u32::from(self.pdl),
+            };
             // SAFETY: `func` is a kernel of the loaded module, and the pointers point at its
             // arguments, in order, as the caller that queued it checked them.
-            unsafe {
-                sys::cuLaunchKernel(
-                    q.func,
-                    grid.0,
-                    grid.1,
-                    grid.2,
-                    block.0,
-                    block.1,
-                    block.2,
-                    smem,
-                    self.stream.cu_stream(),
-                    pointers.as_mut_ptr(),
-                    null_mut(),
-                )
-                .result()?;
-            }
+            unsafe { sys::cuLaunchKernelEx(&config, q.func, pointers.as_mut_ptr(), null_mut()).result()? };
         }
         self.stats.direct += self.queued.len() as u64;
         Ok(())
@@ -229,7 +246,7 @@ impl Queue {
             }
             None => {
                 self.stats.built += 1;
-                kept.built.insert(build(&self.queued, &mut self.words, &self.starts)?)
+                kept.built.insert(build(&self.queued, &mut self.words, &self.starts, self.pdl)?)
             }
         };
         // SAFETY: the graph was built for this context and the stream is the backend's.
@@ -291,8 +308,9 @@ fn node_params(q: &Queued, pointers: &mut [*mut c_void]) -> sys::CUDA_KERNEL_NOD
     }
 }
 
-/// A graph of the queued launches, each depending on the one before (one stream's order).
-fn build(queued: &[Queued], words: &mut [u64], starts: &[usize]) -> Result<Built, DriverError> {
+/// A graph of the queued launches, each depending on the one before (one stream's order; a
+/// programmatic edge with `pdl`).
+fn build(queued: &[Queued], words: &mut [u64], starts: &[usize], pdl: bool) -> Result<Built, DriverError> {
     let mut graph = null_mut();
     // SAFETY: creates an empty graph, destroyed below on failure or with the `Built`.
     unsafe { sys::cuGraphCreate(&mut graph, 0).result()? };
@@ -302,13 +320,23 @@ fn build(queued: &[Queued], words: &mut [u64], starts: &[usize]) -> Result<Built
         for q in queued {
             argument_pointers(words, &starts[q.params.clone()], &mut pointers);
             let params = node_params(q, &mut pointers);
-            let (deps, n_deps) = match nodes.last() {
-                Some(last) => (last as *const sys::CUgraphNode, 1),
-                None => (std::ptr::null(), 0),
-            };
             let mut node = null_mut();
             // SAFETY: the driver copies the parameters and the arguments they point at.
-            unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, deps, n_deps, &params).result()? };
+            unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, std::ptr::null(), 0, &params).result()? };
+            if let Some(last) = nodes.last() {
+                let edge = sys::CUgraphEdgeData {
+                    from_port: if pdl { sys::CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC as u8 } else { 0 },
+                    to_port: 0,
+                    type_: if pdl {
+                        sys::CUgraphDependencyType::CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC as u8
+                    } else {
+                        0
+                    },
+                    reserved: [0; 5],
+                };
+                // SAFETY: both nodes belong to this graph.
+                unsafe { sys::cuGraphAddDependencies_v2(graph, last, &node, &edge, 1).result()? };
+            }
             nodes.push(node);
         }
         // SAFETY: the graph was just built.

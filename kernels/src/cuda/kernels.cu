@@ -40,6 +40,37 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
     return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
 }
 
+// Programmatic dependent launch (sm_90+; the host asks for it on such GPUs): a kernel starts
+// while the one before it is still running, does what does not depend on it (index arithmetic,
+// prefetching weights, which no kernel writes), then `step_wait`s until the one before has
+// finished and its writes are visible. Every read or write of activations, caches or counters
+// comes after the wait. `step_release` then lets the next kernel start its own prologue; it
+// comes after the wait so at most two kernels overlap. Launched without the attribute (older
+// GPUs, REALM_CUDA_PDL=0) both are no-ops.
+__device__ __forceinline__ void step_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void step_release() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void step_wait_release() {
+    step_wait();
+    step_release();
+}
+
+// Starts bringing `bytes` from `p` into L2 (one 128-byte line per lane of the warp at a time),
+// without waiting: the loads that follow find them there instead of in DRAM.
+__device__ __forceinline__ void prefetch_l2(const void* p, int bytes, int lane, int lanes) {
+    const char* c = (const char*)p;
+    for (int off = lane * 128; off < bytes; off += lanes * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 // ---- dequantization ------------------------------------------------------------------------
 
 enum { T_F32 = 0, T_Q4_0 = 1, T_Q4_1 = 2, T_Q8_0 = 3, T_Q4_K = 4, T_Q5_K = 5, T_Q6_K = 6 };
@@ -263,6 +294,10 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
     const u8* wr = (const u8*)wj + (u64)r * J.row_bytes;
     const u8* ur = (const u8*)J.w[1] + (u64)r * J.row_bytes;
     const float* nw = (const float*)J.norm;
+    // The warp's weight rows are on their way to L2 while the kernel before finishes.
+    prefetch_l2(wr, J.row_bytes, lane, WARP);
+    if (SWIGLU) prefetch_l2(ur, J.row_bytes, lane, WARP);
+    step_wait_release();
     float acc[MM_TILE], acc_up[MM_TILE], ss[MM_TILE];
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = ss[t] = 0.0f;
@@ -313,6 +348,7 @@ MATMUL(matmul_q6_k, matmul_norm_q6_k, T_Q6_K)
 template <int T>
 __device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, const u32* __restrict__ ids,
                       float* __restrict__ out) {
+    step_wait_release();
     const u8* row = table + (u64)ids[blockIdx.x] * row_bytes;
     float* o = out + (u64)blockIdx.x * cols;
     for (int part = threadIdx.x; part < cols / 8; part += blockDim.x) {
@@ -346,6 +382,7 @@ EMBED(embed_q6_k, T_Q6_K)
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w, int cols, float eps,
                                     float* __restrict__ out) {
     __shared__ float partial[256 / WARP];
+    step_wait_release();
     const float* xr = x + (u64)blockIdx.x * cols;
     float s = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) s += xr[i] * xr[i];
@@ -359,6 +396,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
 }
 
 extern "C" __global__ void silu_mul(float* gate, const float* up, int len) {
+    step_wait_release();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) {
         float g = gate[i];
@@ -367,6 +405,7 @@ extern "C" __global__ void silu_mul(float* gate, const float* up, int len) {
 }
 
 extern "C" __global__ void add(float* x, const float* y, int len) {
+    step_wait_release();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) x[i] += y[i];
 }
@@ -395,6 +434,7 @@ __device__ void rotate_row(float* row, int row_len, int head_dim, int n_rot, u32
 
 extern "C" __global__ void rope(float* x0, int len0, float* x1, int len1, int head_dim, int n_rot,
                                 const u32* positions, double log2_base, int neox) {
+    step_wait_release();
     int row_len = blockIdx.y ? len1 : len0;
     float* row = (blockIdx.y ? x1 : x0) + (u64)blockIdx.x * row_len;
     rotate_row(row, row_len, head_dim, n_rot, positions[blockIdx.x], log2_base, neox);
@@ -494,6 +534,14 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     const float* kc = (const float*)seqs.k[seq];
     const float* vc = (const float*)seqs.v[seq];
     int kv_len = sh.n_kv_head * D;
+    // The run's cached keys and values head for L2 while the kernel before finishes (rows
+    // written this step go through L2 as well, so nothing stale is fetched).
+    for (int p = begin + threadIdx.x / 2; p < end; p += AT_THREADS / 2) {
+        u64 off = (u64)p * kv_len + g * D;
+        prefetch_l2(kc + off, D * 4, threadIdx.x % 2, 2);
+        prefetch_l2(vc + off, D * 4, threadIdx.x % 2, 2);
+    }
+    step_wait_release();
     const float* qr = q + (u64)row * sh.n_head * D + g * GD;
     for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i] * sh.scale;
     if (threadIdx.x < G) {
@@ -602,6 +650,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
 // Appends every sequence's new key and value rows to its caches (one block per new row).
 extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict__ k, const float* __restrict__ v,
                                     int row_len) {
+    step_wait_release();
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
     u64 src = (u64)(seqs.row[seq] + t) * row_len, dst = (u64)(seqs.first_pos[seq] + t) * row_len;
@@ -619,6 +668,7 @@ extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict
 extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
                                          int kv_len, int head_dim, int n_rot, const u32* positions,
                                          double log2_base, int neox) {
+    step_wait_release();
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
     // The host checked each row goes to the cache row of its position.

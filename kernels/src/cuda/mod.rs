@@ -431,12 +431,13 @@ impl Cuda {
             kv_write: load("kv_write")?,
             rope_kv_write: load("rope_kv_write")?,
         };
-        let description = format!(
-            "{name} (sm_{major}{minor}, kernels {})",
-            if cached { "from the PTX cache" } else { "compiled by NVRTC" }
-        );
         let stream = ctx.default_stream();
-        let queue = Queue::new(stream.clone());
+        let queue = Queue::new(stream.clone(), major >= 9);
+        let description = format!(
+            "{name} (sm_{major}{minor}, kernels {}, {})",
+            if cached { "from the PTX cache" } else { "compiled by NVRTC" },
+            queue.describe()
+        );
         Ok(Self {
             stream,
             kernels,
