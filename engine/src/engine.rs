@@ -296,9 +296,9 @@ impl Engine {
                 .zip(&last)
                 .map(|(cache, tokens)| SeqStep { cache, tokens, logits: Logits::Last })
                 .collect();
-            let logits = self.model.forward(&mut steps)?;
-            for ((seq_ids, next), l) in ids.iter_mut().zip(last.iter_mut()).zip(&logits) {
-                let id = crate::sampler::argmax(l).unwrap_or(0);
+            let argmax = self.model.forward_greedy(&mut steps)?;
+            for ((seq_ids, next), id) in ids.iter_mut().zip(last.iter_mut()).zip(argmax) {
+                let id = id.unwrap_or(0);
                 seq_ids.push(id);
                 *next = vec![id];
             }
@@ -340,6 +340,8 @@ impl Engine {
         }
         let vocab = self.model.config.vocab_size;
         let mut sampler = Sampler::new(params.sampling.clone(), vocab)?;
+        // Plain greedy takes the argmax where the logits are (on a GPU, only the id comes back).
+        let plain_greedy = params.sampling.is_plain_greedy();
         let mut stops = StopMatcher::new(&params.stop);
         let mut decoder = self.tokenizer.stream_decoder();
         let mut cache = self.model.new_cache()?;
@@ -353,11 +355,16 @@ impl Engine {
         let mut prefill_time = Duration::ZERO;
         while ids.len() < params.max_tokens {
             let mut step = [SeqStep { cache: &mut cache, tokens: &step_tokens, logits: Logits::Last }];
-            let mut logits = self.model.forward(&mut step)?.pop().unwrap_or_default();
+            let id = if plain_greedy {
+                let id = self.model.forward_greedy(&mut step)?.pop().flatten();
+                id.ok_or(SamplerError::NothingToSample)?
+            } else {
+                let mut logits = self.model.forward(&mut step)?.pop().unwrap_or_default();
+                sampler.sample(&mut logits, &history)?
+            };
             if ids.is_empty() {
                 prefill_time = start.elapsed();
             }
-            let id = sampler.sample(&mut logits, &history)?;
             ids.push(id);
             history.push(id);
             if !params.ignore_eos && self.tokenizer.is_eog(id) {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+pub use realm_kernels::argmax;
 
 /// Sampling settings for one sequence. A temperature of 0 (or below) is greedy.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,15 @@ impl Default for SamplingParams {
 impl SamplingParams {
     pub fn greedy() -> Self {
         Self { temperature: 0.0, ..Self::default() }
+    }
+
+    /// Whether the token is the logits' argmax and nothing else: greedy, with no bias or
+    /// penalty changing the logits first. Such a sequence can take its argmax from the device.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.logit_bias.is_empty()
+            && (self.penalty_last_n == 0
+                || (self.repetition_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0))
     }
 
     /// [`SamplingParams::validate`], and that every biased token is in a vocabulary of `vocab`.
@@ -180,26 +190,6 @@ impl Sampler {
     }
 }
 
-/// The highest logit's id; the lowest id wins a tie, so greedy output is deterministic. NaN
-/// and `-inf` are never chosen; `None` when nothing else is there.
-pub fn argmax(logits: &[f32]) -> Option<u32> {
-    // Eight running maxima, one per lane, so the scan over a vocabulary vectorises: a select on
-    // `>` skips NaN as the comparison is false for it.
-    const LANES: usize = 8;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = logits.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, &l) in lanes.iter_mut().zip(chunk) {
-            *m = if l > *m { l } else { *m };
-        }
-    }
-    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
-    if max == f32::NEG_INFINITY {
-        return None;
-    }
-    logits.iter().position(|&l| l == max).map(|i| i as u32)
-}
-
 fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f32> {
     let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.map(|l| ((l - max) / temperature).exp()).collect();
@@ -237,6 +227,24 @@ mod tests {
 
     fn sampler(p: SamplingParams) -> Sampler {
         Sampler::new(p, 8).expect("valid params")
+    }
+
+    #[test]
+    fn plain_greedy_is_greedy_with_nothing_changing_the_logits() {
+        assert!(SamplingParams::greedy().is_plain_greedy());
+        assert!(!SamplingParams::default().is_plain_greedy());
+        let changed = [
+            SamplingParams { logit_bias: vec![(1, 2.0)], ..SamplingParams::greedy() },
+            SamplingParams { repetition_penalty: 1.1, ..SamplingParams::greedy() },
+            SamplingParams { presence_penalty: 0.5, ..SamplingParams::greedy() },
+            SamplingParams { frequency_penalty: 0.5, ..SamplingParams::greedy() },
+        ];
+        for p in changed {
+            assert!(!p.is_plain_greedy(), "{p:?}");
+        }
+        // Penalties over no tokens change nothing.
+        let p = SamplingParams { repetition_penalty: 1.1, penalty_last_n: 0, ..SamplingParams::greedy() };
+        assert!(p.is_plain_greedy());
     }
 
     #[test]

@@ -463,6 +463,10 @@ impl<'e> Worker<'e> {
         let mut taken: Vec<(BatchItem, Seq<'e>)> =
             batch.items.into_iter().filter_map(|item| self.seqs.remove(&item.id).map(|s| (item, s))).collect();
         let modes: Vec<Logits> = taken.iter().map(|(item, seq)| logits_mode(item, seq)).collect();
+        // A step whose every sequence takes its token as the plain argmax gets ids back instead
+        // of logits (on a GPU, the argmax runs there and only the ids cross to the host).
+        let greedy = modes.iter().all(|&m| m == Logits::Last)
+            && taken.iter().all(|(_, seq)| seq.req.logprobs.is_none() && seq.sampler.params().is_plain_greedy());
         let result = {
             let mut steps: Vec<SeqStep<'_, Device>> = taken
                 .iter_mut()
@@ -473,10 +477,15 @@ impl<'e> Worker<'e> {
                     logits,
                 })
                 .collect();
-            self.engine.model().forward(&mut steps)
+            let model = self.engine.model();
+            if greedy {
+                model.forward_greedy(&mut steps).map(|ids| ids.into_iter().map(Next::Argmax).collect::<Vec<_>>())
+            } else {
+                model.forward(&mut steps).map(|l| l.into_iter().map(Next::Logits).collect())
+            }
         };
-        let logits = match result {
-            Ok(l) => l,
+        let outputs = match result {
+            Ok(outputs) => outputs,
             Err(e) => {
                 let message = e.to_string();
                 for (item, seq) in taken {
@@ -488,13 +497,13 @@ impl<'e> Worker<'e> {
             }
         };
         let vocab = self.info.vocab_size;
-        for (((item, mut seq), mode), mut rows) in taken.into_iter().zip(modes).zip(logits) {
-            if mode == Logits::All {
-                record_prompt_logprobs(&mut seq, &item, &rows, vocab);
+        for (((item, mut seq), mode), mut next) in taken.into_iter().zip(modes).zip(outputs) {
+            if let (Logits::All, Next::Logits(rows)) = (mode, &mut next) {
+                record_prompt_logprobs(&mut seq, &item, rows, vocab);
                 let last = rows.len().saturating_sub(vocab);
                 rows.drain(..last);
             }
-            let outcome = if item.completes { self.advance(&mut seq, &mut rows) } else { Outcome::Continue };
+            let outcome = if item.completes { self.advance(&mut seq, next) } else { Outcome::Continue };
             let id = item.id;
             self.seqs.insert(id, seq);
             match outcome {
@@ -510,7 +519,7 @@ impl<'e> Worker<'e> {
     }
 
     /// Samples the next token of an up-to-date sequence and tells its caller.
-    fn advance(&self, seq: &mut Seq<'e>, logits: &mut [f32]) -> Outcome {
+    fn advance(&self, seq: &mut Seq<'e>, next: Next) -> Outcome {
         if let Some(lp) = seq.prompt_logprobs.take()
             && seq.events.try_send(Event::PromptLogprobs(lp)).is_err()
         {
@@ -521,8 +530,14 @@ impl<'e> Worker<'e> {
             return finish(seq, FinishReason::Length);
         }
         let logprob_top = seq.req.logprobs;
-        let dist = logprob_top.map(|_| LogSoftmax::new(logits));
-        let id = match seq.sampler.sample(logits, &seq.tokens) {
+        let (sampled, dist) = match next {
+            Next::Logits(mut logits) => {
+                let dist = logprob_top.map(|_| LogSoftmax::new(&logits));
+                (seq.sampler.sample(&mut logits, &seq.tokens), dist)
+            }
+            Next::Argmax(id) => (id.ok_or(SamplerError::NothingToSample), None),
+        };
+        let id = match sampled {
             Ok(id) => id,
             Err(e) => {
                 let _ = seq.events.try_send(Event::Failed(e.to_string()));
@@ -568,6 +583,14 @@ fn finish(seq: &mut Seq<'_>, finish_reason: FinishReason) -> Outcome {
     let done = Event::Done { finish_reason, prompt_tokens: seq.req.prompt.len(), completion_tokens: seq.generated };
     let _ = seq.events.try_send(done);
     Outcome::Finished
+}
+
+/// What a step gives a sequence to pick its next token from.
+enum Next {
+    /// Its logits (the last row's `vocab_size` floats, or every row's with `Logits::All`).
+    Logits(Vec<f32>),
+    /// The argmax of its last row, computed where the logits are; `None` if none is finite.
+    Argmax(Option<u32>),
 }
 
 fn logits_mode(item: &BatchItem, seq: &Seq<'_>) -> Logits {

@@ -32,6 +32,26 @@ pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) 
     Ok(())
 }
 
+/// The highest logit's id; the lowest id wins a tie, so greedy output is deterministic. NaN
+/// and `-inf` are never chosen; `None` when nothing else is there.
+pub fn argmax(logits: &[f32]) -> Option<u32> {
+    // Eight running maxima, one per lane, so the scan over a vocabulary vectorises: a select on
+    // `>` skips NaN as the comparison is false for it.
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &l) in lanes.iter_mut().zip(chunk) {
+            *m = if l > *m { l } else { *m };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    logits.iter().position(|&l| l == max).map(|i| i as u32)
+}
+
 /// Which implementation runs the ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -434,6 +454,14 @@ pub trait Backend: Send {
             out.extend_from_slice(&row);
         }
         Ok(())
+    }
+
+    /// [`argmax`] of each of the first `rows` rows of `t` (each `row_len` long): greedy
+    /// sampling where the logits are, so a GPU sends back one index per row instead of rows.
+    fn argmax_rows(&self, t: &Self::Tensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
+        let mut host = Vec::new();
+        self.read_rows(t, 0..rows, row_len, &mut host)?;
+        Ok((0..rows).map(|r| argmax(&host[r * row_len..(r + 1) * row_len])).collect())
     }
 
     /// Copies row `row` (of `row_len` elements) of `t` to host memory.

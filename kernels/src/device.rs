@@ -406,6 +406,10 @@ impl Backend for Device {
         dispatch!(self, |b| b.read_rows(t.part()?, rows, row_len, out))
     }
 
+    fn argmax_rows(&self, t: &DeviceTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
+        dispatch!(self, |b| b.argmax_rows(t.part()?, rows, row_len))
+    }
+
     fn read_row(&self, t: &DeviceTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
         dispatch!(self, |b| b.read_row(t.part()?, row, row_len, out))
     }

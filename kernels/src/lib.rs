@@ -13,7 +13,7 @@ pub mod wgpu;
 
 pub use backend::{
     AttentionShape, Backend, BackendKind, Backing, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows,
-    SharedBytes,
+    SharedBytes, argmax,
 };
 pub use device::{Device, DeviceTensor, DeviceWeight};
 pub use quant::{GgmlType, QuantError};

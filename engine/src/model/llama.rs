@@ -133,6 +133,44 @@ impl<B: Backend> Llama<B> {
     pub fn forward(&self, steps: &mut [SeqStep<'_, B>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let b = &self.backend;
+        let Some((logits, rows)) = self.run(steps)? else { return Ok(steps.iter().map(|_| Vec::new()).collect()) };
+        // One copy to the host for the whole step (a GPU waits once), then split per sequence.
+        let mut host = Vec::with_capacity(rows * c.vocab_size);
+        b.read_rows(&logits, 0..rows, c.vocab_size, &mut host)?;
+        let mut out = Vec::with_capacity(steps.len());
+        let mut next = 0;
+        for s in steps.iter() {
+            let rows = match s.logits {
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+                Logits::None => 0,
+            };
+            out.push(host[next * c.vocab_size..(next + rows) * c.vocab_size].to_vec());
+            next += rows;
+        }
+        b.step_done();
+        Ok(out)
+    }
+
+    /// Runs one step like [`Llama::forward`] and returns, per sequence, the id of the highest
+    /// logit after its last token (each step's `logits` is taken as [`Logits::Last`]); `None`
+    /// where no logit is finite. Greedy decoding without the logits: a GPU computes the argmax
+    /// and sends back one id per sequence instead of a vocabulary of floats.
+    pub fn forward_greedy(&self, steps: &mut [SeqStep<'_, B>]) -> Result<Vec<Option<u32>>, ModelError> {
+        for s in steps.iter_mut() {
+            s.logits = Logits::Last;
+        }
+        let Some((logits, rows)) = self.run(steps)? else { return Ok(Vec::new()) };
+        let ids = self.backend.argmax_rows(&logits, rows, self.config.vocab_size)?;
+        self.backend.step_done();
+        Ok(ids)
+    }
+
+    /// The step itself: the output head's rows for the rows whose logits are wanted (in order)
+    /// and how many there are; `None` when no sequence wants any.
+    fn run(&self, steps: &mut [SeqStep<'_, B>]) -> Result<Option<(B::Tensor, usize)>, ModelError> {
+        let c = &self.config;
+        let b = &self.backend;
         let (dim, kv_dim, ffn) = (c.dim, c.kv_dim(), c.ffn_dim);
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -207,29 +245,13 @@ impl<B: Backend> Llama<B> {
         }
         if wanted.is_empty() {
             b.step_done();
-            return Ok(steps.iter().map(|_| Vec::new()).collect());
+            return Ok(None);
         }
         let mut gathered = b.zeros(wanted.len() * dim)?;
         b.gather_rows(&x, &wanted, dim, &mut gathered)?;
         b.rms_norm(&gathered, &self.output_norm, c.rms_eps, &mut xn)?;
         let mut logits = b.zeros(wanted.len() * c.vocab_size)?;
         b.matmul(&self.output, &xn, wanted.len(), &mut logits)?;
-
-        // One copy to the host for the whole step (a GPU waits once), then split per sequence.
-        let mut host = Vec::with_capacity(wanted.len() * c.vocab_size);
-        b.read_rows(&logits, 0..wanted.len(), c.vocab_size, &mut host)?;
-        let mut out = Vec::with_capacity(steps.len());
-        let mut next = 0;
-        for s in steps.iter() {
-            let rows = match s.logits {
-                Logits::Last => 1,
-                Logits::All => s.tokens.len(),
-                Logits::None => 0,
-            };
-            out.push(host[next * c.vocab_size..(next + rows) * c.vocab_size].to_vec());
-            next += rows;
-        }
-        b.step_done();
-        Ok(out)
+        Ok(Some((logits, wanted.len())))
     }
 }

@@ -410,6 +410,52 @@ extern "C" __global__ void add(float* x, const float* y, int len) {
     if (i < len) x[i] += y[i];
 }
 
+// The index of the largest value of row blockIdx.x (greedy sampling on the device), one block of
+// ARGMAX_THREADS per row. Each thread keeps the first of its largest values (a strict `>`, which
+// is false for NaN); equal values across threads go to the lower index. A row with nothing above
+// -inf gives ARGMAX_NONE. The same answer as the host's `argmax`.
+#define ARGMAX_THREADS 1024
+#define ARGMAX_NONE 0xFFFFFFFFu
+
+__device__ __forceinline__ void argmax_pick(float* best, u32* idx, float v, u32 i) {
+    if (v > *best || (v == *best && i < *idx)) {
+        *best = v;
+        *idx = i;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_rows(const float* __restrict__ x, int row_len,
+                                                                        u32* __restrict__ out) {
+    __shared__ float warp_best[ARGMAX_THREADS / WARP];
+    __shared__ u32 warp_idx[ARGMAX_THREADS / WARP];
+    step_wait_release();
+    const float* r = x + (u64)blockIdx.x * row_len;
+    float best = NEG_INF;
+    u32 idx = ARGMAX_NONE;
+    for (int i = threadIdx.x; i < row_len; i += ARGMAX_THREADS) {
+        float v = r[i];
+        if (v > best) {
+            best = v;
+            idx = i;
+        }
+    }
+    for (int o = WARP / 2; o > 0; o >>= 1)
+        argmax_pick(&best, &idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    if (lane == 0) {
+        warp_best[warp] = best;
+        warp_idx[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = warp_best[lane];
+        idx = warp_idx[lane];
+        for (int o = WARP / 2; o > 0; o >>= 1)
+            argmax_pick(&best, &idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+        if (lane == 0) out[blockIdx.x] = idx;
+    }
+}
+
 // Rotates every head of row blockIdx.x of x0 (blockIdx.y == 0) or x1 (== 1) by positions[row];
 // `neox` pairs (i, i + n_rot/2), otherwise (2i, 2i + 1). Queries and keys go in one launch. The
 // angle is position * base^(-2i/n_rot), in f64 as on the CPU: in f32 it drifts by ~1e-3

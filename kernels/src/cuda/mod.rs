@@ -58,6 +58,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attention",
     "kv_write",
     "rope_kv_write",
+    "argmax_rows",
 ];
 
 /// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`,
@@ -81,6 +82,8 @@ const AT_TILE_FLOATS: usize = 4096;
 const AT_MAX_SEQS: usize = 32;
 const AT_MAX_GROUP: usize = 8;
 const AT_MAX_GD: usize = 1024;
+/// Threads per row of `argmax_rows` (kernels.cu's `ARGMAX_THREADS`).
+const ARGMAX_THREADS: u32 = 1024;
 
 /// kernels.cu's `MatmulJobs`: up to three weights of one format sharing the input, and what
 /// to do with the products (`MM_STORE`, `MM_ADD`, `MM_SWIGLU`).
@@ -233,6 +236,7 @@ struct Kernels {
     attention: CudaFunction,
     kv_write: CudaFunction,
     rope_kv_write: CudaFunction,
+    argmax_rows: CudaFunction,
 }
 
 pub struct Cuda {
@@ -249,6 +253,8 @@ pub struct Cuda {
     /// Attention's arrival counters, one per (query row, KV head) of a launch: zero between
     /// launches (each launch's last blocks put theirs back), grown as needed.
     arrived: Mutex<Option<CudaSlice<u32>>>,
+    /// Where `argmax_rows` leaves its ids, grown as needed.
+    argmax_ids: Mutex<Option<CudaSlice<u32>>>,
     shared: Arc<Shared>,
 }
 
@@ -430,6 +436,7 @@ impl Cuda {
             attention: load("attention")?,
             kv_write: load("kv_write")?,
             rope_kv_write: load("rope_kv_write")?,
+            argmax_rows: load("argmax_rows")?,
         };
         let stream = ctx.default_stream();
         let queue = Queue::new(stream.clone(), major >= 9);
@@ -446,6 +453,7 @@ impl Cuda {
             positions: Mutex::new(None),
             ids: Mutex::new(None),
             arrived: Mutex::new(None),
+            argmax_ids: Mutex::new(None),
             shared: Arc::new(Shared { pool: Mutex::default(), queue: Mutex::new(queue) }),
         })
     }
@@ -1282,6 +1290,32 @@ impl Backend for Cuda {
             .ok_or_else(|| shape_err("read_rows", "rows outside the tensor".into()))?;
         self.flushed()?.memcpy_dtoh(&src, out.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()
+    }
+
+    fn argmax_rows(&self, t: &CudaTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
+        check_len("argmax_rows", "tensor", t.len, rows * row_len)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if row_len == 0 {
+            return Ok(vec![None; rows]);
+        }
+        let grid = u32::try_from(rows).map_err(|_| shape_err("argmax_rows", format!("{rows} rows")))?;
+        let len = to_i32("argmax_rows", row_len)?;
+        let mut ids = self.argmax_ids.lock().map_err(|_| device_err("argmax buffer poisoned"))?;
+        if ids.as_ref().is_none_or(|b| b.len() < rows) {
+            let zeroed = self.flushed()?.alloc_zeros::<u32>(rows.next_power_of_two());
+            *ids = Some(zeroed.map_err(|e| driver_err("allocating the argmax ids", e))?);
+        }
+        let Some(ids) = ids.as_mut() else { return Err(device_err("argmax buffer missing")) };
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (ARGMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, &self.kernels.argmax_rows, cfg, buf("argmax_rows", t)?, &len, &*ids)?;
+        let mut host = vec![0u32; rows];
+        let head = ids.try_slice(..rows).ok_or_else(|| device_err("argmax buffer too short"))?;
+        self.flushed()?.memcpy_dtoh(&head, host.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
+        self.synchronize()?;
+        // kernels.cu's ARGMAX_NONE (u32::MAX) is a row without a finite value.
+        Ok(host.into_iter().map(|i| ((i as usize) < row_len).then_some(i)).collect())
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

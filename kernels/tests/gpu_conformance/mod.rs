@@ -9,6 +9,7 @@ use realm_kernels::cpu::{Activations, Cpu};
 use realm_kernels::quant::quantize_row;
 use realm_kernels::{
     AttentionShape, Backend, GgmlType, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows, SharedBytes,
+    argmax,
 };
 
 /// Quantized matmuls: both sides dequantize the same blocks exactly and differ only in the
@@ -411,3 +412,29 @@ macro_rules! backend_tests {
     };
 }
 pub(crate) use backend_tests;
+
+/// Greedy sampling where the logits are: each row's argmax is the host's [`argmax`] of it,
+/// over a vocabulary-sized row, rows with ties between threads' elements, NaN and -inf, and a
+/// row with nothing finite.
+pub fn argmax_rows_match_cpu<B: Backend>(g: &B) {
+    let mut rng = Rng::new("argmax_rows");
+    let vocab = 49_152 + 7;
+    let mut rows: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(vocab)).collect();
+    // The maximum twice, far apart (the lower index must win), and NaN above it.
+    let top = (rng.next() % vocab as u64) as usize;
+    rows[1][top] = 5.0;
+    rows[1][(top + vocab / 2) % vocab] = 5.0;
+    rows[1][(top + 17) % vocab] = f32::NAN;
+    // Only NaN and -inf but one small value.
+    rows[2] = (0..vocab).map(|i| if i % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY }).collect();
+    rows[2][vocab - 1] = -7.0;
+    rows[3] = vec![f32::NEG_INFINITY; vocab];
+    rows[3][3] = f32::NAN;
+    let flat: Vec<f32> = rows.concat();
+    let t = g.upload(&flat).expect("upload");
+    let want: Vec<Option<u32>> = rows.iter().map(|r| argmax(r)).collect();
+    assert_eq!(want[3], None, "the all -inf row has no argmax");
+    assert_eq!(g.argmax_rows(&t, rows.len(), vocab).expect("argmax_rows"), want);
+    assert_eq!(g.argmax_rows(&t, 1, vocab).expect("one row"), want[..1]);
+    assert!(g.argmax_rows(&t, rows.len() + 1, vocab).is_err(), "a row past the tensor is an error");
+}
