@@ -358,6 +358,28 @@ pub trait Backend: Send {
         self.kv_write_many(writes, k, v, row_len)
     }
 
+    /// `rope_kv_write`, then `attention_many` of the rotated queries over the caches written
+    /// (rows of `shape.n_kv_head * shape.head_dim`): a step's attention after its Q/K/V
+    /// projections. A GPU does a decode step (one new row per sequence) in one launch, which
+    /// leaves `q` and `k` unrotated; callers treat both as spent.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_write_attention(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut Self::Tensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut Self::Tensor,
+    ) -> Result<(), KernelError> {
+        let row_len = shape.n_kv_head * shape.head_dim;
+        self.rope_kv_write(q, k, v, shape.head_dim, positions, rope, writes, row_len)?;
+        let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
+        self.attention_many(q, &seqs, shape, out)
+    }
+
     /// [`Backend::rope`] of the queries and the keys of one step (same positions).
     fn rope_qk(
         &self,

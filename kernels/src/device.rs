@@ -302,6 +302,23 @@ impl Backend for Device {
         })
     }
 
+    fn rope_kv_write_attention(
+        &self,
+        q: &mut DeviceTensor,
+        k: &mut DeviceTensor,
+        vv: &DeviceTensor,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut DeviceTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut DeviceTensor,
+    ) -> Result<(), KernelError> {
+        dispatch!(self, |b| {
+            let mut own = kv_parts(writes)?;
+            b.rope_kv_write_attention(q.part()?, k.part()?, vv.part()?, positions, rope, &mut own, shape, out.part()?)
+        })
+    }
+
     fn rope(&self, x: &mut DeviceTensor, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
         dispatch!(self, |b| b.rope(x.part()?, head_dim, positions, rope))
     }

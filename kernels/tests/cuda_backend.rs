@@ -21,7 +21,7 @@ fn gpu() -> Option<&'static Cuda> {
     }
 }
 
-gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_batch, embed_matches_cpu_for_every_format, rms_norm_silu_mul_add_and_gather_match_cpu, rope_matches_cpu_for_both_layouts, kv_write_and_attention_match_cpu_for_several_sequences, bad_shapes_are_errors_not_panics, fused_matmuls_match_cpu, norm_fused_matmuls_match_cpu, rope_qk_and_kv_write_many_match_cpu, argmax_rows_match_cpu);
+gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_batch, embed_matches_cpu_for_every_format, rms_norm_silu_mul_add_and_gather_match_cpu, rope_matches_cpu_for_both_layouts, kv_write_and_attention_match_cpu_for_several_sequences, bad_shapes_are_errors_not_panics, fused_matmuls_match_cpu, norm_fused_matmuls_match_cpu, rope_qk_and_kv_write_many_match_cpu, argmax_rows_match_cpu, rope_kv_write_attention_matches_cpu);
 
 /// A run of launches submitted again with new buffers and data is replayed as a CUDA graph
 /// (after the second time its shape is seen), its nodes updated, and gives what direct

@@ -217,10 +217,7 @@ impl<B: Backend> Llama<B> {
             b.norm_matmuls(&x, &layer.attn_norm, c.rms_eps, n, qkv, &mut xn)?;
             let mut writes: Vec<_> =
                 steps.iter_mut().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_mut(), rows)).collect();
-            b.rope_kv_write(&mut q, &mut k, &v, c.head_dim, &positions, &self.rope, &mut writes, kv_dim)?;
-            let seqs: Vec<_> =
-                steps.iter().zip(&seq_rows).map(|(s, &rows)| (s.cache.layers[li].as_ref(), rows)).collect();
-            b.attention_many(&q, &seqs, shape, &mut att)?;
+            b.rope_kv_write_attention(&mut q, &mut k, &v, &positions, &self.rope, &mut writes, shape, &mut att)?;
             b.matmul_add(&layer.wo, &att, n, &mut x, &mut proj)?;
 
             let (ffn_norm, eps) = (&layer.ffn_norm, c.rms_eps);

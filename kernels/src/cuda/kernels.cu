@@ -521,6 +521,16 @@ struct AttnShape {
     float scale;
 };
 
+// A decode step's RoPE and KV append done inside the attention launch (`k_new` non-zero): the
+// queries are rotated as they are loaded, and the block whose run holds a row's position
+// rotates that row's key for its KV head and appends it and the value to the caches. The new
+// rows (one per sequence) are `k_new`/`v_new`, rows of n_kv_head * head_dim.
+struct AttnRope {
+    u64 k_new, v_new;
+    int n_rot, neox;
+    double log2_base;
+};
+
 // Merges the runs of positions of one (query row i, KV head g) into the output. The runs were
 // written by other blocks of this launch: read through L2 (`__ldcg`), never a stale L1 line.
 __device__ void merge_runs(const AttnSeqs& seqs, const AttnShape& sh, int i, int g, int pos, int row,
@@ -559,7 +569,8 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
 // G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
 extern "C" __global__ void __launch_bounds__(AT_THREADS)
     attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
-              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions) {
+              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
+              const AttnRope fuse) {
     // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
     // from consecutive rows, hit distinct banks.
     __shared__ __align__(16) float ks[AT_TILE_FLOATS + 4 * AT_TILE];
@@ -589,7 +600,33 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     }
     step_wait_release();
     const float* qr = q + (u64)row * sh.n_head * D + g * GD;
-    for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i] * sh.scale;
+    if (fuse.k_new) {
+        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i];
+        __syncthreads();
+        rotate_row(qs, GD, D, fuse.n_rot, pos, fuse.log2_base, fuse.neox);
+        __syncthreads();
+        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] *= sh.scale;
+        if (pos >= begin && pos < begin + sh.split_len) {
+            // This block's run holds the new position: the key row of this KV head, rotated
+            // (staged in `vs`, free until the first tile), and the value row go to the caches.
+            const float* kn = (const float*)fuse.k_new + (u64)row * kv_len + g * D;
+            const float* vn = (const float*)fuse.v_new + (u64)row * kv_len + g * D;
+            for (int i = threadIdx.x; i < D; i += AT_THREADS) vs[i] = kn[i];
+            __syncthreads();
+            rotate_row(vs, D, D, fuse.n_rot, pos, fuse.log2_base, fuse.neox);
+            __syncthreads();
+            float* kw = (float*)kc + (u64)pos * kv_len + g * D;
+            float* vw = (float*)vc + (u64)pos * kv_len + g * D;
+            for (int i = threadIdx.x; i < D; i += AT_THREADS) {
+                kw[i] = vs[i];
+                vw[i] = vn[i];
+            }
+        }
+        // The tiles below read the appended rows and overwrite `vs`.
+        __syncthreads();
+    } else {
+        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i] * sh.scale;
+    }
     if (threadIdx.x < G) {
         m_run[threadIdx.x] = NEG_INF;
         l_run[threadIdx.x] = 0.0f;

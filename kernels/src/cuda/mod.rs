@@ -180,6 +180,22 @@ fn attention_splits(max_ctx: usize, row_heads: usize, head_dim: usize, sm_count:
 // SAFETY: as above.
 unsafe impl DeviceRepr for AttnShape {}
 
+/// kernels.cu's `AttnRope`: a decode step's new key and value rows and the rotation, for RoPE
+/// and the KV append inside the attention launch; `k_new == 0` leaves them out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttnRope {
+    k_new: u64,
+    v_new: u64,
+    n_rot: i32,
+    neox: i32,
+    log2_base: f64,
+}
+
+impl AttnRope {
+    const NONE: Self = Self { k_new: 0, v_new: 0, n_rot: 0, neox: 0, log2_base: 0.0 };
+}
+
 fn device_err(reason: impl Into<String>) -> KernelError {
     KernelError::Device { backend: BackendKind::Cuda, reason: reason.into() }
 }
@@ -386,7 +402,7 @@ macro_rules! value_args {
     )+};
 }
 
-value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape);
+value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape, AttnRope);
 
 impl<T> KernelArg for CudaSlice<T> {
     fn push_to(&self, stream: &CudaStream, args: &mut Args) {
@@ -774,6 +790,115 @@ impl Cuda {
         Ok(())
     }
 
+    /// `attention_many`, with a decode step's RoPE and KV append inside the launch when `fused`
+    /// is given (the caller has made room in the caches and uploaded the positions).
+    fn attention_launches(
+        &self,
+        q: &CudaTensor,
+        seqs: &[(KvLayer<&CudaTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut CudaTensor,
+        fused: Option<AttnRope>,
+    ) -> Result<(), KernelError> {
+        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
+        }
+        let group = n_head / n_kv_head;
+        if head_dim == 0 || !head_dim.is_multiple_of(4) || group > AT_MAX_GROUP || group * head_dim > AT_MAX_GD {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "{group} heads of {head_dim} per KV head (the kernel takes {AT_MAX_GROUP} heads, \
+                     {AT_MAX_GD} dims, head dims a multiple of 4)"
+                ),
+            ));
+        }
+        let (q_len, kv_len) = (n_head * head_dim, n_kv_head * head_dim);
+        for (cache, rows) in seqs {
+            let n_ctx = rows.first_pos + rows.n;
+            check_len("attention", "q", q.len, (rows.row + rows.n) * q_len)?;
+            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
+            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
+            check_len("attention", "output", out.len, (rows.row + rows.n) * q_len)?;
+            u32::try_from(n_ctx).map_err(|_| shape_err("attention", format!("context of {n_ctx} positions")))?;
+        }
+        let live: Vec<_> = seqs.iter().filter(|(_, r)| r.n > 0).collect();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let qb = buf("attention", q)?;
+        // When the positions last uploaded are these rows' positions (a forward step's), the
+        // kernel reads each row's position there, so its arguments stay the same from step to
+        // step; otherwise it takes them from the sequences' first positions.
+        let uploaded = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
+        let at_positions = uploaded.as_ref().filter(|(host, _)| {
+            live.iter()
+                .all(|(_, r)| (0..r.n).all(|i| host.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i)))
+        });
+        let no_positions = 0u64;
+        for chunk in live.chunks(AT_MAX_SEQS) {
+            let mut desc = AttnSeqs::empty(chunk.len());
+            let mut guards = Vec::with_capacity(chunk.len());
+            let (mut total, mut max_ctx) = (0usize, 0usize);
+            for (i, (cache, rows)) in chunk.iter().enumerate() {
+                let (k, kg) = buf("attention", cache.k)?.device_ptr(&self.stream);
+                let (v, vg) = buf("attention", cache.v)?.device_ptr(&self.stream);
+                guards.push((kg, vg));
+                desc.set(i, k, v, rows);
+                total += rows.n;
+                max_ctx = max_ctx.max(rows.first_pos + rows.n);
+            }
+            if at_positions.is_some() {
+                desc.first_pos = [0; AT_MAX_SEQS];
+            }
+            // Sized for the context rounded up to a power of two: a decode step keeps its grid
+            // (and its graph) while the context grows, at the cost of a few empty runs.
+            let bucket = max_ctx.next_power_of_two();
+            let (split_len, splits) = attention_splits(bucket, total * n_kv_head, head_dim, self.sm_count);
+            let sh = AttnShape {
+                n_head: to_i32("attention", n_head)?,
+                n_kv_head: to_i32("attention", n_kv_head)?,
+                head_dim: to_i32("attention", head_dim)?,
+                splits: to_i32("attention", splits)?,
+                split_len: to_i32("attention", split_len)?,
+                scale,
+            };
+            let grid_x = u32::try_from(total).map_err(|_| shape_err("attention", format!("{total} query rows")))?;
+            let grid = |z: usize| LaunchConfig {
+                grid_dim: (grid_x, n_kv_head as u32, z as u32),
+                block_dim: (AT_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let part_len = total * n_kv_head * splits * (group * head_dim + 2 * group);
+            // With one run of positions the kernel writes the output itself and the partial
+            // buffer is not touched; with several, the merging block reads only runs written in
+            // this launch: no zeroing either way.
+            let mut workspace = self.pooled(if splits > 1 { part_len } else { 1 }, false)?;
+            let partial = buf_mut("attention", &mut workspace)?;
+            let ob = buf_mut("attention", out)?;
+            let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
+            let counters = total * n_kv_head;
+            if arrived.as_ref().is_none_or(|a| a.len() < counters) {
+                let zeroed = self.flushed()?.alloc_zeros::<u32>(counters.next_power_of_two());
+                *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
+            }
+            let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
+            let kernel = &self.kernels.attention;
+            match (at_positions, fused) {
+                (Some((_, pos)), fused) => {
+                    let rope = fused.unwrap_or(AttnRope::NONE);
+                    launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, pos, &rope)?;
+                }
+                (None, None) => {
+                    let none = AttnRope::NONE;
+                    launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, &no_positions, &none)?;
+                }
+                (None, Some(_)) => return Err(device_err("fused attention needs the step's positions on the GPU")),
+            }
+            drop(guards);
+        }
+        Ok(())
+    }
+
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {
         if len == 0 {
             return Ok(None);
@@ -811,6 +936,20 @@ fn buf<'a>(op: &'static str, t: &'a CudaTensor) -> Result<&'a CudaSlice<f32>, Ke
 
 fn buf_mut<'a>(op: &'static str, t: &'a mut CudaTensor) -> Result<&'a mut CudaSlice<f32>, KernelError> {
     t.buf.as_mut().ok_or_else(|| shape_err(op, "tensor is empty".into()))
+}
+
+/// Whether `writes` cover rows `0..positions.len()` in order, each row going to the cache row
+/// of its position: then one launch can rotate every row once and append it where its position
+/// says (reading positions from the device keeps its arguments the same from step to step).
+fn rows_at_positions<T>(writes: &[(KvLayer<T>, SeqRows)], positions: &[u32]) -> bool {
+    let mut next = 0;
+    let in_order = writes.iter().all(|(_, r)| {
+        let at_positions = (0..r.n).all(|i| positions.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i));
+        let ok = r.row == next && at_positions;
+        next += r.n;
+        ok
+    });
+    !positions.is_empty() && in_order && next == positions.len()
 }
 
 /// The length of the rows an RMSNorm weight normalises: it must be an f32 vector.
@@ -1068,19 +1207,9 @@ impl Backend for Cuda {
         writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
         row_len: usize,
     ) -> Result<(), KernelError> {
-        // One launch needs every row rotated exactly once: the writes must cover rows
-        // 0..positions.len() in order, each row going to the cache row of its position (the
-        // kernel reads where to write from the positions, so its arguments stay the same from
-        // step to step), as a forward step's do. Anything else takes two launches.
-        let mut next = 0;
-        let in_order = writes.iter().all(|(_, r)| {
-            let at_positions =
-                (0..r.n).all(|i| positions.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i));
-            let ok = r.row == next && at_positions;
-            next += r.n;
-            ok
-        });
-        if positions.is_empty() || !in_order || next != positions.len() || row_len == 0 {
+        // One launch rotates every row once and appends it at its position, as a forward
+        // step's writes allow. Anything else takes two launches.
+        if !rows_at_positions(writes, positions) || row_len == 0 {
             self.rope_qk(q, k, head_dim, positions, rope)?;
             return self.kv_write_many(writes, k, v, row_len);
         }
@@ -1123,96 +1252,44 @@ impl Backend for Cuda {
         shape: AttentionShape,
         out: &mut CudaTensor,
     ) -> Result<(), KernelError> {
-        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
-        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
+        self.attention_launches(q, seqs, shape, out, None)
+    }
+
+    fn rope_kv_write_attention(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        v: &CudaTensor,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut CudaTensor,
+    ) -> Result<(), KernelError> {
+        let (head_dim, row_len) = (shape.head_dim, shape.n_kv_head * shape.head_dim);
+        // One launch for a decode step: one new row per sequence, each going to the cache row
+        // of its position. Anything else rotates and appends first.
+        if !writes.iter().all(|(_, r)| r.n == 1) || !rows_at_positions(writes, positions) || row_len == 0 {
+            self.rope_kv_write(q, k, v, head_dim, positions, rope, writes, row_len)?;
+            let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
+            return self.attention_many(q, &seqs, shape, out);
         }
-        let group = n_head / n_kv_head;
-        if head_dim == 0 || !head_dim.is_multiple_of(4) || group > AT_MAX_GROUP || group * head_dim > AT_MAX_GD {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "{group} heads of {head_dim} per KV head (the kernel takes {AT_MAX_GROUP} heads, \
-                     {AT_MAX_GD} dims, head dims a multiple of 4)"
-                ),
-            ));
+        if k.len != positions.len() * row_len {
+            return Err(shape_err("rope_kv_write", format!("{} key elements are not rows of {row_len}", k.len)));
         }
-        let (q_len, kv_len) = (n_head * head_dim, n_kv_head * head_dim);
-        for (cache, rows) in seqs {
-            let n_ctx = rows.first_pos + rows.n;
-            check_len("attention", "q", q.len, (rows.row + rows.n) * q_len)?;
-            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
-            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
-            check_len("attention", "output", out.len, (rows.row + rows.n) * q_len)?;
-            u32::try_from(n_ctx).map_err(|_| shape_err("attention", format!("context of {n_ctx} positions")))?;
-        }
-        let live: Vec<_> = seqs.iter().filter(|(_, r)| r.n > 0).collect();
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let qb = buf("attention", q)?;
-        // When the positions last uploaded are these rows' positions (a forward step's), the
-        // kernel reads each row's position there, so its arguments stay the same from step to
-        // step; otherwise it takes them from the sequences' first positions.
-        let uploaded = self.positions.lock().map_err(|_| device_err("positions cache poisoned"))?;
-        let at_positions = uploaded.as_ref().filter(|(host, _)| {
-            live.iter()
-                .all(|(_, r)| (0..r.n).all(|i| host.get(r.row + i).is_some_and(|&p| p as usize == r.first_pos + i)))
-        });
-        let no_positions = 0u64;
-        for chunk in live.chunks(AT_MAX_SEQS) {
-            let mut desc = AttnSeqs::empty(chunk.len());
-            let mut guards = Vec::with_capacity(chunk.len());
-            let (mut total, mut max_ctx) = (0usize, 0usize);
-            for (i, (cache, rows)) in chunk.iter().enumerate() {
-                let (k, kg) = buf("attention", cache.k)?.device_ptr(&self.stream);
-                let (v, vg) = buf("attention", cache.v)?.device_ptr(&self.stream);
-                guards.push((kg, vg));
-                desc.set(i, k, v, rows);
-                total += rows.n;
-                max_ctx = max_ctx.max(rows.first_pos + rows.n);
-            }
-            if at_positions.is_some() {
-                desc.first_pos = [0; AT_MAX_SEQS];
-            }
-            // Sized for the context rounded up to a power of two: a decode step keeps its grid
-            // (and its graph) while the context grows, at the cost of a few empty runs.
-            let bucket = max_ctx.next_power_of_two();
-            let (split_len, splits) = attention_splits(bucket, total * n_kv_head, head_dim, self.sm_count);
-            let sh = AttnShape {
-                n_head: to_i32("attention", n_head)?,
-                n_kv_head: to_i32("attention", n_kv_head)?,
-                head_dim: to_i32("attention", head_dim)?,
-                splits: to_i32("attention", splits)?,
-                split_len: to_i32("attention", split_len)?,
-                scale,
-            };
-            let grid_x = u32::try_from(total).map_err(|_| shape_err("attention", format!("{total} query rows")))?;
-            let grid = |z: usize| LaunchConfig {
-                grid_dim: (grid_x, n_kv_head as u32, z as u32),
-                block_dim: (AT_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let part_len = total * n_kv_head * splits * (group * head_dim + 2 * group);
-            // With one run of positions the kernel writes the output itself and the partial
-            // buffer is not touched; with several, the merging block reads only runs written in
-            // this launch: no zeroing either way.
-            let mut workspace = self.pooled(if splits > 1 { part_len } else { 1 }, false)?;
-            let partial = buf_mut("attention", &mut workspace)?;
-            let ob = buf_mut("attention", out)?;
-            let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
-            let counters = total * n_kv_head;
-            if arrived.as_ref().is_none_or(|a| a.len() < counters) {
-                let zeroed = self.flushed()?.alloc_zeros::<u32>(counters.next_power_of_two());
-                *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
-            }
-            let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
-            let kernel = &self.kernels.attention;
-            match at_positions {
-                Some((_, pos)) => launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, pos)?,
-                None => launch!(self, kernel, grid(splits), qb, &desc, &sh, ob, partial, counters, &no_positions)?,
-            }
-            drop(guards);
-        }
-        Ok(())
+        let rows = positions.len();
+        drop(self.rope_target(q, head_dim, rows, rope)?);
+        drop(self.rope_target(k, head_dim, rows, rope)?);
+        self.prepare_kv_writes(writes, k, v, row_len)?;
+        drop(self.positions_on_device(positions)?);
+        let RopeArgs { nr, log2_base, neox, .. } = RopeArgs::new(head_dim, rope)?;
+        let (kp, kg) = buf("rope_kv_write", k)?.device_ptr(&self.stream);
+        let (vp, vg) = buf("rope_kv_write", v)?.device_ptr(&self.stream);
+        let fused = AttnRope { k_new: kp, v_new: vp, n_rot: nr, neox, log2_base };
+        let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
+        let result = self.attention_launches(q, &seqs, shape, out, Some(fused));
+        drop((kg, vg));
+        result
     }
 
     fn gather_rows(

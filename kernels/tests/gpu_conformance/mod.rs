@@ -438,3 +438,73 @@ pub fn argmax_rows_match_cpu<B: Backend>(g: &B) {
     assert_eq!(g.argmax_rows(&t, 1, vocab).expect("one row"), want[..1]);
     assert!(g.argmax_rows(&t, rows.len() + 1, vocab).is_err(), "a row past the tensor is an error");
 }
+
+/// A step's RoPE, KV append and attention as one op (one launch per 32 sequences on the CUDA
+/// backend for a decode step) against the CPU's rope_kv_write then attention_many: decode steps
+/// whose new position falls in the first, a middle or the last run of the context, both RoPE
+/// layouts, head dims 64 and 128, more sequences than one launch takes, and a step with prompt
+/// rows (which takes the two-op path).
+pub fn rope_kv_write_attention_matches_cpu<B: Backend>(g: &B) {
+    let c = cpu();
+    let mut rng = Rng::new("rope_kv_write_attention");
+    let decode = |prior: &[usize]| -> Vec<(usize, usize)> { prior.iter().map(|&p| (p, 1)).collect() };
+    // (label, shape, RoPE layout, (cached positions, new rows) per sequence)
+    type Case = (&'static str, AttentionShape, RopeLayout, Vec<(usize, usize)>);
+    let cases: [Case; 4] = [
+        (
+            "decode, neox",
+            AttentionShape { n_head: 9, n_kv_head: 3, head_dim: 64 },
+            RopeLayout::Neox,
+            decode(&[0, 5, 70, 300]),
+        ),
+        (
+            "decode, normal",
+            AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 128 },
+            RopeLayout::Normal,
+            decode(&[1, 130]),
+        ),
+        (
+            "35 sequences",
+            AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 },
+            RopeLayout::Neox,
+            decode(&(0..35).map(|i| 4 * i).collect::<Vec<_>>()),
+        ),
+        (
+            "prompt rows",
+            AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 },
+            RopeLayout::Neox,
+            vec![(0, 7), (40, 1), (12, 3)],
+        ),
+    ];
+    for (label, shape, layout, seqs) in cases {
+        let rope = Rope { layout, freq_base: 10_000.0, n_rot: shape.head_dim };
+        let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
+        let total: usize = seqs.iter().map(|s| s.1).sum();
+        let (q, k, v) = (rng.vec(total * q_len), rng.vec(total * kv_len), rng.vec(total * kv_len));
+        let mut rows = Vec::new();
+        let mut positions = Vec::new();
+        for &(prior, n) in &seqs {
+            rows.push(SeqRows { row: positions.len(), n, first_pos: prior });
+            positions.extend((prior..prior + n).map(|p| p as u32));
+        }
+        let mut cpu_caches: Vec<_> =
+            seqs.iter().map(|&(p, _)| KvLayer { k: rng.vec(p * kv_len), v: rng.vec(p * kv_len) }).collect();
+        let mut gpu_caches: Vec<_> = cpu_caches
+            .iter()
+            .map(|kv| KvLayer { k: g.upload(&kv.k).expect("k"), v: g.upload(&kv.v).expect("v") })
+            .collect();
+        let (mut cq, mut ck) = (q.clone(), k.clone());
+        let mut want = c.zeros(total * q_len).expect("zeros");
+        let mut cw: Vec<_> = cpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+        c.rope_kv_write_attention(&mut cq, &mut ck, &v, &positions, &rope, &mut cw, shape, &mut want).expect("cpu");
+        let (mut gq, mut gk, vg) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"), g.upload(&v).expect("v"));
+        let mut out = g.zeros(total * q_len).expect("zeros");
+        let mut gw: Vec<_> = gpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+        g.rope_kv_write_attention(&mut gq, &mut gk, &vg, &positions, &rope, &mut gw, shape, &mut out).expect("gpu");
+        assert_close(&format!("{label}: attention"), &download(g, &out, total, q_len), &want, ATTENTION_TOL);
+        for (i, (cc, gc)) in cpu_caches.iter().zip(&gpu_caches).enumerate() {
+            assert_close(&format!("{label}: k cache {i}"), &download(g, &gc.k, 1, cc.k.len()), &cc.k, ROPE_TOL);
+            assert_close(&format!("{label}: v cache {i}"), &download(g, &gc.v, 1, cc.v.len()), &cc.v, 0.0);
+        }
+    }
+}
