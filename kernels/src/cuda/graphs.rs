@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::ptr::null_mut;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaStream, DriverError, LaunchConfig, result, sys};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig, result, sys};
 
 /// Runs shorter than this are launched directly: a graph would not pay for its bookkeeping.
 const MIN_GRAPH_LAUNCHES: usize = 16;
@@ -98,6 +98,8 @@ struct Kept {
 
 pub(super) struct Queue {
     stream: Arc<CudaStream>,
+    /// The kernels' module, kept loaded while launches or graphs that name its kernels are.
+    _module: Arc<CudaModule>,
     graphs_on: bool,
     /// Programmatic dependent launch between consecutive kernels.
     pdl: bool,
@@ -118,11 +120,13 @@ pub(super) struct Queue {
 unsafe impl Send for Queue {}
 
 impl Queue {
-    /// A queue for `stream`; `pdl_capable` says the GPU has programmatic dependent launch.
-    pub(super) fn new(stream: Arc<CudaStream>, pdl_capable: bool) -> Self {
+    /// A queue for `stream` and the kernels of `module`; `pdl_capable` says the GPU has
+    /// programmatic dependent launch.
+    pub(super) fn new(stream: Arc<CudaStream>, module: Arc<CudaModule>, pdl_capable: bool) -> Self {
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         Self {
             stream,
+            _module: module,
             graphs_on: on("REALM_CUDA_GRAPHS"),
             pdl: pdl_capable && on("REALM_CUDA_PDL"),
             queued: Vec::new(),

@@ -455,7 +455,7 @@ impl Cuda {
             argmax_rows: load("argmax_rows")?,
         };
         let stream = ctx.default_stream();
-        let queue = Queue::new(stream.clone(), major >= 9);
+        let queue = Queue::new(stream.clone(), module.clone(), major >= 9);
         let description = format!(
             "{name} (sm_{major}{minor}, kernels {}, {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" },
