@@ -117,6 +117,7 @@ struct Kernels {
     silu_mul: wgpu::ComputePipeline,
     add: wgpu::ComputePipeline,
     attention: wgpu::ComputePipeline,
+    argmax: wgpu::ComputePipeline,
 }
 
 fn pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, label: &str) -> wgpu::ComputePipeline {
@@ -158,6 +159,7 @@ impl Kernels {
             silu_mul: single(source::SILU_MUL, "silu_mul"),
             add: single(source::ADD, "add"),
             attention: single(source::ATTENTION, "attention"),
+            argmax: single(source::ARGMAX, "argmax"),
         })
     }
 }
@@ -639,6 +641,24 @@ impl Backend for Wgpu {
         }
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_err(format!("waiting: {e}")))?;
         self.check_error()
+    }
+
+    fn argmax_rows(&self, t: &WgpuTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
+        check_len("argmax_rows", "tensor", t.len, rows * row_len)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if row_len == 0 {
+            return Ok(vec![None; rows]);
+        }
+        let ids = self.tensor(rows)?;
+        let params = [u32_of("argmax_rows", "row length", row_len)?, u32_of("argmax_rows", "rows", rows)?];
+        self.dispatch("argmax_rows", &self.kernels.argmax, &params, &[(1, &t.buf), (2, &ids.buf)], rows)?;
+        // The ids come back through the f32 read-back, bit for bit; the shader's NONE (u32::MAX)
+        // is a row without a value it may choose.
+        let mut bits = Vec::new();
+        self.read_rows(&ids, 0..1, rows, &mut bits)?;
+        Ok(bits.into_iter().map(f32::to_bits).map(|i| ((i as usize) < row_len).then_some(i)).collect())
     }
 
     fn read_row(&self, t: &WgpuTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

@@ -13,6 +13,7 @@ pub(super) const ROPE: &str = include_str!("shaders/rope.wgsl");
 pub(super) const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
 pub(super) const ADD: &str = include_str!("shaders/add.wgsl");
 pub(super) const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+pub(super) const ARGMAX: &str = include_str!("shaders/argmax.wgsl");
 
 const BEGIN: &str = "// unit:begin";
 const END: &str = "// unit:end";
@@ -48,9 +49,14 @@ pub(super) fn matmul_module(format: Format) -> Option<String> {
 pub fn shader_modules() -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> =
         Format::ALL.iter().filter_map(|&f| matmul_module(f).map(|m| (format!("matmul {f:?}"), m))).collect();
-    for (name, src) in
-        [("rms_norm", RMS_NORM), ("rope", ROPE), ("silu_mul", SILU_MUL), ("add", ADD), ("attention", ATTENTION)]
-    {
+    for (name, src) in [
+        ("rms_norm", RMS_NORM),
+        ("rope", ROPE),
+        ("silu_mul", SILU_MUL),
+        ("add", ADD),
+        ("attention", ATTENTION),
+        ("argmax", ARGMAX),
+    ] {
         out.push((name.to_string(), src.to_string()));
     }
     out
