@@ -404,6 +404,12 @@ macro_rules! value_args {
 
 value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape, AttnRope);
 
+// Each kernel struct is exactly the sum of its fields: no padding byte is read as an argument.
+const _: () = assert!(size_of::<MatmulJobs>() == 7 * 8 + 3 * 4 + 7 * 4);
+const _: () = assert!(size_of::<AttnSeqs>() == 2 * AT_MAX_SEQS * 8 + 3 * AT_MAX_SEQS * 4 + 2 * 4);
+const _: () = assert!(size_of::<AttnShape>() == 6 * 4);
+const _: () = assert!(size_of::<AttnRope>() == 2 * 8 + 2 * 4 + 8);
+
 impl<T> KernelArg for CudaSlice<T> {
     fn push_to(&self, stream: &CudaStream, args: &mut Args) {
         let (p, _guard) = self.device_ptr(stream);
