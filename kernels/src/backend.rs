@@ -52,6 +52,49 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
     logits.iter().position(|&l| l == max).map(|i| i as u32)
 }
 
+/// The caches of `writes`, read-only, with their rows: what attention reads after the append.
+pub(crate) fn written<'a, T>(writes: &'a [(KvLayer<&mut T>, SeqRows)]) -> Vec<(KvLayer<&'a T>, SeqRows)> {
+    writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect()
+}
+
+/// [`Backend::rope_kv_write_attention`] as two ops, `rope_kv_write` then `attention_many`: the
+/// trait's default, and a GPU's path for steps it cannot do in one launch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_kv_write_then_attention<B: Backend + ?Sized>(
+    b: &B,
+    q: &mut B::Tensor,
+    k: &mut B::Tensor,
+    v: &B::Tensor,
+    positions: &[u32],
+    rope: &Rope,
+    writes: &mut [(KvLayer<&mut B::Tensor>, SeqRows)],
+    shape: AttentionShape,
+    out: &mut B::Tensor,
+) -> Result<(), KernelError> {
+    let row_len = shape.n_kv_head * shape.head_dim;
+    b.rope_kv_write(q, k, v, shape.head_dim, positions, rope, writes, row_len)?;
+    b.attention_many(q, &written(writes), shape, out)
+}
+
+/// What [`Backend::argmax_rows`] returns without running a kernel, once `len` elements are
+/// checked to hold the rows: nothing for no rows, `None` for each empty row.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) fn argmax_without_kernel(
+    len: usize,
+    rows: usize,
+    row_len: usize,
+) -> Result<Option<Vec<Option<u32>>>, KernelError> {
+    check_len("argmax_rows", "tensor", len, rows * row_len)?;
+    Ok((rows == 0 || row_len == 0).then(|| vec![None; rows]))
+}
+
+/// A GPU argmax kernel's ids as [`Backend::argmax_rows`] returns them: an id past the row (the
+/// kernels' "none", `u32::MAX`) is a row with no value that may be chosen.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) fn argmax_ids(ids: impl IntoIterator<Item = u32>, row_len: usize) -> Vec<Option<u32>> {
+    ids.into_iter().map(|i| ((i as usize) < row_len).then_some(i)).collect()
+}
+
 /// Which implementation runs the ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -374,10 +417,7 @@ pub trait Backend: Send {
         shape: AttentionShape,
         out: &mut Self::Tensor,
     ) -> Result<(), KernelError> {
-        let row_len = shape.n_kv_head * shape.head_dim;
-        self.rope_kv_write(q, k, v, shape.head_dim, positions, rope, writes, row_len)?;
-        let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
-        self.attention_many(q, &seqs, shape, out)
+        rope_kv_write_then_attention(self, q, k, v, positions, rope, writes, shape, out)
     }
 
     /// [`Backend::rope`] of the queries and the keys of one step (same positions).

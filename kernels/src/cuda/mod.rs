@@ -19,7 +19,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use crate::backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax_ids,
+    argmax_without_kernel, check_len, rope_kv_write_then_attention, shape_err, written,
 };
 use crate::quant::{GgmlType, dequantize_row};
 pub use graphs::GraphStats;
@@ -549,13 +550,7 @@ impl Cuda {
         rows: usize,
         rope: &Rope,
     ) -> Result<((u64, i32), cudarc::driver::SyncOnDrop<'a>), KernelError> {
-        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
-            return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
-        }
-        if rows == 0 || !x.len.is_multiple_of(rows) || !(x.len / rows).is_multiple_of(head_dim) {
-            return Err(shape_err("rope", format!("{} elements are not {rows} rows of {head_dim}-wide heads", x.len)));
-        }
-        let row_len = to_i32("rope", x.len / rows)?;
+        let row_len = rope_row_len(x.len, head_dim, rows, rope)?;
         let (p, guard) = buf_mut("rope", x)?.device_ptr_mut(&self.stream);
         Ok(((p, row_len), guard))
     }
@@ -597,6 +592,30 @@ impl Cuda {
             host.extend_from_slice(positions);
         }
         Ok(last)
+    }
+
+    /// For a RoPE and KV append of every row in one launch (`rows_at_positions` holds): checks
+    /// the shapes, makes room in the caches and uploads the positions.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_rope_kv_write(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut CudaTensor>, SeqRows)],
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        if k.len != positions.len() * row_len {
+            return Err(shape_err("rope_kv_write", format!("{} key elements are not rows of {row_len}", k.len)));
+        }
+        rope_row_len(q.len, head_dim, positions.len(), rope)?;
+        rope_row_len(k.len, head_dim, positions.len(), rope)?;
+        self.prepare_kv_writes(writes, k, v, row_len)?;
+        drop(self.positions_on_device(positions)?);
+        Ok(())
     }
 
     /// Checks the shapes of KV writes and makes room in their caches.
@@ -944,6 +963,18 @@ fn buf_mut<'a>(op: &'static str, t: &'a mut CudaTensor) -> Result<&'a mut CudaSl
     t.buf.as_mut().ok_or_else(|| shape_err(op, "tensor is empty".into()))
 }
 
+/// The row length of a tensor of `len` elements that `rope` rotates: `rows` rows of whole
+/// `head_dim`-wide heads, with `n_rot` fitting a head.
+fn rope_row_len(len: usize, head_dim: usize, rows: usize, rope: &Rope) -> Result<i32, KernelError> {
+    if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+        return Err(shape_err("rope", format!("n_rot {} does not fit heads of {head_dim}", rope.n_rot)));
+    }
+    if rows == 0 || !len.is_multiple_of(rows) || !(len / rows).is_multiple_of(head_dim) {
+        return Err(shape_err("rope", format!("{len} elements are not {rows} rows of {head_dim}-wide heads")));
+    }
+    to_i32("rope", len / rows)
+}
+
 /// Whether `writes` cover rows `0..positions.len()` in order, each row going to the cache row
 /// of its position: then one launch can rotate every row once and append it where its position
 /// says (reading positions from the device keeps its arguments the same from step to step).
@@ -1219,10 +1250,7 @@ impl Backend for Cuda {
             self.rope_qk(q, k, head_dim, positions, rope)?;
             return self.kv_write_many(writes, k, v, row_len);
         }
-        if k.len != positions.len() * row_len {
-            return Err(shape_err("rope_kv_write", format!("{} key elements are not rows of {row_len}", k.len)));
-        }
-        self.prepare_kv_writes(writes, k, v, row_len)?;
+        self.prepare_rope_kv_write(q, k, v, head_dim, positions, rope, writes, row_len)?;
         let rows = positions.len();
         let ((qp, q_len), qg) = self.rope_target(q, head_dim, rows, rope)?;
         let ((kp, kv_len), kg) = self.rope_target(k, head_dim, rows, rope)?;
@@ -1276,24 +1304,14 @@ impl Backend for Cuda {
         // One launch for a decode step: one new row per sequence, each going to the cache row
         // of its position. Anything else rotates and appends first.
         if !writes.iter().all(|(_, r)| r.n == 1) || !rows_at_positions(writes, positions) || row_len == 0 {
-            self.rope_kv_write(q, k, v, head_dim, positions, rope, writes, row_len)?;
-            let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
-            return self.attention_many(q, &seqs, shape, out);
+            return rope_kv_write_then_attention(self, q, k, v, positions, rope, writes, shape, out);
         }
-        if k.len != positions.len() * row_len {
-            return Err(shape_err("rope_kv_write", format!("{} key elements are not rows of {row_len}", k.len)));
-        }
-        let rows = positions.len();
-        drop(self.rope_target(q, head_dim, rows, rope)?);
-        drop(self.rope_target(k, head_dim, rows, rope)?);
-        self.prepare_kv_writes(writes, k, v, row_len)?;
-        drop(self.positions_on_device(positions)?);
+        self.prepare_rope_kv_write(q, k, v, head_dim, positions, rope, writes, row_len)?;
         let RopeArgs { nr, log2_base, neox, .. } = RopeArgs::new(head_dim, rope)?;
         let (kp, kg) = buf("rope_kv_write", k)?.device_ptr(&self.stream);
         let (vp, vg) = buf("rope_kv_write", v)?.device_ptr(&self.stream);
         let fused = AttnRope { k_new: kp, v_new: vp, n_rot: nr, neox, log2_base };
-        let seqs: Vec<_> = writes.iter().map(|(c, r)| (KvLayer { k: &*c.k, v: &*c.v }, *r)).collect();
-        let result = self.attention_launches(q, &seqs, shape, out, Some(fused));
+        let result = self.attention_launches(q, &written(writes), shape, out, Some(fused));
         drop((kg, vg));
         result
     }
@@ -1376,12 +1394,8 @@ impl Backend for Cuda {
     }
 
     fn argmax_rows(&self, t: &CudaTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
-        check_len("argmax_rows", "tensor", t.len, rows * row_len)?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        if row_len == 0 {
-            return Ok(vec![None; rows]);
+        if let Some(ids) = argmax_without_kernel(t.len, rows, row_len)? {
+            return Ok(ids);
         }
         let grid = u32::try_from(rows).map_err(|_| shape_err("argmax_rows", format!("{rows} rows")))?;
         let len = to_i32("argmax_rows", row_len)?;
@@ -1397,8 +1411,7 @@ impl Backend for Cuda {
         let head = ids.try_slice(..rows).ok_or_else(|| device_err("argmax buffer too short"))?;
         self.flushed()?.memcpy_dtoh(&head, host.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()?;
-        // kernels.cu's ARGMAX_NONE (u32::MAX) is a row without a finite value.
-        Ok(host.into_iter().map(|i| ((i as usize) < row_len).then_some(i)).collect())
+        Ok(argmax_ids(host, row_len))
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

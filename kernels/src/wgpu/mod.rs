@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use wgpu::util::DeviceExt;
 
 use crate::backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax_ids,
+    argmax_without_kernel, check_len, shape_err,
 };
 use crate::cpu::rope_angles;
 use crate::quant::{GgmlType, dequantize_row};
@@ -644,21 +645,16 @@ impl Backend for Wgpu {
     }
 
     fn argmax_rows(&self, t: &WgpuTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
-        check_len("argmax_rows", "tensor", t.len, rows * row_len)?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        if row_len == 0 {
-            return Ok(vec![None; rows]);
+        if let Some(ids) = argmax_without_kernel(t.len, rows, row_len)? {
+            return Ok(ids);
         }
         let ids = self.tensor(rows)?;
         let params = [u32_of("argmax_rows", "row length", row_len)?, u32_of("argmax_rows", "rows", rows)?];
         self.dispatch("argmax_rows", &self.kernels.argmax, &params, &[(1, &t.buf), (2, &ids.buf)], rows)?;
-        // The ids come back through the f32 read-back, bit for bit; the shader's NONE (u32::MAX)
-        // is a row without a value it may choose.
+        // The ids come back through the f32 read-back, bit for bit.
         let mut bits = Vec::new();
         self.read_rows(&ids, 0..1, rows, &mut bits)?;
-        Ok(bits.into_iter().map(f32::to_bits).map(|i| ((i as usize) < row_len).then_some(i)).collect())
+        Ok(argmax_ids(bits.into_iter().map(f32::to_bits), row_len))
     }
 
     fn read_row(&self, t: &WgpuTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
