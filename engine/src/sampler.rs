@@ -54,10 +54,13 @@ impl SamplingParams {
     /// Whether the token is the logits' argmax and nothing else: greedy, with no bias or
     /// penalty changing the logits first. Such a sequence can take its argmax from the device.
     pub fn is_plain_greedy(&self) -> bool {
-        self.temperature <= 0.0
-            && self.logit_bias.is_empty()
-            && (self.penalty_last_n == 0
-                || (self.repetition_penalty == 1.0 && self.presence_penalty == 0.0 && self.frequency_penalty == 0.0))
+        self.temperature <= 0.0 && self.logit_bias.is_empty() && !self.penalizes()
+    }
+
+    /// Whether a penalty changes any logit: one is set and it looks at some tokens.
+    fn penalizes(&self) -> bool {
+        self.penalty_last_n > 0
+            && (self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0)
     }
 
     /// [`SamplingParams::validate`], and that every biased token is in a vocabulary of `vocab`.
@@ -200,8 +203,7 @@ fn softmax(logits: impl Iterator<Item = f32> + Clone, temperature: f32) -> Vec<f
 /// llama.cpp's penalties over the last `penalty_last_n` tokens: repetition divides positive
 /// logits and multiplies negative ones; frequency subtracts per occurrence; presence once.
 fn apply_penalties(logits: &mut [f32], history: &[u32], p: &SamplingParams) {
-    if p.penalty_last_n == 0 || (p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0)
-    {
+    if !p.penalizes() {
         return;
     }
     let recent = &history[history.len().saturating_sub(p.penalty_last_n)..];
