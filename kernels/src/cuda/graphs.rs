@@ -230,18 +230,15 @@ impl Queue {
     fn submit_as_graph(&mut self) -> Result<(), DriverError> {
         self.clock += 1;
         let shapes: Vec<Shape> = self.queued.iter().map(|q| q.shape.clone()).collect();
-        if !self.kept.contains_key(&shapes) {
+        let Some(kept) = self.kept.get_mut(&shapes) else {
             if self.kept.len() >= MAX_GRAPHS
                 && let Some(oldest) = self.kept.iter().min_by_key(|(_, k)| k.last_used).map(|(s, _)| s.clone())
-                && let Some(mut evicted) = self.kept.remove(&oldest)
-                && let Some(b) = evicted.built.take()
             {
-                destroy(b);
+                self.kept.remove(&oldest);
             }
             self.kept.insert(shapes, Kept { built: None, last_used: self.clock });
             return self.submit_directly();
-        }
-        let Some(kept) = self.kept.get_mut(&shapes) else { return self.submit_directly() };
+        };
         kept.last_used = self.clock;
         let built = match &mut kept.built {
             Some(built) => {
@@ -262,26 +259,22 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        // Nothing is left to report an error to.
+        // Nothing is left to report an error to. The kept graphs are destroyed next, with the
+        // context current.
         let _ = self.flush();
-        if self.stream.context().bind_to_thread().is_err() {
-            return;
-        }
-        for kept in self.kept.values_mut() {
-            if let Some(b) = kept.built.take() {
-                destroy(b);
-            }
-        }
+        let _ = self.stream.context().bind_to_thread();
     }
 }
 
-/// Frees a graph; a failure leaks it, which is all that could be done.
-fn destroy(b: Built) {
-    // SAFETY: built by `build`, taken out of its `Kept`, so destroyed once; a replay already
-    // launched keeps its own reference until it completes.
-    unsafe {
-        let _ = result::graph::exec_destroy(b.exec);
-        let _ = result::graph::destroy(b.graph);
+impl Drop for Built {
+    fn drop(&mut self) {
+        // A failure leaks the graph, which is all that could be done.
+        // SAFETY: made by `build` and owned here alone; a replay already launched keeps its own
+        // reference until it completes.
+        unsafe {
+            let _ = result::graph::exec_destroy(self.exec);
+            let _ = result::graph::destroy(self.graph);
+        }
     }
 }
 
