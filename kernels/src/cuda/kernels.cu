@@ -42,26 +42,16 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
 
 // Programmatic dependent launch (sm_90+; the host asks for it on such GPUs): a kernel starts
 // while the one before it is still running, does what does not depend on it (index arithmetic,
-// prefetching weights, which no kernel writes), then `step_wait`s until the one before has
+// prefetching weights, which no kernel writes), then waits here until the one before has
 // finished and its writes are visible. Every read or write of activations, caches or counters
-// comes after the wait. `step_release` then lets the next kernel start its own prologue; it
-// comes after the wait so at most two kernels overlap. Launched without the attribute (older
-// GPUs, REALM_CUDA_PDL=0) both are no-ops.
-__device__ __forceinline__ void step_wait() {
+// comes after the wait. Only then does it let the next kernel start its own prologue, so at most
+// two kernels overlap. Launched without the attribute (older GPUs, REALM_CUDA_PDL=0) this is a
+// no-op.
+__device__ __forceinline__ void step_wait_release() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void step_release() {
-#if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-__device__ __forceinline__ void step_wait_release() {
-    step_wait();
-    step_release();
 }
 
 // Starts bringing `bytes` from `p` into L2 (one 128-byte line per lane of the warp at a time),
@@ -323,7 +313,7 @@ __device__ void matmul(const MatmulJobs& J, const float* __restrict__ x) {
 }
 
 // Without the norm a kernel fits 64 registers, so 16 blocks (all 64 warps) stay resident on a
-// multiprocessor, which the wide grids of prefill need; the norm variants take 80.
+// multiprocessor, which the wide grids of prefill need; the norm variants take 72-79.
 #define MATMUL(name, norm_name, T)                                                                               \
     extern "C" __global__ void __launch_bounds__(MM_WARPS * WARP, 8) name(const MatmulJobs jobs, const float* x) {  \
         if (jobs.mode == MM_SWIGLU) matmul<T, true, false>(jobs, x);                                             \
