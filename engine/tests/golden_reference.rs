@@ -192,3 +192,50 @@ golden_prompts! {
     exact_chat_4, fast_chat_4 => "chat-4",
     exact_chat_6, fast_chat_6 => "chat-6",
 }
+
+/// Decode steps of one sequence run as one launch on the GPU (`Backend::llama_decode_one`) give
+/// the exact CPU path's logits: positions on both sides of attention's first run boundary (64),
+/// and a KV cache that moves when it grows.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_one_launch_decode_steps_match_the_cpu() {
+    use realm_engine::gguf::GgufFile;
+    use realm_engine::model::{Llama, Logits, SeqStep};
+    use realm_kernels::Backend;
+    use realm_kernels::cpu::{Activations, Cpu};
+    use realm_kernels::cuda::Cuda;
+
+    let file = GgufFile::open(&common::default_model_path()).expect("open model");
+    let gpu = match Cuda::new(0) {
+        Ok(g) => g,
+        Err(e) if std::env::var_os("REALM_REQUIRE_CUDA").is_none() => {
+            eprintln!("skipping: CUDA is not usable here ({e})");
+            return;
+        }
+        Err(e) => panic!("CUDA: {e}"),
+    };
+    assert!(gpu.decodes_whole_steps(), "this GPU runs no one-launch decode step: {}", gpu.description());
+    let gpu = Llama::load(&file, gpu).expect("load on the GPU");
+    let cpu = Llama::load(&file, Cpu::new(2, Activations::F32).expect("cpu")).expect("load on the CPU");
+
+    let prompt: Vec<u32> = (0..60).map(|i| 100 + 37 * i).collect();
+    let (mut gc, mut cc) = (gpu.new_cache().expect("cache"), cpu.new_cache().expect("cache"));
+    gpu.forward(&mut [SeqStep { cache: &mut gc, tokens: &prompt, logits: Logits::None }]).expect("GPU prefill");
+    cpu.forward(&mut [SeqStep { cache: &mut cc, tokens: &prompt, logits: Logits::None }]).expect("CPU prefill");
+    let before = gpu.backend().graph_stats().expect("stats").whole_steps;
+    let mut token = 504u32;
+    for step in 0..12 {
+        let g = gpu.forward(&mut [SeqStep { cache: &mut gc, tokens: &[token], logits: Logits::Last }]).expect("GPU");
+        let c = cpu.forward(&mut [SeqStep { cache: &mut cc, tokens: &[token], logits: Logits::Last }]).expect("CPU");
+        let (g, c) = (&g[0], &c[0]);
+        assert_eq!(g.len(), c.len());
+        let (worst, at) = g.iter().zip(c).enumerate().map(|(i, (a, b))| ((a - b).abs(), i)).fold((0.0, 0), |m, d| {
+            if d.0 > m.0 || d.0.is_nan() { d } else { m }
+        });
+        assert!(worst <= EXACT.logit, "step {step} (position {}): logit {at} off by {worst}", 60 + step);
+        token = realm_kernels::argmax(c).expect("a finite logit");
+    }
+    let after = gpu.backend().graph_stats().expect("stats").whole_steps;
+    assert_eq!(after - before, 12, "every decode step ran as one launch");
+    assert_eq!((gc.len(), cc.len()), (72, 72));
+}

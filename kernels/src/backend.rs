@@ -257,6 +257,62 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// One llama layer's weights.
+#[derive(Clone, Copy)]
+pub struct LlamaLayer<W> {
+    pub attn_norm: W,
+    pub wq: W,
+    pub wk: W,
+    pub wv: W,
+    pub wo: W,
+    pub ffn_norm: W,
+    pub w_gate: W,
+    pub w_up: W,
+    pub w_down: W,
+}
+
+impl<W> LlamaLayer<W> {
+    pub fn as_ref(&self) -> LlamaLayer<&W> {
+        LlamaLayer {
+            attn_norm: &self.attn_norm,
+            wq: &self.wq,
+            wk: &self.wk,
+            wv: &self.wv,
+            wo: &self.wo,
+            ffn_norm: &self.ffn_norm,
+            w_gate: &self.w_gate,
+            w_up: &self.w_up,
+            w_down: &self.w_down,
+        }
+    }
+
+    /// Each weight passed through `f`, or its first error.
+    pub fn try_map<'a, V, E>(&'a self, f: impl Fn(&'a W) -> Result<V, E>) -> Result<LlamaLayer<V>, E> {
+        Ok(LlamaLayer {
+            attn_norm: f(&self.attn_norm)?,
+            wq: f(&self.wq)?,
+            wk: f(&self.wk)?,
+            wv: f(&self.wv)?,
+            wo: f(&self.wo)?,
+            ffn_norm: f(&self.ffn_norm)?,
+            w_gate: f(&self.w_gate)?,
+            w_up: f(&self.w_up)?,
+            w_down: f(&self.w_down)?,
+        })
+    }
+}
+
+/// A llama model's weights and shape, as [`Backend::llama_decode_one`] takes them.
+pub struct LlamaWeights<'a, W> {
+    pub token_embd: &'a W,
+    pub layers: Vec<LlamaLayer<&'a W>>,
+    pub output_norm: &'a W,
+    pub output: &'a W,
+    pub shape: AttentionShape,
+    pub rope: Rope,
+    pub eps: f32,
+}
+
 /// The ops of a transformer step. Tensors are row-major `[n_rows, row_len]` activations.
 pub trait Backend: Send {
     /// Activations (f32 on the CPU).
@@ -524,6 +580,27 @@ pub trait Backend: Send {
         let mut host = Vec::new();
         self.read_rows(t, 0..rows, row_len, &mut host)?;
         Ok((0..rows).map(|r| argmax(&host[r * row_len..(r + 1) * row_len])).collect())
+    }
+
+    /// Whether [`Backend::llama_decode_one`] may run a step (a caller skips preparing one
+    /// otherwise).
+    fn decodes_whole_steps(&self) -> bool {
+        false
+    }
+
+    /// A llama decode step of one sequence in one launch: embeds `token` at `position`, runs
+    /// every layer (appending to `cache`, one entry per layer), and returns the output head's
+    /// logits (one row of the vocabulary). `None`, with nothing touched, where the backend has
+    /// no such kernel or the model does not fit it (the default): the caller runs the step op by
+    /// op, which also reports what is wrong with a malformed model.
+    fn llama_decode_one(
+        &self,
+        _model: &LlamaWeights<'_, Self::Weight>,
+        _token: u32,
+        _position: usize,
+        _cache: &mut [KvLayer<&mut Self::Tensor>],
+    ) -> Result<Option<Self::Tensor>, KernelError> {
+        Ok(None)
     }
 
     /// Copies row `row` (of `row_len` elements) of `t` to host memory.

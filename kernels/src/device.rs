@@ -2,7 +2,9 @@
 //! once and the choice (`--backend`) is made at run time. Each op dispatches with one `match`
 //! per call, which is nothing next to the op itself.
 
-use crate::backend::{AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows};
+use crate::backend::{
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, LlamaWeights, QTensor, Rope, SeqRows,
+};
 use crate::cpu::{Cpu, CpuWeight};
 #[cfg(feature = "cuda")]
 use crate::cuda::{Cuda, CudaTensor, CudaWeight};
@@ -425,6 +427,48 @@ impl Backend for Device {
 
     fn argmax_rows(&self, t: &DeviceTensor, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
         dispatch!(self, |b| b.argmax_rows(t.part()?, rows, row_len))
+    }
+
+    fn decodes_whole_steps(&self) -> bool {
+        dispatch!(self, |b| b.decodes_whole_steps())
+    }
+
+    fn llama_decode_one(
+        &self,
+        model: &LlamaWeights<'_, DeviceWeight>,
+        token: u32,
+        position: usize,
+        cache: &mut [KvLayer<&mut DeviceTensor>],
+    ) -> Result<Option<DeviceTensor>, KernelError> {
+        macro_rules! forward {
+            ($b:ident, $variant:ident) => {{
+                let layers = model.layers.iter().map(|l| l.try_map(|w| (*w).part())).collect::<Result<_, _>>()?;
+                let own = LlamaWeights {
+                    token_embd: model.token_embd.part()?,
+                    layers,
+                    output_norm: model.output_norm.part()?,
+                    output: model.output.part()?,
+                    shape: model.shape,
+                    rope: model.rope,
+                    eps: model.eps,
+                };
+                let mut caches = cache
+                    .iter_mut()
+                    .map(|c| Ok(KvLayer { k: (&mut *c.k).part()?, v: (&mut *c.v).part()? }))
+                    .collect::<Result<Vec<_>, KernelError>>()?;
+                Ok($b.llama_decode_one(&own, token, position, &mut caches)?.map(DeviceTensor::$variant))
+            }};
+        }
+        if !self.decodes_whole_steps() {
+            return Ok(None);
+        }
+        match self {
+            Device::Cpu(b) => forward!(b, Cpu),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(b) => forward!(b, Cuda),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(b) => forward!(b, Wgpu),
+        }
     }
 
     fn read_row(&self, t: &DeviceTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

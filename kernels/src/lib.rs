@@ -12,8 +12,8 @@ pub mod quant;
 pub mod wgpu;
 
 pub use backend::{
-    AttentionShape, Backend, BackendKind, Backing, Inputs, KernelError, KvLayer, QTensor, Rope, RopeLayout, SeqRows,
-    SharedBytes, argmax,
+    AttentionShape, Backend, BackendKind, Backing, Inputs, KernelError, KvLayer, LlamaLayer, LlamaWeights, QTensor,
+    Rope, RopeLayout, SeqRows, SharedBytes, argmax,
 };
 pub use device::{Device, DeviceTensor, DeviceWeight};
 pub use quant::{GgmlType, QuantError};

@@ -5,28 +5,16 @@
 //! One call runs one step over many sequences at once: their tokens are stacked into one
 //! activation matrix so every weight is read once per step, whatever the batch holds.
 
-use realm_kernels::{AttentionShape, Backend, Inputs, KvLayer, QTensor, Rope, SeqRows};
+use realm_kernels::{AttentionShape, Backend, Inputs, KvLayer, LlamaLayer, LlamaWeights, QTensor, Rope, SeqRows};
 
 use super::{LlamaConfig, ModelError};
 use crate::gguf::GgufFile;
-
-struct Layer<W> {
-    attn_norm: W,
-    wq: W,
-    wk: W,
-    wv: W,
-    wo: W,
-    ffn_norm: W,
-    w_gate: W,
-    w_up: W,
-    w_down: W,
-}
 
 pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
     backend: B,
     token_embd: B::Weight,
-    layers: Vec<Layer<B::Weight>>,
+    layers: Vec<LlamaLayer<B::Weight>>,
     output_norm: B::Weight,
     output: B::Weight,
     rope: Rope,
@@ -97,7 +85,7 @@ impl<B: Backend> Llama<B> {
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
-            layers.push(Layer {
+            layers.push(LlamaLayer {
                 attn_norm: load(&backend, f, &name("attn_norm"), (1, dim), Inputs::Robust)?,
                 wq: load(&backend, f, &name("attn_q"), (dim, dim), Inputs::Sensitive)?,
                 wk: load(&backend, f, &name("attn_k"), (kv_dim, dim), Inputs::Sensitive)?,
@@ -166,6 +154,31 @@ impl<B: Backend> Llama<B> {
         Ok(ids)
     }
 
+    /// A one-token step of one sequence through [`Backend::llama_decode_one`], where the
+    /// backend runs it in one launch: its logits, with the token appended to the cache.
+    fn decode_in_one_launch(&self, s: &mut SeqStep<'_, B>) -> Result<Option<B::Tensor>, ModelError> {
+        let b = &self.backend;
+        if !b.decodes_whole_steps() {
+            return Ok(None);
+        }
+        let c = &self.config;
+        let model = LlamaWeights {
+            token_embd: &self.token_embd,
+            layers: self.layers.iter().map(LlamaLayer::as_ref).collect(),
+            output_norm: &self.output_norm,
+            output: &self.output,
+            shape: AttentionShape { n_head: c.n_head, n_kv_head: c.n_kv_head, head_dim: c.head_dim },
+            rope: self.rope,
+            eps: c.rms_eps,
+        };
+        let mut cache: Vec<_> = s.cache.layers.iter_mut().map(KvLayer::as_mut).collect();
+        let logits = b.llama_decode_one(&model, s.tokens[0], s.cache.len, &mut cache)?;
+        if logits.is_some() {
+            s.cache.len += 1;
+        }
+        Ok(logits)
+    }
+
     /// The step itself: the output head's rows for the rows whose logits are wanted (in order)
     /// and how many there are; `None` when no sequence wants any.
     fn run(&self, steps: &mut [SeqStep<'_, B>]) -> Result<Option<(B::Tensor, usize)>, ModelError> {
@@ -192,6 +205,13 @@ impl<B: Backend> Llama<B> {
                 ids.push(id);
                 positions.push((s.cache.len + i) as u32);
             }
+        }
+        if let [s] = &mut *steps
+            && s.tokens.len() == 1
+            && s.logits != Logits::None
+            && let Some(logits) = self.decode_in_one_launch(s)?
+        {
+            return Ok(Some((logits, 1)));
         }
         let n = ids.len();
         let mut x = b.zeros(n * dim)?;

@@ -79,6 +79,8 @@ pub struct GraphStats {
     pub replays: u64,
     /// Kernels launched one by one.
     pub direct: u64,
+    /// Whole decode steps launched as one cooperative kernel.
+    pub whole_steps: u64,
 }
 
 /// A built graph and the arguments its nodes hold now.
@@ -169,6 +171,42 @@ impl Queue {
         if !self.graphs_on {
             return self.flush();
         }
+        Ok(())
+    }
+
+    /// Launches `func` now as a cooperative kernel (every block resident at once, so they may
+    /// wait on each other), after the queued launches.
+    pub(super) fn launch_cooperative(
+        &mut self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        mut args: Args,
+    ) -> Result<(), DriverError> {
+        self.flush()?;
+        let mut pointers = Vec::new();
+        argument_pointers(&mut args.words, &args.starts, &mut pointers);
+        let mut cooperative = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { cooperative: 1 },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut cooperative,
+            numAttrs: 1,
+        };
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: `func` is a kernel of the loaded module, and the pointers point at its
+        // arguments, in order, as the caller checked them.
+        unsafe { sys::cuLaunchKernelEx(&config, func.cu_function(), pointers.as_mut_ptr(), null_mut()).result()? };
+        self.stats.whole_steps += 1;
         Ok(())
     }
 

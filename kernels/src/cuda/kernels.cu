@@ -225,7 +225,13 @@ struct MatmulJobs {
     float eps;
 };
 
-template <int T, bool SWIGLU, bool NORM>
+// Four inputs; through L2 (`L2`) when other blocks of the same launch wrote them, since this
+// multiprocessor's L1 may hold an older copy of the line.
+template <bool L2> __device__ __forceinline__ float4 load_x4(const float* p) {
+    return L2 ? __ldcg((const float4*)p) : *(const float4*)p;
+}
+
+template <int T, bool SWIGLU, bool NORM, bool L2 = false>
 __device__ __forceinline__ void matmul_part(const u8* wr, const u8* ur, const float* __restrict__ x,
                                             const float* __restrict__ nw, int cols, int n0, int tile, int i,
                                             float* acc, float* acc_up, float* ss) {
@@ -246,7 +252,7 @@ __device__ __forceinline__ void matmul_part(const u8* wr, const u8* ur, const fl
     for (int t = 0; t < MM_TILE; t++) {
         if (t < tile) {
             const float* xr = x + (u64)(n0 + t) * cols + c * 32;
-            float4 a = *(const float4*)(xr + o0), b = *(const float4*)(xr + o1);
+            float4 a = load_x4<L2>(xr + o0), b = load_x4<L2>(xr + o1);
             acc[t] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
                       wv[6] * b.z + wv[7] * b.w;
             if (SWIGLU)
@@ -335,12 +341,8 @@ MATMUL(matmul_q6_k, matmul_norm_q6_k, T_Q6_K)
 
 // ---- embedding: out[i] = table[ids[i]] -------------------------------------------------------
 
-template <int T>
-__device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, const u32* __restrict__ ids,
-                      float* __restrict__ out) {
-    step_wait_release();
-    const u8* row = table + (u64)ids[blockIdx.x] * row_bytes;
-    float* o = out + (u64)blockIdx.x * cols;
+// Row `row` (cols long) dequantized into `o` by the block's threads.
+template <int T> __device__ void embed_row(const u8* __restrict__ row, int cols, float* __restrict__ o) {
     for (int part = threadIdx.x; part < cols / 8; part += blockDim.x) {
         int c = part >> 2, o0, o1;
         float w[8];
@@ -351,6 +353,13 @@ __device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, con
             o[c * 32 + o1 + k] = w[4 + k];
         }
     }
+}
+
+template <int T>
+__device__ void embed(const u8* __restrict__ table, int cols, int row_bytes, const u32* __restrict__ ids,
+                      float* __restrict__ out) {
+    step_wait_release();
+    embed_row<T>(table + (u64)ids[blockIdx.x] * row_bytes, cols, out + (u64)blockIdx.x * cols);
 }
 
 #define EMBED(name, T)                                                                                 \
@@ -523,13 +532,12 @@ struct AttnRope {
 
 // Merges the runs of positions of one (query row i, KV head g) into the output. The runs were
 // written by other blocks of this launch: read through L2 (`__ldcg`), never a stale L1 line.
-__device__ void merge_runs(const AttnSeqs& seqs, const AttnShape& sh, int i, int g, int pos, int row,
-                           const float* partial, float* out) {
+__device__ void merge_runs(const AttnShape& sh, int i, int g, int pos, int row, const float* partial, float* out) {
     int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D;
     int used = pos / sh.split_len + 1;
     const float* base = partial + ((u64)i * sh.n_kv_head + g) * sh.splits * (GD + 2 * G);
     float* o = out + (u64)row * sh.n_head * D + g * GD;
-    for (int jd = threadIdx.x; jd < GD; jd += AT_THREADS) {
+    for (int jd = threadIdx.x; jd < GD; jd += blockDim.x) {
         int j = jd / D;
         float mx = NEG_INF;
         for (int s = 0; s < used; s++) mx = fmaxf(mx, __ldcg(base + s * (GD + 2 * G) + j));
@@ -555,12 +563,17 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
     *t = i;
 }
 
+// One attention block's work: query row `row` at position `pos` of the sequence cached in
+// `kc`/`vc`, KV head `g`, run `split`; `slot` indexes the (row, KV head) pair's partial results
+// and arrival counter. A kernel of THREADS threads calls it once per block, or once per (KV
+// head, run) in turn (the whole-step kernel). The query and the new key and value rows come
+// through L2, as the whole-step kernel's other blocks wrote them moments before.
 // The host guarantees head_dim is a multiple of 4 and at most AT_TILE_FLOATS, and
 // G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
-              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
-              const AttnRope fuse) {
+template <int THREADS>
+__device__ void attend(const float* __restrict__ q, const float* kc, const float* vc, int row, int pos, int slot,
+                       int g, int split, const AttnShape& sh, float* __restrict__ out, float* __restrict__ partial,
+                       u32* __restrict__ arrived, const AttnRope& fuse) {
     // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
     // from consecutive rows, hit distinct banks.
     __shared__ __align__(16) float ks[AT_TILE_FLOATS + 4 * AT_TILE];
@@ -568,60 +581,43 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     __shared__ __align__(16) float qs[AT_MAX_GD];
     __shared__ float pw[AT_MAX_GROUP][AT_TILE];
     __shared__ float m_run[AT_MAX_GROUP], l_run[AT_MAX_GROUP], corr[AT_MAX_GROUP];
-    int seq, t;
-    seq_of(seqs, blockIdx.x, &seq, &t);
-    int g = blockIdx.y, split = blockIdx.z;
     int G = sh.n_head / sh.n_kv_head, D = sh.head_dim, GD = G * D, D4 = D / 4, KS = D + 4;
     int tp = min(AT_TILE, AT_TILE_FLOATS / D);
-    // Each row's position: from the step's uploaded positions when given (the arguments then
-    // stay the same from step to step, for CUDA graphs), else from its sequence's first.
-    int row = seqs.row[seq] + t;
-    int pos = positions ? (int)positions[row] : (int)seqs.first_pos[seq] + t;
     int begin = split * sh.split_len, end = min(begin + sh.split_len, pos + 1);
-    const float* kc = (const float*)seqs.k[seq];
-    const float* vc = (const float*)seqs.v[seq];
     int kv_len = sh.n_kv_head * D;
-    // The run's cached keys and values head for L2 while the kernel before finishes (rows
-    // written this step go through L2 as well, so nothing stale is fetched).
-    for (int p = begin + threadIdx.x / 2; p < end; p += AT_THREADS / 2) {
-        u64 off = (u64)p * kv_len + g * D;
-        prefetch_l2(kc + off, D * 4, threadIdx.x % 2, 2);
-        prefetch_l2(vc + off, D * 4, threadIdx.x % 2, 2);
-    }
-    step_wait_release();
     const float* qr = q + (u64)row * sh.n_head * D + g * GD;
     if (fuse.k_new) {
-        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i];
+        for (int i = threadIdx.x; i < GD; i += THREADS) qs[i] = __ldcg(qr + i);
         __syncthreads();
         rotate_row(qs, GD, D, fuse.n_rot, pos, fuse.log2_base, fuse.neox);
         __syncthreads();
-        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] *= sh.scale;
+        for (int i = threadIdx.x; i < GD; i += THREADS) qs[i] *= sh.scale;
         if (pos >= begin && pos < begin + sh.split_len) {
             // This block's run holds the new position: the key row of this KV head, rotated
             // (staged in `vs`, free until the first tile), and the value row go to the caches.
             const float* kn = (const float*)fuse.k_new + (u64)row * kv_len + g * D;
             const float* vn = (const float*)fuse.v_new + (u64)row * kv_len + g * D;
-            for (int i = threadIdx.x; i < D; i += AT_THREADS) vs[i] = kn[i];
+            for (int i = threadIdx.x; i < D; i += THREADS) vs[i] = __ldcg(kn + i);
             __syncthreads();
             rotate_row(vs, D, D, fuse.n_rot, pos, fuse.log2_base, fuse.neox);
             __syncthreads();
             float* kw = (float*)kc + (u64)pos * kv_len + g * D;
             float* vw = (float*)vc + (u64)pos * kv_len + g * D;
-            for (int i = threadIdx.x; i < D; i += AT_THREADS) {
+            for (int i = threadIdx.x; i < D; i += THREADS) {
                 kw[i] = vs[i];
-                vw[i] = vn[i];
+                vw[i] = __ldcg(vn + i);
             }
         }
         // The tiles below read the appended rows and overwrite `vs`.
         __syncthreads();
     } else {
-        for (int i = threadIdx.x; i < GD; i += AT_THREADS) qs[i] = qr[i] * sh.scale;
+        for (int i = threadIdx.x; i < GD; i += THREADS) qs[i] = __ldcg(qr + i) * sh.scale;
     }
     if (threadIdx.x < G) {
         m_run[threadIdx.x] = NEG_INF;
         l_run[threadIdx.x] = 0.0f;
     }
-    const int per_thread = AT_MAX_GD / AT_THREADS;
+    const int per_thread = AT_MAX_GD / THREADS;
     float acc[per_thread];
 #pragma unroll
     for (int i = 0; i < per_thread; i++) acc[i] = 0.0f;
@@ -629,14 +625,14 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
 
     for (int tile = begin; tile < end; tile += tp) {
         int count = min(tp, end - tile);
-        for (int i = threadIdx.x; i < count * D4; i += AT_THREADS) {
+        for (int i = threadIdx.x; i < count * D4; i += THREADS) {
             int p = i / D4, d4 = i % D4;
             u64 off = (u64)(tile + p) * kv_len + g * D;
             *(float4*)(ks + p * KS + 4 * d4) = ((const float4*)(kc + off))[d4];
             *(float4*)(vs + p * D + 4 * d4) = ((const float4*)(vc + off))[d4];
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < G * tp; i += AT_THREADS) {
+        for (int i = threadIdx.x; i < G * tp; i += THREADS) {
             int j = i / tp, p = i % tp;
             float s = NEG_INF;
             if (p < count) {
@@ -649,7 +645,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
         }
         __syncthreads();
         // One warp per head finds the tile's maximum and rescales the running sums.
-        for (int j = warp; j < G; j += AT_THREADS / WARP) {
+        for (int j = warp; j < G; j += THREADS / WARP) {
             float mx = NEG_INF;
             for (int i = lane; i < tp; i += WARP) mx = fmaxf(mx, pw[j][i]);
             mx = warp_max(mx);
@@ -671,7 +667,7 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < per_thread; i++) {
-            int jd = threadIdx.x + i * AT_THREADS;
+            int jd = threadIdx.x + i * THREADS;
             if (jd < GD) {
                 int j = jd / D, d = jd % D;
                 float a = acc[i] * corr[j];
@@ -686,20 +682,20 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
         float* o = out + (u64)row * sh.n_head * D + g * GD;
 #pragma unroll
         for (int i = 0; i < per_thread; i++) {
-            int jd = threadIdx.x + i * AT_THREADS;
+            int jd = threadIdx.x + i * THREADS;
             if (jd < GD) o[jd] = acc[i] / l_run[jd / D];
         }
         return;
     }
     // Partial results: G maxima, G sums, then G*D accumulators.
-    float* part = partial + (((u64)blockIdx.x * sh.n_kv_head + g) * sh.splits + split) * (GD + 2 * G);
+    float* part = partial + (((u64)slot * sh.n_kv_head + g) * sh.splits + split) * (GD + 2 * G);
     if (threadIdx.x < G) {
         part[threadIdx.x] = m_run[threadIdx.x];
         part[G + threadIdx.x] = l_run[threadIdx.x];
     }
 #pragma unroll
     for (int i = 0; i < per_thread; i++) {
-        int jd = threadIdx.x + i * AT_THREADS;
+        int jd = threadIdx.x + i * THREADS;
         if (jd < GD) part[2 * G + jd] = acc[i];
     }
     // The last block of this (row, KV head) to finish merges the runs (no second launch), and
@@ -708,15 +704,41 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        u32* counter = arrived + (u64)blockIdx.x * sh.n_kv_head + g;
+        u32* counter = arrived + (u64)slot * sh.n_kv_head + g;
         last = atomicAdd(counter, 1u) == (u32)sh.splits - 1;
         if (last) *counter = 0;
     }
     __syncthreads();
     if (last) {
         __threadfence();
-        merge_runs(seqs, sh, blockIdx.x, g, pos, row, partial, out);
+        merge_runs(sh, slot, g, pos, row, partial, out);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
+    attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
+              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
+              const AttnRope fuse) {
+    int seq, t;
+    seq_of(seqs, blockIdx.x, &seq, &t);
+    int g = blockIdx.y, split = blockIdx.z;
+    // Each row's position: from the step's uploaded positions when given (the arguments then
+    // stay the same from step to step, for CUDA graphs), else from its sequence's first.
+    int row = seqs.row[seq] + t;
+    int pos = positions ? (int)positions[row] : (int)seqs.first_pos[seq] + t;
+    int begin = split * sh.split_len, end = min(begin + sh.split_len, pos + 1);
+    const float* kc = (const float*)seqs.k[seq];
+    const float* vc = (const float*)seqs.v[seq];
+    u64 kv_len = sh.n_kv_head * sh.head_dim;
+    // The run's cached keys and values head for L2 while the kernel before finishes (rows
+    // written this step go through L2 as well, so nothing stale is fetched).
+    for (int p = begin + threadIdx.x / 2; p < end; p += AT_THREADS / 2) {
+        u64 off = (u64)p * kv_len + g * sh.head_dim;
+        prefetch_l2(kc + off, sh.head_dim * 4, threadIdx.x % 2, 2);
+        prefetch_l2(vc + off, sh.head_dim * 4, threadIdx.x % 2, 2);
+    }
+    step_wait_release();
+    attend<AT_THREADS>(q, kc, vc, row, pos, blockIdx.x, g, split, sh, out, partial, arrived, fuse);
 }
 
 

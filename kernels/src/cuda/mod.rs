@@ -9,6 +9,7 @@
 
 mod cache;
 mod graphs;
+mod whole_step;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,15 +20,17 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use crate::backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax_ids,
-    argmax_without_kernel, check_len, rope_kv_write_then_attention, shape_err, written,
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, LlamaWeights, QTensor, Rope, SeqRows,
+    argmax_ids, argmax_without_kernel, check_len, rope_kv_write_then_attention, shape_err, written,
 };
 use crate::quant::{GgmlType, dequantize_row};
 pub use graphs::GraphStats;
 use graphs::{Args, Queue};
+use whole_step::{StepArgs, WholeStep};
 
-/// The kernels' source, as NVRTC compiles it.
-pub const KERNELS_CU: &str = include_str!("kernels.cu");
+/// The kernels' source, as NVRTC compiles it: the op kernels, then the whole-step kernel built
+/// from their parts.
+pub const KERNELS_CU: &str = concat!(include_str!("kernels.cu"), include_str!("decode_step.cu"));
 
 /// Every `extern "C"` kernel of [`KERNELS_CU`] the backend launches.
 pub const KERNEL_NAMES: &[&str] = &[
@@ -60,6 +63,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kv_write",
     "rope_kv_write",
     "argmax_rows",
+    "decode_step",
 ];
 
 /// Weight formats with a fused dequantize kernel, in the order of the `matmul_*`,
@@ -272,6 +276,8 @@ pub struct Cuda {
     arrived: Mutex<Option<CudaSlice<u32>>>,
     /// Where `argmax_rows` leaves its ids, grown as needed.
     argmax_ids: Mutex<Option<CudaSlice<u32>>>,
+    /// The one-launch decode step, where this GPU can run it.
+    whole_step: Option<WholeStep>,
     shared: Arc<Shared>,
 }
 
@@ -403,7 +409,7 @@ macro_rules! value_args {
     )+};
 }
 
-value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape, AttnRope);
+value_args!(i32, u32, f32, f64, u64, MatmulJobs, AttnSeqs, AttnShape, AttnRope, StepArgs);
 
 // Each kernel struct is exactly the sum of its fields: no padding byte is read as an argument.
 const _: () = assert!(size_of::<MatmulJobs>() == 7 * 8 + 3 * 4 + 7 * 4);
@@ -461,22 +467,26 @@ impl Cuda {
             rope_kv_write: load("rope_kv_write")?,
             argmax_rows: load("argmax_rows")?,
         };
+        let sm_count = usize::try_from(sm_count).unwrap_or(1).max(1);
+        let whole_step = WholeStep::new(load("decode_step")?, whole_step::cooperative_capable(&ctx), sm_count);
         let stream = ctx.default_stream();
         let queue = Queue::new(stream.clone(), module.clone(), major >= 9);
         let description = format!(
-            "{name} (sm_{major}{minor}, kernels {}, {})",
+            "{name} (sm_{major}{minor}, kernels {}, {}, one-launch decode steps {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" },
-            queue.describe()
+            queue.describe(),
+            if whole_step.is_some() { "on" } else { "off" }
         );
         Ok(Self {
             stream,
             kernels,
             description,
-            sm_count: usize::try_from(sm_count).unwrap_or(1).max(1),
+            sm_count,
             positions: Mutex::new(None),
             ids: Mutex::new(None),
             arrived: Mutex::new(None),
             argmax_ids: Mutex::new(None),
+            whole_step,
             shared: Arc::new(Shared { pool: Mutex::default(), queue: Mutex::new(queue) }),
         })
     }
@@ -1412,6 +1422,20 @@ impl Backend for Cuda {
         self.flushed()?.memcpy_dtoh(&head, host.as_mut_slice()).map_err(|e| driver_err("copying from the GPU", e))?;
         self.synchronize()?;
         Ok(argmax_ids(host, row_len))
+    }
+
+    fn decodes_whole_steps(&self) -> bool {
+        self.whole_step.is_some()
+    }
+
+    fn llama_decode_one(
+        &self,
+        model: &LlamaWeights<'_, CudaWeight>,
+        token: u32,
+        position: usize,
+        cache: &mut [KvLayer<&mut CudaTensor>],
+    ) -> Result<Option<CudaTensor>, KernelError> {
+        self.decode_whole_step(model, token, position, cache)
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {
