@@ -258,8 +258,8 @@ impl Engine {
             Device::Cuda(c) => {
                 let g = c.graph_stats()?;
                 Ok(Some(format!(
-                    "CUDA graphs: {} built, {} replays; {} kernels launched one by one",
-                    g.built, g.replays, g.direct
+                    "CUDA graphs: {} built, {} replays; {} kernels launched one by one; {} decode steps as one launch",
+                    g.built, g.replays, g.direct, g.whole_steps
                 )))
             }
             _ => Ok(None),

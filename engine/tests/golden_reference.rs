@@ -229,9 +229,12 @@ fn cuda_one_launch_decode_steps_match_the_cpu() {
         let c = cpu.forward(&mut [SeqStep { cache: &mut cc, tokens: &[token], logits: Logits::Last }]).expect("CPU");
         let (g, c) = (&g[0], &c[0]);
         assert_eq!(g.len(), c.len());
-        let (worst, at) = g.iter().zip(c).enumerate().map(|(i, (a, b))| ((a - b).abs(), i)).fold((0.0, 0), |m, d| {
-            if d.0 > m.0 || d.0.is_nan() { d } else { m }
-        });
+        let (worst, at) = g
+            .iter()
+            .zip(c)
+            .enumerate()
+            .map(|(i, (a, b))| ((a - b).abs(), i))
+            .fold((0.0, 0), |m, d| if d.0 > m.0 || d.0.is_nan() { d } else { m });
         assert!(worst <= EXACT.logit, "step {step} (position {}): logit {at} off by {worst}", 60 + step);
         token = realm_kernels::argmax(c).expect("a finite logit");
     }
