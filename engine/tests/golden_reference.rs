@@ -201,12 +201,11 @@ golden_prompts! {
 fn cuda_one_launch_decode_steps_match_the_cpu() {
     use realm_engine::gguf::GgufFile;
     use realm_engine::model::{Llama, Logits, SeqStep};
-    use realm_kernels::Backend;
     use realm_kernels::cpu::{Activations, Cpu};
     use realm_kernels::cuda::Cuda;
 
     let file = GgufFile::open(&common::default_model_path()).expect("open model");
-    let gpu = match Cuda::new(0) {
+    let mut gpu = match Cuda::new(0) {
         Ok(g) => g,
         Err(e) if std::env::var_os("REALM_REQUIRE_CUDA").is_none() => {
             eprintln!("skipping: CUDA is not usable here ({e})");
@@ -214,7 +213,7 @@ fn cuda_one_launch_decode_steps_match_the_cpu() {
         }
         Err(e) => panic!("CUDA: {e}"),
     };
-    assert!(gpu.decodes_whole_steps(), "this GPU runs no one-launch decode step: {}", gpu.description());
+    assert!(gpu.set_whole_steps(true), "this GPU runs no one-launch decode step: {}", gpu.description());
     let gpu = Llama::load(&file, gpu).expect("load on the GPU");
     let cpu = Llama::load(&file, Cpu::new(2, Activations::F32).expect("cpu")).expect("load on the CPU");
 

@@ -53,3 +53,37 @@ fn repeated_runs_of_launches_replay_a_graph_with_new_arguments() {
         assert!(after.built > before.built && after.replays >= before.replays + 3, "{before:?} then {after:?}");
     }
 }
+
+/// A backend that built and replayed CUDA graphs is dropped without hanging: its graphs are
+/// destroyed while its context is alive (a process at exit once hung here). The drop runs on
+/// a thread so a hang fails the test after a minute instead of stalling the run.
+#[test]
+fn a_backend_that_built_graphs_drops() {
+    use realm_kernels::Backend;
+    if gpu().is_none() {
+        return;
+    }
+    let own = Cuda::new(0).expect("a second backend on the same GPU");
+    let len = 256;
+    let y = own.upload(&vec![1.0; len]).expect("upload");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let mut x = own.zeros(len).expect("zeros");
+        for _ in 0..20 {
+            own.add(&mut x, &y, len).expect("add");
+        }
+        own.read_row(&x, 0, len, &mut got).expect("read");
+        assert_eq!(got, vec![20.0; len]);
+    }
+    let graphs_off = std::env::var("REALM_CUDA_GRAPHS").is_ok_and(|v| v == "0");
+    assert!(graphs_off || own.graph_stats().expect("stats").built > 0, "no graph was built");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The backend first and a tensor last, as a model drops it: the tensor's drop is the
+        // one that tears down the launch queue and its graphs.
+        drop(own);
+        drop(y);
+        let _ = done.send(());
+    });
+    finished.recv_timeout(std::time::Duration::from_secs(60)).expect("dropping the backend did not return");
+}

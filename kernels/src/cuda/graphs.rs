@@ -297,10 +297,13 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        // Nothing is left to report an error to. The kept graphs are destroyed next, with the
-        // context current.
+        // Nothing is left to report an error to. The kept graphs are destroyed here, with the
+        // context current: the fields are dropped after this body in declaration order, and
+        // `stream` and `_module` may hold the context's last references. Destroying a graph
+        // after its context was released hung the process at exit (seen on an H200).
         let _ = self.flush();
         let _ = self.stream.context().bind_to_thread();
+        self.kept.clear();
     }
 }
 

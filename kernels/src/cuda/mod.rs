@@ -475,7 +475,11 @@ impl Cuda {
             "{name} (sm_{major}{minor}, kernels {}, {}, one-launch decode steps {})",
             if cached { "from the PTX cache" } else { "compiled by NVRTC" },
             queue.describe(),
-            if whole_step.is_some() { "on" } else { "off" }
+            match &whole_step {
+                Some(w) if w.on => "on",
+                Some(_) => "off (REALM_CUDA_WHOLE_STEP=1 turns them on)",
+                None => "unavailable",
+            }
         );
         Ok(Self {
             stream,
@@ -1425,7 +1429,7 @@ impl Backend for Cuda {
     }
 
     fn decodes_whole_steps(&self) -> bool {
-        self.whole_step.is_some()
+        self.whole_step.as_ref().is_some_and(|w| w.on)
     }
 
     fn llama_decode_one(

@@ -1,7 +1,8 @@
 //! A llama decode step of one sequence as one cooperative launch (`decode_step` in
 //! decode_step.cu): at batch 1 a small model's step is otherwise ~150 kernels, each bound by
-//! launch and memory latency rather than by the bytes it reads. `REALM_CUDA_WHOLE_STEP=0`
-//! turns it off (every step then runs op by op).
+//! launch and memory latency rather than by the bytes it reads. Off unless
+//! `REALM_CUDA_WHOLE_STEP=1` (or [`Cuda::set_whole_steps`]): on an H200 the kernel takes
+//! 1.41 ms a step against ~1.05 ms op by op (bench/RESULTS.md, 2026-11-27 eleventh session).
 
 use std::sync::Mutex;
 
@@ -84,6 +85,8 @@ const _: () =
 pub(super) struct WholeStep {
     kernel: CudaFunction,
     blocks: u32,
+    /// Whether decode steps use it.
+    pub(super) on: bool,
     state: Mutex<StepState>,
 }
 
@@ -101,11 +104,11 @@ impl WholeStep {
     /// The whole-step kernel where this GPU can run it: cooperative launch, and one block of
     /// `STEP_THREADS` per multiprocessor resident at once.
     pub(super) fn new(kernel: CudaFunction, cooperative: bool, sm_count: usize) -> Option<Self> {
-        let on = std::env::var("REALM_CUDA_WHOLE_STEP").map_or(true, |v| v != "0");
         let resident = kernel.occupancy_max_active_blocks_per_multiprocessor(STEP_THREADS, 0, None).unwrap_or(0);
-        (on && cooperative && resident >= 1).then(|| Self {
+        (cooperative && resident >= 1).then(|| Self {
             kernel,
             blocks: u32::try_from(sm_count).unwrap_or(1),
+            on: std::env::var("REALM_CUDA_WHOLE_STEP").is_ok_and(|v| v == "1"),
             state: Mutex::default(),
         })
     }
@@ -166,6 +169,15 @@ fn fits(m: &LlamaWeights<'_, CudaWeight>) -> Option<(usize, usize, usize, usize)
 }
 
 impl Cuda {
+    /// Turns one-launch decode steps on or off; returns whether they are on (never where the
+    /// GPU cannot run them).
+    pub fn set_whole_steps(&mut self, on: bool) -> bool {
+        self.whole_step.as_mut().is_some_and(|w| {
+            w.on = on;
+            on
+        })
+    }
+
     /// [`crate::Backend::llama_decode_one`] on this GPU.
     pub(super) fn decode_whole_step(
         &self,
@@ -175,7 +187,7 @@ impl Cuda {
         cache: &mut [KvLayer<&mut CudaTensor>],
     ) -> Result<Option<CudaTensor>, KernelError> {
         const OP: &str = "decode_step";
-        let Some(whole) = self.whole_step.as_ref() else { return Ok(None) };
+        let Some(whole) = self.whole_step.as_ref().filter(|w| w.on) else { return Ok(None) };
         let Some((dim, kv_dim, ffn, vocab)) = fits(m) else { return Ok(None) };
         let (Ok(pos), Ok(tok)) = (i32::try_from(position), i32::try_from(token)) else { return Ok(None) };
         if cache.len() != m.layers.len() || token as usize >= m.token_embd.rows || pos == i32::MAX {
