@@ -4,8 +4,9 @@
 #   2. compiles the kernels with NVRTC (ptxas register/spill report for sm_90 where ptxas is);
 #   3. runs each CUDA kernel against the CPU reference on fresh random inputs, and the golden
 #      greedy test of the default model on the GPU (a missing GPU fails these, not skips);
-#   4. benchmarks prefill and decode at batch 1, 8 and 32 and the GPU's copy bandwidth, and
-#      prints a short table last.
+#   4. benchmarks prefill and decode at batch 1, 8 and 32 and the GPU's copy bandwidth, then
+#      batch-1 decode with one-launch steps off and on, alternated, with the one-launch
+#      step's time per phase, and prints a short table last.
 #
 #   scripts/gpu-check.sh                 build here (needs cargo), then check
 #   scripts/gpu-check.sh --package DIR   build here and put the binaries (xz-compressed), golden
@@ -14,11 +15,11 @@
 #                                        toolchain that receives at most 64 MiB a copy
 #   scripts/gpu-check.sh --prebuilt DIR[:DIR...]
 #                                        check with what --package put in those folders
-#   ... --only ptx,kernels               run only these steps: ptx, kernels, golden, bench (the
-#                                        default set) and profile (ncu's time per kernel over a
-#                                        few decode steps at batch 1 and 32). Only golden, bench
-#                                        and profile need the model, so a machine that has
-#                                        received part of it can run the rest first
+#   ... --only ptx,kernels               run only these steps: ptx, kernels, golden, bench, whole
+#                                        (the default set) and profile (ncu's time per kernel over
+#                                        a few decode steps at batch 1 and 32). Only golden,
+#                                        bench, whole and profile need the model, so a machine
+#                                        that has received part of it can run the rest first
 #
 # Results (logs, bench JSON, the table) go to $REALM_GPU_OUT (default target/gpu-check).
 set -euo pipefail
@@ -27,7 +28,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mode=build
 dir=
-steps=ptx,kernels,golden,bench
+steps=ptx,kernels,golden,bench,whole
 usage="usage: $0 [--package DIR | --prebuilt DIR[:DIR...]] [--only STEP,...]"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,10 +39,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${steps//,/ }; do
-  case "$s" in ptx | kernels | golden | bench | profile) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
+  case "$s" in ptx | kernels | golden | bench | whole | profile) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
 done
 wants() { [[ ",$steps," == *",$1,"* ]]; }
-needs_model() { wants golden || wants bench || wants profile; }
+needs_model() { wants golden || wants bench || wants whole || wants profile; }
 out=${REALM_GPU_OUT:-$root/target/gpu-check}
 mkdir -p "$out"
 
@@ -169,6 +170,18 @@ bench() {
 }
 step bench bench
 # shellcheck disable=SC2329 # called through step
+whole() {
+  local round on
+  for round in 1 2; do
+    for on in 0 1; do
+      echo "one-launch steps $on, round $round:"
+      REALM_CUDA_WHOLE_STEP=$on REALM_CUDA_STEP_TIMING=$on "${bin[realm]}" bench --model "$model" --backend cuda \
+        --batch 1 --prompt-tokens 128 --gen-tokens 128 --repeat 2 2>&1 | grep -E "^ +1 |phases"
+    done
+  done
+}
+step whole whole
+# shellcheck disable=SC2329 # called through step
 profile() {
   command -v ncu >/dev/null || { echo "ncu (Nsight Compute) is not on the PATH"; return 1; }
   local b
@@ -196,6 +209,7 @@ for path in sys.argv[1:]:
         print(f"{name:<18} {grid:<16} {n:>8} {each / 1e3:>8.2f} {100 * n * each / total:>5.1f}%")
 EOF
 fi
+if wants whole && [ -s "$out/whole.log" ]; then cat "$out/whole.log"; fi
 if [ -s "$out/bench.json" ]; then
   python3 - "$out/bench.json" <<'EOF' | tee "$out/table.txt"
 import json, sys

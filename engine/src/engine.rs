@@ -257,10 +257,14 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Device::Cuda(c) => {
                 let g = c.graph_stats()?;
-                Ok(Some(format!(
+                let mut note = format!(
                     "CUDA graphs: {} built, {} replays; {} kernels launched one by one; {} decode steps as one launch",
                     g.built, g.replays, g.direct, g.whole_steps
-                )))
+                );
+                if let Some(phases) = c.whole_step_timing() {
+                    note = format!("{note}\n{phases}");
+                }
+                Ok(Some(note))
             }
             _ => Ok(None),
         }

@@ -30,8 +30,9 @@ struct StepArgs {
     u64 out_norm;
     // Activations: the residual stream, Q/K/V, attention output, SwiGLU output, logits.
     u64 x, q, k, v, att, h, logits;
-    // Attention's partial results and arrival counters; the barrier's two words.
-    u64 partial, arrived, barrier;
+    // Attention's partial results and arrival counters; the barrier's word; where block 0
+    // stamps the time at each phase boundary (0: not timed).
+    u64 partial, arrived, barrier, timing;
     StepWeight embd, head;
     AttnShape sh;
     AttnRope rope;  // k_new/v_new are `k` and `v`
@@ -39,14 +40,10 @@ struct StepArgs {
     float eps;
 };
 
-__device__ __forceinline__ u32 load_acquire(const u32* p) {
+__device__ __forceinline__ u32 load_relaxed(const u32* p) {
     u32 v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
-}
-
-__device__ __forceinline__ void store_release(u32* p, u32 v) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ u64 global_ns() {
@@ -56,29 +53,33 @@ __device__ __forceinline__ u64 global_ns() {
 }
 
 // Every block waits here until all have arrived; their writes before it are visible after it.
-// `bar[0]` counts arrivals and is put back to zero by the last block, which then advances the
-// generation `bar[1]` the others wait on (read before arriving, so it cannot have moved yet).
-// Cooperative launch guarantees every block is resident, so the wait ends; should it not within
-// STEP_BARRIER_NS, the kernel traps and the host gets a launch error instead of a hung GPU.
+// One word and one atomic per block, as cooperative groups' grid sync does: block 0 adds
+// 2^31 - (blocks - 1) and every other block 1, so the word's top bit flips exactly when the last
+// block arrives and its other bits are back where they were (never reset). A block waits for
+// the top bit to differ from what its own add saw. Cooperative launch guarantees every block is
+// resident, so the wait ends; should it not within STEP_BARRIER_NS, the kernel traps and the
+// host gets a launch error instead of a hung GPU.
 #define STEP_BARRIER_NS 5000000000ull
 
 __device__ void grid_barrier(u32* bar) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        u32 gen = load_acquire(bar + 1);
+        u32 add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
         __threadfence();
-        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
-            atomicExch(bar, 0u);
-            __threadfence();
-            store_release(bar + 1, gen + 1);
-        } else {
-            u64 start = global_ns();
-            while (load_acquire(bar + 1) == gen)
-                if (global_ns() - start > STEP_BARRIER_NS) asm volatile("trap;");
-        }
+        u32 seen = atomicAdd(bar, add);
+        u64 start = global_ns();
+        while (((seen ^ load_relaxed(bar)) & 0x80000000u) == 0)
+            if (global_ns() - start > STEP_BARRIER_NS) asm volatile("trap;");
         __threadfence();
     }
     __syncthreads();
+}
+
+// With `timing` set, block 0 stamps the time at the start and after every barrier, and two
+// bare barriers come first so one barrier's cost can be read off (`REALM_CUDA_STEP_TIMING=1`).
+__device__ __forceinline__ void stamp(const StepArgs& a, int* k) {
+    if (a.timing && blockIdx.x == 0 && threadIdx.x == 0) ((u64*)a.timing)[*k] = global_ns();
+    (*k)++;
 }
 
 // One row of a weight against the step's input row `in` (cols long, written by other blocks),
@@ -90,8 +91,9 @@ __device__ __forceinline__ void row_dot(const u8* wr, const u8* ur, const float*
     float acc[MM_TILE], acc_up[MM_TILE], ss[MM_TILE];
 #pragma unroll
     for (int t = 0; t < MM_TILE; t++) acc[t] = acc_up[t] = ss[t] = 0.0f;
-    // Unrolled so a lane's loads are all in flight before the first product needs one.
-#pragma unroll 4
+    // Unrolled so a lane's loads are in flight together (less for gate and up, whose parts
+    // take twice the registers).
+#pragma unroll(SWIGLU ? 2 : 4)
     for (int i = threadIdx.x % WARP; i < cols / 8; i += WARP)
         matmul_part<T, SWIGLU, NORM, true>(wr, ur, in, nw, cols, 0, 1, i, acc, acc_up, ss);
     float a = warp_sum(acc[0]), u = SWIGLU ? warp_sum(acc_up[0]) : 0.0f;
@@ -179,10 +181,19 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
     float *x = (float*)a.x, *att = (float*)a.att, *h = (float*)a.h;
     const StepLayer* layers = (const StepLayer*)a.layers;
     float s, su;
+    int k = 0;
+    stamp(a, &k);
+    if (a.timing) {
+        grid_barrier(bar);
+        stamp(a, &k);
+        grid_barrier(bar);
+        stamp(a, &k);
+    }
 
     if (blockIdx.x == 0) embed_row_any(a.embd, a.token, a.dim, x);
     prefetch_qkv(layers[0], a, gw, warps);
     grid_barrier(bar);
+    stamp(a, &k);
 
     for (int l = 0; l < a.n_layer; l++) {
         const StepLayer& L = layers[l];
@@ -195,6 +206,7 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
             if (lane == 0) out[rr] = s;
         }
         grid_barrier(bar);
+        stamp(a, &k);
 
         // RoPE, the KV append and attention: (KV head, run) pairs spread over the blocks.
         for (int vb = blockIdx.x; vb < a.sh.n_kv_head * a.sh.splits; vb += gridDim.x) {
@@ -205,6 +217,7 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
         }
         prefetch_rows(L.o, a.dim, gw, warps);
         grid_barrier(bar);
+        stamp(a, &k);
 
         for (int r = gw; r < a.dim; r += warps) {
             row_dot_any<false, false>(L.o.ty, row_of(L.o, r), 0, att, 0, a.dim, 0.0f, &s, &su);
@@ -213,6 +226,7 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
         prefetch_rows(L.gate, a.ffn, gw, warps);
         prefetch_rows(L.up, a.ffn, gw, warps);
         grid_barrier(bar);
+        stamp(a, &k);
 
         for (int r = gw; r < a.ffn; r += warps) {
             row_dot_any<true, true>(L.gate.ty, row_of(L.gate, r), row_of(L.up, r), x, (const float*)L.ffn_norm,
@@ -221,6 +235,7 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
         }
         prefetch_rows(L.down, a.dim, gw, warps);
         grid_barrier(bar);
+        stamp(a, &k);
 
         for (int r = gw; r < a.dim; r += warps) {
             row_dot_any<false, false>(L.down.ty, row_of(L.down, r), 0, h, 0, a.ffn, 0.0f, &s, &su);
@@ -229,11 +244,16 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
         if (l + 1 < a.n_layer) prefetch_qkv(layers[l + 1], a, gw, warps);
         else prefetch_rows(a.head, a.vocab, gw, warps);
         grid_barrier(bar);
+        stamp(a, &k);
     }
 
     float* logits = (float*)a.logits;
     for (int r = gw; r < a.vocab; r += warps) {
         row_dot_any<true, false>(a.head.ty, row_of(a.head, r), 0, x, (const float*)a.out_norm, a.dim, a.eps, &s, &su);
         if (lane == 0) logits[r] = s;
+    }
+    if (a.timing) {
+        grid_barrier(bar);
+        stamp(a, &k);
     }
 }

@@ -60,6 +60,7 @@ pub(super) struct StepArgs {
     partial: u64,
     arrived: u64,
     barrier: u64,
+    timing: u64,
     embd: StepWeight,
     head: StepWeight,
     sh: AttnShape,
@@ -78,7 +79,7 @@ pub(super) struct StepArgs {
 const _: () = assert!(size_of::<StepWeight>() == 16);
 const _: () = assert!(size_of::<StepLayer>() == 7 * 16 + 4 * 8);
 const _: () =
-    assert!(size_of::<StepArgs>() == 12 * 8 + 2 * 16 + size_of::<AttnShape>() + size_of::<AttnRope>() + 8 * 4);
+    assert!(size_of::<StepArgs>() == 13 * 8 + 2 * 16 + size_of::<AttnShape>() + size_of::<AttnRope>() + 8 * 4);
 
 /// The kernel, the grid it runs as (one block per multiprocessor, all resident at once), and
 /// the state it keeps between steps.
@@ -87,7 +88,22 @@ pub(super) struct WholeStep {
     blocks: u32,
     /// Whether decode steps use it.
     pub(super) on: bool,
+    /// Whether each step's phases are timed (`REALM_CUDA_STEP_TIMING=1`; the host then waits
+    /// for every step).
+    timed: bool,
     state: Mutex<StepState>,
+}
+
+/// Phase times summed over the timed steps, in nanoseconds.
+#[derive(Default, Clone, Copy)]
+struct PhaseTimes {
+    steps: u64,
+    /// The two bare barriers at the start.
+    barrier: u64,
+    embed: u64,
+    /// Q/K/V, attention, O, gate/up, down: summed over the layers.
+    layer: [u64; 5],
+    head: u64,
 }
 
 #[derive(Default)]
@@ -95,9 +111,11 @@ struct StepState {
     /// The layer table last uploaded (weights and caches; a cache moves when it grows).
     table: Vec<StepLayer>,
     table_dev: Option<CudaSlice<u8>>,
-    /// The grid barrier's arrival count and generation: zero at first, and the count is back
-    /// at zero after every launch.
+    /// The grid barrier's word: zero at first; each barrier adds 2^31 to it in all.
     barrier: Option<CudaSlice<u32>>,
+    /// Where block 0 stamps the phase boundaries when timed.
+    stamps: Option<CudaSlice<u64>>,
+    times: PhaseTimes,
 }
 
 impl WholeStep {
@@ -109,6 +127,7 @@ impl WholeStep {
             kernel,
             blocks: u32::try_from(sm_count).unwrap_or(1),
             on: std::env::var("REALM_CUDA_WHOLE_STEP").is_ok_and(|v| v == "1"),
+            timed: std::env::var("REALM_CUDA_STEP_TIMING").is_ok_and(|v| v == "1"),
             state: Mutex::default(),
         })
     }
@@ -226,8 +245,13 @@ impl Cuda {
             state.table = table;
         }
         if state.barrier.is_none() {
-            let zeroed = self.flushed()?.alloc_zeros::<u32>(2).map_err(|e| driver_err("allocating the barrier", e))?;
+            let zeroed = self.flushed()?.alloc_zeros::<u32>(1).map_err(|e| driver_err("allocating the barrier", e))?;
             state.barrier = Some(zeroed);
+        }
+        let stamps_len = 5 * m.layers.len() + 5;
+        if whole.timed && state.stamps.as_ref().is_none_or(|b| b.len() != stamps_len) {
+            let zeroed = self.flushed()?.alloc_zeros::<u64>(stamps_len);
+            state.stamps = Some(zeroed.map_err(|e| driver_err("allocating the phase stamps", e))?);
         }
 
         let s = m.shape;
@@ -251,6 +275,10 @@ impl Cuda {
         else {
             return Err(device_err("whole-step buffers missing"));
         };
+        let timing = match (&state.stamps, whole.timed) {
+            (Some(stamps), true) => stamps.device_ptr(stream).0,
+            _ => 0,
+        };
         let args = StepArgs {
             layers: table_dev.device_ptr(stream).0,
             out_norm: step_weight(OP, m.output_norm, stream)?.w,
@@ -264,6 +292,7 @@ impl Cuda {
             partial: ptr(&partial)?,
             arrived: arrived.device_ptr(stream).0,
             barrier: barrier.device_ptr(stream).0,
+            timing,
             embd: step_weight(OP, m.token_embd, stream)?,
             head: step_weight(OP, m.output, stream)?,
             sh: AttnShape {
@@ -296,7 +325,50 @@ impl Cuda {
         self.queue()?
             .launch_cooperative(&whole.kernel, cfg, launch_args)
             .map_err(|e| driver_err("whole-step launch", e))?;
+        if timing != 0 {
+            let mut stamps = vec![0u64; stamps_len];
+            if let Some(dev) = &state.stamps {
+                self.flushed()?.memcpy_dtoh(dev, &mut stamps).map_err(|e| driver_err("reading the stamps", e))?;
+            }
+            self.flushed()?.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            state.times.add(&stamps, m.layers.len());
+        }
         Ok(Some(logits))
+    }
+
+    /// The timed steps' phases (`REALM_CUDA_STEP_TIMING=1`), in microseconds per step, for a
+    /// benchmark's log; `None` when none were timed.
+    pub fn whole_step_timing(&self) -> Option<String> {
+        let t = self.whole_step.as_ref()?.state.lock().ok()?.times;
+        let us = |ns: u64| ns as f64 / t.steps as f64 / 1e3;
+        let [qkv, attention, o, gate_up, down] = t.layer.map(us);
+        (t.steps > 0).then(|| {
+            format!(
+                "one-launch decode step phases over {} steps, µs per step (each up to the barrier that ends \
+                 it): bare barrier {:.2}, embedding {:.1}, all layers' Q/K/V {qkv:.1}, attention {attention:.1}, \
+                 O {o:.1}, gate/up {gate_up:.1}, down {down:.1}, head {:.1}",
+                t.steps,
+                us(t.barrier) / 2.0,
+                us(t.embed),
+                us(t.head)
+            )
+        })
+    }
+}
+
+impl PhaseTimes {
+    /// Adds one step's stamps: start, two bare barriers, embedding, 5 per layer, head.
+    fn add(&mut self, stamps: &[u64], layers: usize) {
+        let d = |i: usize| stamps[i + 1].saturating_sub(stamps[i]);
+        self.steps += 1;
+        self.barrier += d(0) + d(1);
+        self.embed += d(2);
+        for l in 0..layers {
+            for (p, sum) in self.layer.iter_mut().enumerate() {
+                *sum += d(3 + 5 * l + p);
+            }
+        }
+        self.head += d(3 + 5 * layers);
     }
 }
 
