@@ -74,7 +74,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{
-    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, check_len, shape_err,
+    AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax, check_len,
+    shape_err,
 };
 use crate::quant::dequantize_row;
 
@@ -838,6 +839,15 @@ impl Backend for Cpu {
         out.extend_from_slice(&t[row * row_len..(row + 1) * row_len]);
         Ok(())
     }
+
+    /// In place: the rows are already host memory, so none is copied first.
+    fn argmax_rows(&self, t: &Vec<f32>, rows: usize, row_len: usize) -> Result<Vec<Option<u32>>, KernelError> {
+        check_len("argmax_rows", "tensor", t.len(), rows * row_len)?;
+        if row_len == 0 {
+            return Ok(vec![None; rows]);
+        }
+        Ok(t[..rows * row_len].chunks_exact(row_len).map(argmax).collect())
+    }
 }
 
 #[cfg(test)]
@@ -845,6 +855,15 @@ mod tests {
     use super::*;
 
     const TOL: f32 = 1e-5;
+
+    #[test]
+    fn argmax_rows_is_each_rows_argmax_and_checks_the_length() {
+        let cpu = Cpu::new(1, Activations::F32).expect("cpu");
+        let t = vec![1.0, 3.0, 3.0, f32::NAN, f32::NEG_INFINITY, f32::NEG_INFINITY, -2.0, f32::NAN, -1.0];
+        assert_eq!(cpu.argmax_rows(&t, 3, 3).expect("argmax"), vec![Some(1), None, Some(2)]);
+        assert_eq!(cpu.argmax_rows(&t, 2, 0).expect("empty rows"), vec![None, None]);
+        assert!(cpu.argmax_rows(&t, 4, 3).is_err());
+    }
 
     fn backend() -> Cpu {
         Cpu::new(2, Activations::F32).expect("pool")
