@@ -160,12 +160,16 @@ step() {
     status=1
   fi
 }
-step ptx "${bin[cuda_ptx]}" --nocapture
-step kernels "${bin[cuda_backend]}" --test-threads=1
-step golden "${bin[golden_reference]}" cuda_ --nocapture
+# Every command has a time limit, so a hang (a GPU that stops answering, a process that does
+# not exit) costs one step, not the whole lease.
+# shellcheck disable=SC2329 # called through step
+limit() { timeout -k 5 "$@"; }
+step ptx limit 120 "${bin[cuda_ptx]}" --nocapture
+step kernels limit 180 "${bin[cuda_backend]}" --test-threads=1
+step golden limit 180 "${bin[golden_reference]}" cuda_ --nocapture
 # shellcheck disable=SC2329 # called through step
 bench() {
-  "${bin[realm]}" bench --model "$model" --backend cuda --batch 1,8,32 --prompt-tokens 128,512 \
+  limit 240 "${bin[realm]}" bench --model "$model" --backend cuda --batch 1,8,32 --prompt-tokens 128,512 \
     --gen-tokens 128 --repeat 3 --json >"$out/bench.json"
 }
 step bench bench
@@ -175,8 +179,9 @@ whole() {
   for round in 1 2; do
     for on in 0 1; do
       echo "one-launch steps $on, round $round:"
-      REALM_CUDA_WHOLE_STEP=$on REALM_CUDA_STEP_TIMING=$on "${bin[realm]}" bench --model "$model" --backend cuda \
-        --batch 1 --prompt-tokens 128 --gen-tokens 128 --repeat 2 2>&1 | grep -E "^ +1 |phases"
+      limit 60 env REALM_CUDA_WHOLE_STEP="$on" REALM_CUDA_STEP_TIMING="$on" "${bin[realm]}" bench \
+        --model "$model" --backend cuda --batch 1 --prompt-tokens 128 --gen-tokens 128 --repeat 2 2>&1 |
+        grep -E "^ +1 |phases"
     done
   done
 }
@@ -187,7 +192,7 @@ profile() {
   local b
   for b in 1 32; do
     # Past the warm-up's first decode steps, about four steps of launches.
-    ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 2000 --launch-count 700 --csv \
+    limit 300 ncu --clock-control none --metrics gpu__time_duration.sum --launch-skip 2000 --launch-count 700 --csv \
       --print-summary per-kernel "${bin[realm]}" bench --model "$model" --backend cuda --batch "$b" \
       --prompt-tokens 128 --gen-tokens 16 --repeat 1 >"$out/ncu-batch$b.csv"
   done
