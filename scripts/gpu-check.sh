@@ -159,6 +159,9 @@ step() {
     tail -40 "$out/$name.log"
     status=1
   fi
+  # On a lent device machine, whatever lands in $OUT comes back, even from a call that runs out
+  # of time.
+  if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then cp "$out/$name.log" "$OUT/"; fi
 }
 # Every command has a time limit, so a hang (a GPU that stops answering, a process that does
 # not exit) costs one step, not the whole lease.
