@@ -671,9 +671,16 @@ impl Backend for Cpu {
         }
         if self.kv_f16 {
             let keys = f16s_mut(cache.k);
+            // Converted a run at a time (F16C, 8 lanes), then spread over the blocked layout.
+            const RUN: usize = 256;
+            let mut halves = [f16::ZERO; RUN];
             for (i, new) in k[src.clone()].chunks_exact(row_len).enumerate() {
-                for (j, &x) in new.iter().enumerate() {
-                    keys[blocked_key(first_pos + i, j, row_len)] = f16::from_f32(x);
+                for (c, part) in new.chunks(RUN).enumerate() {
+                    let run = &mut halves[..part.len()];
+                    run.convert_from_f32_slice(part);
+                    for (j, &h) in run.iter().enumerate() {
+                        keys[blocked_key(first_pos + i, c * RUN + j, row_len)] = h;
+                    }
                 }
             }
             f16s_mut(cache.v)[dst].convert_from_f32_slice(&v[src]);
