@@ -190,22 +190,11 @@ impl Queue {
             pad: [0; 4],
             value: sys::CUlaunchAttributeValue { cooperative: 1 },
         };
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut cooperative,
-            numAttrs: 1,
-        };
+        let shape = (cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
         self.stream.context().bind_to_thread()?;
         // SAFETY: `func` is a kernel of the loaded module, and the pointers point at its
         // arguments, in order, as the caller checked them.
-        unsafe { sys::cuLaunchKernelEx(&config, func.cu_function(), pointers.as_mut_ptr(), null_mut()).result()? };
+        unsafe { launch_now(&self.stream, func.cu_function(), shape, &mut cooperative, 1, &mut pointers)? };
         self.stats.whole_steps += 1;
         Ok(())
     }
@@ -245,21 +234,11 @@ impl Queue {
         for q in &self.queued {
             argument_pointers(&mut self.words, &self.starts[q.params.clone()], &mut pointers);
             let Shape { grid, block, smem, .. } = q.shape;
-            let config = sys::CUlaunchConfig {
-                gridDimX: grid.0,
-                gridDimY: grid.1,
-                gridDimZ: grid.2,
-                blockDimX: block.0,
-                blockDimY: block.1,
-                blockDimZ: block.2,
-                sharedMemBytes: smem,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut pdl,
-                numAttrs: u32::from(self.pdl),
-            };
             // SAFETY: `func` is a kernel of the loaded module, and the pointers point at its
             // arguments, in order, as the caller that queued it checked them.
-            unsafe { sys::cuLaunchKernelEx(&config, q.func, pointers.as_mut_ptr(), null_mut()).result()? };
+            unsafe {
+                launch_now(&self.stream, q.func, (grid, block, smem), &mut pdl, u32::from(self.pdl), &mut pointers)?
+            };
         }
         self.stats.direct += self.queued.len() as u64;
         Ok(())
@@ -317,6 +296,36 @@ impl Drop for Built {
             let _ = result::graph::destroy(self.graph);
         }
     }
+}
+
+/// Launches `func` on `stream` now with grid, block and shared memory `shape`, under the first
+/// `attrs` of `attr` (0 or 1).
+///
+/// # Safety
+/// `func` is a kernel of a module loaded in the stream's context, and `pointers` point at its
+/// arguments, in order.
+unsafe fn launch_now(
+    stream: &CudaStream,
+    func: sys::CUfunction,
+    (grid, block, smem): ((u32, u32, u32), (u32, u32, u32), u32),
+    attr: &mut sys::CUlaunchAttribute,
+    attrs: u32,
+    pointers: &mut [*mut c_void],
+) -> Result<(), DriverError> {
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block.0,
+        blockDimY: block.1,
+        blockDimZ: block.2,
+        sharedMemBytes: smem,
+        hStream: stream.cu_stream(),
+        attrs: attr,
+        numAttrs: attrs,
+    };
+    // SAFETY: as the caller promises; the driver copies the configuration and arguments.
+    unsafe { sys::cuLaunchKernelEx(&config, func, pointers.as_mut_ptr(), null_mut()).result() }
 }
 
 /// Fills `pointers` with a pointer to each argument starting at `starts`.

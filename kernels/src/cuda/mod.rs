@@ -914,12 +914,7 @@ impl Cuda {
             let mut workspace = self.pooled(if splits > 1 { part_len } else { 1 }, false)?;
             let partial = buf_mut("attention", &mut workspace)?;
             let ob = buf_mut("attention", out)?;
-            let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
-            let counters = total * n_kv_head;
-            if arrived.as_ref().is_none_or(|a| a.len() < counters) {
-                let zeroed = self.flushed()?.alloc_zeros::<u32>(counters.next_power_of_two());
-                *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
-            }
+            let mut arrived = self.arrival_counters(total * n_kv_head)?;
             let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
             let kernel = &self.kernels.attention;
             match (at_positions, fused) {
@@ -936,6 +931,16 @@ impl Cuda {
             drop(guards);
         }
         Ok(())
+    }
+
+    /// Attention's arrival counters, locked, holding at least `n` (grown zeroed as needed).
+    fn arrival_counters(&self, n: usize) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<u32>>>, KernelError> {
+        let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
+        if arrived.as_ref().is_none_or(|a| a.len() < n) {
+            let zeroed = self.flushed()?.alloc_zeros::<u32>(n.next_power_of_two());
+            *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
+        }
+        Ok(arrived)
     }
 
     fn alloc(&self, len: usize) -> Result<Option<CudaSlice<f32>>, KernelError> {

@@ -12,7 +12,7 @@ use super::{
     AT_MAX_GD, AT_MAX_GROUP, AttnRope, AttnShape, Cuda, CudaTensor, CudaWeight, KernelArg, attention_splits, buf,
     device_err, driver_err, to_i32,
 };
-use crate::backend::{KernelError, KvLayer, LlamaLayer, LlamaWeights, RopeLayout};
+use crate::backend::{Backend, KernelError, KvLayer, LlamaLayer, LlamaWeights, RopeLayout};
 use crate::quant::GgmlType;
 
 /// Threads per block of `decode_step` (decode_step.cu's `STEP_THREADS`).
@@ -265,11 +265,7 @@ impl Cuda {
         let h = self.pooled(ffn, false)?;
         let logits = self.pooled(vocab, false)?;
         let partial = self.pooled(s.n_kv_head * splits * (group * s.head_dim + 2 * group), false)?;
-        let mut arrived = self.arrived.lock().map_err(|_| device_err("attention counters poisoned"))?;
-        if arrived.as_ref().is_none_or(|a| a.len() < s.n_kv_head) {
-            let zeroed = self.flushed()?.alloc_zeros::<u32>(s.n_kv_head.next_power_of_two());
-            *arrived = Some(zeroed.map_err(|e| driver_err("allocating attention counters", e))?);
-        }
+        let arrived = self.arrival_counters(s.n_kv_head)?;
         let ptr = |t: &CudaTensor| -> Result<u64, KernelError> { Ok(buf(OP, t)?.device_ptr(stream).0) };
         let (Some(table_dev), Some(barrier), Some(arrived)) = (&state.table_dev, &state.barrier, arrived.as_ref())
         else {
@@ -330,7 +326,7 @@ impl Cuda {
             if let Some(dev) = &state.stamps {
                 self.flushed()?.memcpy_dtoh(dev, &mut stamps).map_err(|e| driver_err("reading the stamps", e))?;
             }
-            self.flushed()?.synchronize().map_err(|e| driver_err("synchronize", e))?;
+            Backend::synchronize(self)?;
             state.times.add(&stamps, m.layers.len());
         }
         Ok(Some(logits))
