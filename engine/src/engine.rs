@@ -89,14 +89,16 @@ fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu() -> Result<(Device, String, bool), realm_kernels::KernelError> {
-    let w = realm_kernels::wgpu::Wgpu::new()?;
-    let (note, software) = (format!("wgpu: {}", w.adapter_name()), w.is_software());
+fn wgpu(options: &EngineOptions) -> Result<(Device, String, bool), realm_kernels::KernelError> {
+    let fast = options.precision == Precision::Fast;
+    let w = realm_kernels::wgpu::Wgpu::new()?.with_f16_kv(fast);
+    let kv = if w.kv_f16() { "f16" } else { "f32" };
+    let (note, software) = (format!("wgpu: {}, KV cache {kv}", w.adapter_name()), w.is_software());
     Ok((Device::Wgpu(Box::new(w)), note, software))
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu() -> Result<(Device, String, bool), realm_kernels::KernelError> {
+fn wgpu(_options: &EngineOptions) -> Result<(Device, String, bool), realm_kernels::KernelError> {
     Err(not_built(BackendKind::Wgpu))
 }
 
@@ -123,7 +125,7 @@ fn open_backend(options: &EngineOptions) -> Result<(Device, String), EngineError
         }
         BackendChoice::Cuda => Ok(cuda()?),
         BackendChoice::Wgpu => {
-            let (d, note, _) = wgpu()?;
+            let (d, note, _) = wgpu(options)?;
             Ok((d, note))
         }
         BackendChoice::Auto => {
@@ -131,7 +133,7 @@ fn open_backend(options: &EngineOptions) -> Result<(Device, String), EngineError
                 Ok((d, note)) => return Ok((d, format!("{note} (auto: CUDA is usable)"))),
                 Err(e) => e.to_string(),
             };
-            let wgpu_why = match wgpu() {
+            let wgpu_why = match wgpu(options) {
                 Ok((d, note, false)) => {
                     return Ok((d, format!("{note} (auto: CUDA not usable: {cuda_why})")));
                 }
@@ -237,7 +239,7 @@ impl Engine {
     /// a decode step at context `n` reads `n` times this.
     pub fn kv_bytes_per_position(&self) -> usize {
         let c = &self.model.config;
-        2 * c.n_layer * c.kv_dim() * self.model.backend().kv_value_bytes()
+        c.n_layer * self.model.backend().kv_row_bytes(c.kv_dim())
     }
 
     /// The GPU's device-to-device copy bandwidth (bytes read plus written per second), or

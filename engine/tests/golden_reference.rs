@@ -35,17 +35,21 @@ enum Path {
     Cuda,
     #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     Wgpu,
+    /// wgpu in the fast precision: f16 KV cache.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    WgpuFast,
 }
 
 /// The engine for `path`, loaded once; `None` when a GPU backend cannot start here and its
 /// `REALM_REQUIRE_CUDA` / `REALM_REQUIRE_WGPU` is unset (machines without one skip its test).
 fn engine(path: Path) -> Option<&'static Engine> {
-    static ENGINES: [OnceLock<Result<Engine, String>>; 4] = [const { OnceLock::new() }; 4];
+    static ENGINES: [OnceLock<Result<Engine, String>>; 5] = [const { OnceLock::new() }; 5];
     let (slot, precision, backend, require) = match path {
         Path::Exact => (0, Precision::Exact, BackendChoice::Cpu, None),
         Path::Fast => (1, Precision::Fast, BackendChoice::Cpu, None),
         Path::Cuda => (2, Precision::Exact, BackendChoice::Cuda, Some("REALM_REQUIRE_CUDA")),
         Path::Wgpu => (3, Precision::Exact, BackendChoice::Wgpu, Some("REALM_REQUIRE_WGPU")),
+        Path::WgpuFast => (4, Precision::Fast, BackendChoice::Wgpu, Some("REALM_REQUIRE_WGPU")),
     };
     let loaded = ENGINES[slot].get_or_init(|| {
         let options = EngineOptions { precision, backend, ..EngineOptions::default() };
@@ -84,7 +88,7 @@ fn pairs(v: &Value) -> Vec<(u32, f32)> {
 fn check_prompt(id: &str, path: Path) {
     let tol = match path {
         Path::Exact | Path::Cuda | Path::Wgpu => EXACT,
-        Path::Fast => FAST,
+        Path::Fast | Path::WgpuFast => FAST,
     };
     let Some(engine) = engine(path) else { return };
     let r = reference(id);
@@ -169,6 +173,13 @@ macro_rules! golden_prompts {
             for id in ["raw-1", "chat-1"] {
                 check_prompt(id, Path::Wgpu);
             }
+        }
+
+        /// The fast precision on wgpu (an f16 KV cache), one chat prompt.
+        #[cfg(feature = "wgpu")]
+        #[test]
+        fn wgpu_fast_matches_the_reference() {
+            check_prompt("chat-6", Path::WgpuFast);
         }
 
         #[test]

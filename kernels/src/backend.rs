@@ -505,9 +505,10 @@ pub trait Backend: Send {
     /// must not delay the step itself (the CPU moves freshly packed weights to huge pages).
     fn step_done(&self) {}
 
-    /// Bytes one cached key or value element takes (what [`Backend::kv_write`] stores).
-    fn kv_value_bytes(&self) -> usize {
-        size_of::<f32>()
+    /// Bytes one layer's cache takes per position for rows of `row_len` elements, keys and
+    /// values together (what [`Backend::kv_write`] stores).
+    fn kv_row_bytes(&self, row_len: usize) -> usize {
+        2 * row_len * size_of::<f32>()
     }
 
     /// Causal attention for one sequence's query rows of `q` against its cache, which holds

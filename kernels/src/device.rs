@@ -163,8 +163,8 @@ impl Backend for Device {
         }
     }
 
-    fn kv_value_bytes(&self) -> usize {
-        dispatch!(self, |b| b.kv_value_bytes())
+    fn kv_row_bytes(&self, row_len: usize) -> usize {
+        dispatch!(self, |b| b.kv_row_bytes(row_len))
     }
 
     fn step_done(&self) {

@@ -691,8 +691,8 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn kv_value_bytes(&self) -> usize {
-        if self.kv_f16 { size_of::<f16>() } else { size_of::<f32>() }
+    fn kv_row_bytes(&self, row_len: usize) -> usize {
+        2 * row_len * if self.kv_f16 { size_of::<f16>() } else { size_of::<f32>() }
     }
 
     /// Weights packed during the step move to huge pages on a thread of their own: the next

@@ -119,6 +119,15 @@ struct Kernels {
     add: wgpu::ComputePipeline,
     attention: wgpu::ComputePipeline,
     argmax: wgpu::ComputePipeline,
+    /// Where the adapter has WGSL's f16 packing (`DownlevelFlags::SHADER_F16_IN_F32`, which
+    /// every WebGPU-compliant adapter has).
+    f16_cache: Option<F16CacheKernels>,
+}
+
+/// The kernels of an f16 KV cache.
+struct F16CacheKernels {
+    attention: wgpu::ComputePipeline,
+    kv_write: wgpu::ComputePipeline,
 }
 
 fn pipeline(device: &wgpu::Device, module: &wgpu::ShaderModule, entry: &str, label: &str) -> wgpu::ComputePipeline {
@@ -140,8 +149,9 @@ fn module(device: &wgpu::Device, src: &str, label: &str) -> wgpu::ShaderModule {
 }
 
 impl Kernels {
-    /// Compiles every kernel; compilation errors surface through the caller's error scope.
-    fn new(device: &wgpu::Device) -> Result<Self, KernelError> {
+    /// Compiles every kernel (the f16 cache's where `f16_in_f32`); compilation errors surface
+    /// through the caller's error scope.
+    fn new(device: &wgpu::Device, f16_in_f32: bool) -> Result<Self, KernelError> {
         let mut matmul = Vec::new();
         let mut embed = Vec::new();
         for format in Format::ALL {
@@ -152,6 +162,16 @@ impl Kernels {
             embed.push(pipeline(device, &m, "embed", "embed"));
         }
         let single = |src: &str, label: &str| pipeline(device, &module(device, src, label), "main", label);
+        let f16_cache = if f16_in_f32 {
+            let attention =
+                source::attention_f16_module().ok_or_else(|| device_err("attention shader lacks its cache markers"))?;
+            Some(F16CacheKernels {
+                attention: single(&attention, "attention f16"),
+                kv_write: single(source::KV_WRITE_F16, "kv_write f16"),
+            })
+        } else {
+            None
+        };
         Ok(Self {
             matmul,
             embed,
@@ -161,6 +181,7 @@ impl Kernels {
             add: single(source::ADD, "add"),
             attention: single(source::ATTENTION, "attention"),
             argmax: single(source::ARGMAX, "argmax"),
+            f16_cache,
         })
     }
 }
@@ -182,6 +203,8 @@ pub struct Wgpu {
     /// The first validation or device error wgpu reported outside an error scope; it would
     /// panic by default, this backend returns it from the next op that waits.
     error: Arc<Mutex<Option<String>>>,
+    /// KV caches hold f16, two to a word (see [`Wgpu::with_f16_kv`]).
+    kv_f16: bool,
 }
 
 impl Wgpu {
@@ -211,7 +234,8 @@ impl Wgpu {
             slot.get_or_insert_with(|| e.to_string());
         }));
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = Kernels::new(&device);
+        let f16_in_f32 = adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        let kernels = Kernels::new(&device, f16_in_f32);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(device_err(format!("kernel compilation failed: {e}")));
         }
@@ -223,7 +247,38 @@ impl Wgpu {
             kernels: kernels?,
             rec: Mutex::new(Recorder::default()),
             error,
+            kv_f16: false,
         })
+    }
+
+    /// KV caches in f16 (`on`, where the adapter can) or f32: f16 halves the cache's memory
+    /// and the bytes attention reads, and attention still computes in f32. The halves are
+    /// packed two to a word by WGSL's `pack2x16float`, which needs no `shader-f16` feature,
+    /// only the downlevel flag every WebGPU-compliant adapter has. Rows of an odd length stay
+    /// f32.
+    pub fn with_f16_kv(mut self, on: bool) -> Self {
+        self.kv_f16 = on && self.kernels.f16_cache.is_some();
+        self
+    }
+
+    /// Whether KV caches hold f16 (see [`Wgpu::with_f16_kv`]).
+    pub fn kv_f16(&self) -> bool {
+        self.kv_f16
+    }
+
+    /// The f16 cache's kernels when caches of `row_len`-element rows hold f16.
+    fn f16_cache(&self, row_len: usize) -> Option<&F16CacheKernels> {
+        self.kernels.f16_cache.as_ref().filter(|_| self.kv_f16 && row_len.is_multiple_of(2))
+    }
+
+    /// Whether caches of `row_len`-element rows hold f16.
+    fn f16_rows(&self, row_len: usize) -> bool {
+        self.f16_cache(row_len).is_some()
+    }
+
+    /// Elements a cache tensor of `row_len`-element rows holds: its words, or twice them.
+    fn cache_elems(&self, t: &WgpuTensor, row_len: usize) -> usize {
+        if self.f16_rows(row_len) { 2 * t.len } else { t.len }
     }
 
     /// The adapter for a log line: name, graphics API and device type.
@@ -506,12 +561,16 @@ impl Backend for Wgpu {
         let SeqRows { row, n, first_pos } = rows;
         let src = row * row_len..(row + n) * row_len;
         let dst = first_pos * row_len..(first_pos + n) * row_len;
-        for (cached, new) in [(cache.k, k), (cache.v, v)] {
-            check_len("kv_write", "source", new.len, src.end)?;
-            if cached.capacity() < dst.end {
+        check_len("kv_write", "source", k.len.min(v.len), src.end)?;
+        // An f16 cache's tensor counts words of two elements; rows of even length start on one.
+        let f16 = self.f16_rows(row_len);
+        let words = |elems: usize| if f16 { elems / 2 } else { elems };
+        let (src_words, dst_words) = (words(src.start)..words(src.end), words(dst.start)..words(dst.end));
+        for cached in [&mut *cache.k, &mut *cache.v] {
+            if cached.capacity() < dst_words.end {
                 // Doubling keeps the copies of a growing cache linear in its final length.
                 let max = (self.limits.max_storage_buffer_binding_size / 4) as usize;
-                let want = dst.end.max(cached.capacity().saturating_mul(2).min(max));
+                let want = dst_words.end.max(cached.capacity().saturating_mul(2).min(max));
                 let grown = self.tensor(want)?;
                 let old = (cached.len * 4) as u64;
                 if old > 0 {
@@ -519,14 +578,31 @@ impl Backend for Wgpu {
                 }
                 cached.buf = grown.buf;
             }
-            cached.len = cached.len.max(dst.end);
-            if !src.is_empty() {
-                let bytes = (src.len() * 4) as u64;
-                let (from, to) = ((src.start * 4) as u64, (dst.start * 4) as u64);
-                self.record(|e| e.copy_buffer_to_buffer(&new.buf, from, &cached.buf, to, bytes));
-            }
+            cached.len = cached.len.max(dst_words.end);
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        if let Some(kernels) = self.f16_cache(row_len) {
+            let params = [
+                u32_of("kv_write", "source element", src.start)?,
+                u32_of("kv_write", "cache word", dst_words.start)?,
+                u32_of("kv_write", "words", dst_words.len())?,
+            ];
+            let bindings = [(1, &k.buf), (2, &v.buf), (3, &cache.k.buf), (4, &cache.v.buf)];
+            let groups = Self::elementwise_groups(dst_words.len());
+            return self.dispatch("kv_write", &kernels.kv_write, &params, &bindings, groups);
+        }
+        let bytes = (src_words.len() * 4) as u64;
+        let (from, to) = ((src_words.start * 4) as u64, (dst_words.start * 4) as u64);
+        for (cached, new) in [(&*cache.k, k), (&*cache.v, v)] {
+            self.record(|e| e.copy_buffer_to_buffer(&new.buf, from, &cached.buf, to, bytes));
         }
         Ok(())
+    }
+
+    fn kv_row_bytes(&self, row_len: usize) -> usize {
+        2 * row_len * if self.f16_rows(row_len) { 2 } else { 4 }
     }
 
     fn attention(
@@ -561,11 +637,12 @@ impl Backend for Wgpu {
             let SeqRows { row: q_row, n, first_pos } = *rows;
             let n_ctx = first_pos + n;
             check_len("attention", "q", q.len, (q_row + n) * q_len)?;
-            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
-            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
+            check_len("attention", "k cache", self.cache_elems(cache.k, kv_len), n_ctx * kv_len)?;
+            check_len("attention", "v cache", self.cache_elems(cache.v, kv_len), n_ctx * kv_len)?;
             check_len("attention", "output", out.len, (q_row + n) * q_len)?;
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
+        let kernel = self.f16_cache(kv_len).map_or(&self.kernels.attention, |k| &k.attention);
         for (cache, rows) in seqs {
             let params = [
                 u32_of("attention", "row", rows.row)?,
@@ -577,7 +654,7 @@ impl Backend for Wgpu {
                 scale.to_bits(),
             ];
             let bindings = [(1, &q.buf), (2, &cache.k.buf), (3, &cache.v.buf), (4, &out.buf)];
-            self.dispatch("attention", &self.kernels.attention, &params, &bindings, rows.n * n_head)?;
+            self.dispatch("attention", kernel, &params, &bindings, rows.n * n_head)?;
         }
         Ok(())
     }

@@ -14,9 +14,11 @@ pub(super) const SILU_MUL: &str = include_str!("shaders/silu_mul.wgsl");
 pub(super) const ADD: &str = include_str!("shaders/add.wgsl");
 pub(super) const ATTENTION: &str = include_str!("shaders/attention.wgsl");
 pub(super) const ARGMAX: &str = include_str!("shaders/argmax.wgsl");
+pub(super) const KV_WRITE_F16: &str = include_str!("shaders/kv_write_f16.wgsl");
+const CACHE_F16: &str = include_str!("shaders/cache_f16.wgsl");
 
-const BEGIN: &str = "// unit:begin";
-const END: &str = "// unit:end";
+const UNIT: (&str, &str) = ("// unit:begin", "// unit:end");
+const CACHE: (&str, &str) = ("// cache:begin", "// cache:end");
 
 /// The file whose `unit` region dequantizes `format`.
 fn unit_source(format: Format) -> &'static str {
@@ -31,18 +33,27 @@ fn unit_source(format: Format) -> &'static str {
     }
 }
 
-/// `(before, region, after)` around the markers; `None` when they are missing.
-fn split(src: &str) -> Option<(&str, &str, &str)> {
-    let start = src.find(BEGIN)?;
-    let end = start + src[start..].find(END)?;
-    Some((&src[..start], &src[start..end + END.len()], &src[end + END.len()..]))
+/// `(before, region, after)` around the `(begin, end)` markers; `None` when they are missing.
+fn split<'a>(src: &'a str, (begin, end): (&str, &str)) -> Option<(&'a str, &'a str, &'a str)> {
+    let start = src.find(begin)?;
+    let stop = start + src[start..].find(end)?;
+    Some((&src[..start], &src[start..stop + end.len()], &src[stop + end.len()..]))
 }
 
 /// The matmul and embed module of `format`; `None` when a file lacks its markers.
 pub(super) fn matmul_module(format: Format) -> Option<String> {
-    let (before, _, after) = split(MATMUL)?;
-    let (_, region, _) = split(unit_source(format))?;
+    let (before, _, after) = split(MATMUL, UNIT)?;
+    let (_, region, _) = split(unit_source(format), UNIT)?;
     Some(format!("{before}{BYTES}\n{region}{after}"))
+}
+
+/// The attention module over an f16 KV cache: `attention.wgsl` with its `cache` region (the
+/// cache bindings and their readers) replaced by `cache_f16.wgsl`'s; `None` when a file lacks
+/// its markers.
+pub(super) fn attention_f16_module() -> Option<String> {
+    let (before, _, after) = split(ATTENTION, CACHE)?;
+    let (_, region, _) = split(CACHE_F16, CACHE)?;
+    Some(format!("{before}{region}{after}"))
 }
 
 /// Every module the backend compiles, by name, for validation outside a device.
@@ -56,8 +67,10 @@ pub fn shader_modules() -> Vec<(String, String)> {
         ("add", ADD),
         ("attention", ATTENTION),
         ("argmax", ARGMAX),
+        ("kv_write_f16", KV_WRITE_F16),
     ] {
         out.push((name.to_string(), src.to_string()));
     }
+    out.extend(attention_f16_module().map(|m| ("attention f16".to_string(), m)));
     out
 }

@@ -16,8 +16,19 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+// cache:begin
+// The KV cache in f32 (cache_f16.wgsl replaces this region for an f16 cache).
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
+
+fn key(i: u32) -> f32 {
+    return k[i];
+}
+
+fn value(i: u32) -> f32 {
+    return v[i];
+}
+// cache:end
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
@@ -91,7 +102,7 @@ fn main(
             let ko = pos * kv_len + kv_off;
             var d = 0.0;
             for (var i = 0u; i < hd; i++) {
-                d += qh[i] * k[ko + i];
+                d += qh[i] * key(ko + i);
             }
             s = d * p.scale;
         }
@@ -109,7 +120,7 @@ fn main(
             if d < hd {
                 var a = acc[j] * corr;
                 for (var i = 0u; i < cnt; i++) {
-                    a += weights[i] * v[(c0 + i) * kv_len + kv_off + d];
+                    a += weights[i] * value((c0 + i) * kv_len + kv_off + d);
                 }
                 acc[j] = a;
             }
