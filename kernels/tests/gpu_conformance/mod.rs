@@ -200,8 +200,7 @@ pub fn kv_write_and_attention_match_cpu_for_several_sequences<B: Backend>(g: &B)
 }
 
 fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionShape, seqs: &[(usize, usize)]) {
-    let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
-    let total: usize = seqs.iter().map(|s| s.1).sum();
+    let kv_len = shape.n_kv_head * shape.head_dim;
     let mut cpu_caches = Vec::new();
     let mut gpu_caches = Vec::new();
     for &(cached, _) in seqs {
@@ -209,6 +208,30 @@ fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionSha
         cpu_caches.push(KvLayer { k: k.clone(), v: v.clone() });
         gpu_caches.push(KvLayer { k: g.upload(&k).expect("k"), v: g.upload(&v).expect("v") });
     }
+    append_and_attend(g, c, rng, shape, seqs, &mut cpu_caches, &mut gpu_caches, ATTENTION_TOL);
+    for (i, &(cached, n)) in seqs.iter().enumerate() {
+        let len = (cached + n) * kv_len;
+        assert_close("k cache", &download(g, &gpu_caches[i].k, 1, len), &cpu_caches[i].k, 0.0);
+        assert_close("v cache", &download(g, &gpu_caches[i].v, 1, len), &cpu_caches[i].v, 0.0);
+    }
+}
+
+/// Appends each sequence's new rows (`seqs`: cached positions, new rows) to both backends'
+/// caches, which hold the cached prefixes, then runs one `attention_many` over every sequence
+/// on each and compares the outputs within `tol`.
+#[allow(clippy::too_many_arguments)]
+fn append_and_attend<B: Backend>(
+    g: &B,
+    c: &Cpu,
+    rng: &mut Rng,
+    shape: AttentionShape,
+    seqs: &[(usize, usize)],
+    cpu_caches: &mut [KvLayer<Vec<f32>>],
+    gpu_caches: &mut [KvLayer<B::Tensor>],
+    tol: f32,
+) {
+    let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
+    let total: usize = seqs.iter().map(|s| s.1).sum();
     let (q, k, v) = (rng.vec(total * q_len), rng.vec(total * kv_len), rng.vec(total * kv_len));
     let (qg, kg, vg) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"), g.upload(&v).expect("v"));
     let mut rows = Vec::new();
@@ -220,23 +243,47 @@ fn attention_case<B: Backend>(g: &B, c: &Cpu, rng: &mut Rng, shape: AttentionSha
         rows.push(r);
         row += n;
     }
-    for (i, &(cached, n)) in seqs.iter().enumerate() {
-        let len = (cached + n) * kv_len;
-        assert_close("k cache", &download(g, &gpu_caches[i].k, 1, len), &cpu_caches[i].k, 0.0);
-        assert_close("v cache", &download(g, &gpu_caches[i].v, 1, len), &cpu_caches[i].v, 0.0);
-    }
     let cs: Vec<_> = cpu_caches.iter().zip(&rows).map(|(kv, r)| (kv.as_ref(), *r)).collect();
     let gs: Vec<_> = gpu_caches.iter().zip(&rows).map(|(kv, r)| (kv.as_ref(), *r)).collect();
     let mut want = c.zeros(total * q_len).expect("zeros");
     c.attention_many(&q, &cs, shape, &mut want).expect("cpu attention");
     let mut out = g.zeros(total * q_len).expect("zeros");
     g.attention_many(&qg, &gs, shape, &mut out).expect("gpu attention");
-    assert_close(
-        &format!("attention_many, head dim {}", shape.head_dim),
-        &download(g, &out, total, q_len),
-        &want,
-        ATTENTION_TOL,
-    );
+    assert_close(&format!("attention_many, head dim {}", shape.head_dim), &download(g, &out, total, q_len), &want, tol);
+}
+
+/// A backend whose KV cache holds f16 (wgpu's `with_f16_kv`) against the CPU backend's fast
+/// path, whose cache holds f16 too and whose attention is exact math on the rounded rows: the
+/// step of `kv_write_and_attention_match_cpu_for_several_sequences`, the caches grown by
+/// `kv_write` from empty (an f16 cache cannot be uploaded as f32), and the bytes per position
+/// `kv_row_bytes` reports.
+pub fn f16_kv_cache_matches_the_cpu_fast_path<B: Backend>(g: &B) {
+    // f32 sums in other orders, and f16 roundings of ties that may go the other way.
+    const F16_CACHE_TOL: f32 = 1e-3;
+    let c = Cpu::new(2, Activations::Q8).expect("cpu backend");
+    let mut rng = Rng::new("f16 kv cache");
+    let seqs = [(0usize, 7usize), (300, 1), (40, 5)];
+    for shape in [
+        AttentionShape { n_head: 6, n_kv_head: 2, head_dim: 64 },
+        AttentionShape { n_head: 8, n_kv_head: 2, head_dim: 128 },
+    ] {
+        let kv_len = shape.n_kv_head * shape.head_dim;
+        assert_eq!(g.kv_row_bytes(kv_len), c.kv_row_bytes(kv_len), "an f16 cache's bytes per position");
+        let mut cpu_caches = Vec::new();
+        let mut gpu_caches = Vec::new();
+        for &(cached, _) in &seqs {
+            let (k, v) = (rng.vec(cached * kv_len), rng.vec(cached * kv_len));
+            let mut cpu_cache = KvLayer { k: c.zeros(0).expect("k"), v: c.zeros(0).expect("v") };
+            let mut gpu_cache = KvLayer { k: g.zeros(0).expect("k"), v: g.zeros(0).expect("v") };
+            let prefix = SeqRows { row: 0, n: cached, first_pos: 0 };
+            c.kv_write(cpu_cache.as_mut(), &k, &v, prefix, kv_len).expect("cpu prefix");
+            let (kg, vg) = (g.upload(&k).expect("k"), g.upload(&v).expect("v"));
+            g.kv_write(gpu_cache.as_mut(), &kg, &vg, prefix, kv_len).expect("gpu prefix");
+            cpu_caches.push(cpu_cache);
+            gpu_caches.push(gpu_cache);
+        }
+        append_and_attend(g, &c, &mut rng, shape, &seqs, &mut cpu_caches, &mut gpu_caches, F16_CACHE_TOL);
+    }
 }
 
 pub fn bad_shapes_are_errors_not_panics<B: Backend>(g: &B) {
