@@ -79,7 +79,8 @@ fn cpu(options: &EngineOptions) -> Result<Device, EngineError> {
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<(Device, String), realm_kernels::KernelError> {
     let c = realm_kernels::cuda::Cuda::new(0)?;
-    let note = format!("cuda: {}", c.description());
+    // The CUDA kernels keep f32 activations and an f32 KV cache in either precision (issue 9).
+    let note = format!("cuda: {}, KV cache f32", c.description());
     Ok((Device::Cuda(Box::new(c)), note))
 }
 
