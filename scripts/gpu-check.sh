@@ -16,10 +16,12 @@
 #   scripts/gpu-check.sh --prebuilt DIR[:DIR...]
 #                                        check with what --package put in those folders
 #   ... --only ptx,kernels               run only these steps: ptx, kernels, golden, bench, whole
-#                                        (the default set) and profile (ncu's time per kernel over
-#                                        a few decode steps at batch 1 and 32). Only golden,
-#                                        bench, whole and profile need the model, so a machine
-#                                        that has received part of it can run the rest first
+#                                        (the default set), profile (ncu's time per kernel over
+#                                        a few decode steps at batch 1 and 32) and kv16 (batch 1
+#                                        and 32 at prompt 512 with the f32 and the f16 KV cache,
+#                                        alternated). Only golden, bench, whole, profile and kv16
+#                                        need the model, so a machine that has received part of
+#                                        it can run the rest first
 #
 # Results (logs, bench JSON, the table) go to $REALM_GPU_OUT (default target/gpu-check).
 set -euo pipefail
@@ -39,10 +41,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 for s in ${steps//,/ }; do
-  case "$s" in ptx | kernels | golden | bench | whole | profile) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
+  case "$s" in ptx | kernels | golden | bench | whole | profile | kv16) ;; *) echo "unknown step '$s'; $usage" >&2; exit 2 ;; esac
 done
 wants() { [[ ",$steps," == *",$1,"* ]]; }
-needs_model() { wants golden || wants bench || wants whole || wants profile; }
+needs_model() { wants golden || wants bench || wants whole || wants profile || wants kv16; }
 out=${REALM_GPU_OUT:-$root/target/gpu-check}
 mkdir -p "$out"
 
@@ -189,6 +191,18 @@ whole() {
   done
 }
 step whole whole
+# shellcheck disable=SC2329 # called through step
+kv16() {
+  local round on
+  for round in 1 2; do
+    for on in 0 1; do
+      echo "f16 KV cache $on, round $round:"
+      limit 90 env REALM_CUDA_KV_F16="$on" "${bin[realm]}" bench --model "$model" --backend cuda --precision fast \
+        --batch 1,32 --prompt-tokens 512 --gen-tokens 64 --repeat 2 2>&1 | grep -E "^ +(1|32) |KV cache"
+    done
+  done
+}
+step kv16 kv16
 # shellcheck disable=SC2329 # called through step
 profile() {
   command -v ncu >/dev/null || { echo "ncu (Nsight Compute) is not on the PATH"; return 1; }

@@ -23,6 +23,17 @@ fn gpu() -> Option<&'static Cuda> {
 
 gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_batch, embed_matches_cpu_for_every_format, rms_norm_silu_mul_add_and_gather_match_cpu, rope_matches_cpu_for_both_layouts, kv_write_and_attention_match_cpu_for_several_sequences, bad_shapes_are_errors_not_panics, fused_matmuls_match_cpu, norm_fused_matmuls_match_cpu, rope_qk_and_kv_write_many_match_cpu, argmax_rows_match_cpu, rope_kv_write_attention_matches_cpu);
 
+/// The attention checks with the KV cache in f16 (`Cuda::with_f16_kv`), against the CPU's
+/// fast path, whose cache holds f16 too.
+#[test]
+fn f16_kv_cache_matches_the_cpu_fast_path() {
+    if gpu().is_none() {
+        return;
+    }
+    let f16 = Cuda::new(0).expect("cuda").with_f16_kv(true);
+    gpu_conformance::f16_kv_cache_matches_the_cpu_fast_path(&f16);
+}
+
 /// A run of launches submitted again with new buffers and data is replayed as a CUDA graph
 /// (after the second time its shape is seen), its nodes updated, and gives what direct
 /// launches give.

@@ -210,7 +210,7 @@ extern "C" __global__ void __launch_bounds__(STEP_THREADS, 1) decode_step(const 
 
         // RoPE, the KV append and attention: (KV head, run) pairs spread over the blocks.
         for (int vb = blockIdx.x; vb < a.sh.n_kv_head * a.sh.splits; vb += gridDim.x) {
-            attend<STEP_THREADS>((const float*)a.q, (const float*)L.k_cache, (const float*)L.v_cache, 0, a.pos, 0,
+            attend<STEP_THREADS, float>((const float*)a.q, (const float*)L.k_cache, (const float*)L.v_cache, 0, a.pos, 0,
                                  vb / a.sh.splits, vb % a.sh.splits, a.sh, att, (float*)a.partial,
                                  (u32*)a.arrived, a.rope);
             __syncthreads();

@@ -20,6 +20,37 @@ __device__ __forceinline__ float half_to_float(u16 h) {
     return f;
 }
 
+__device__ __forceinline__ u16 float_to_half(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// A KV cache element: f32, or f16 (`u16` bits) where the host keeps an f16 cache. Offsets are in
+// elements; rows are whole float4s (head_dim is a multiple of 4), so four f16s are 8 aligned
+// bytes.
+template <typename KV> __device__ __forceinline__ float4 kv_load4(const KV* p);
+
+template <> __device__ __forceinline__ float4 kv_load4<float>(const float* p) {
+    return *(const float4*)p;
+}
+
+template <> __device__ __forceinline__ float4 kv_load4<u16>(const u16* p) {
+    uint2 raw = *(const uint2*)p;
+    return make_float4(half_to_float(raw.x & 0xffffu), half_to_float(raw.x >> 16), half_to_float(raw.y & 0xffffu),
+                       half_to_float(raw.y >> 16));
+}
+
+template <typename KV> __device__ __forceinline__ KV kv_store(float x);
+
+template <> __device__ __forceinline__ float kv_store<float>(float x) {
+    return x;
+}
+
+template <> __device__ __forceinline__ u16 kv_store<u16>(float x) {
+    return float_to_half(x);
+}
+
 // GGML blocks are only 2-byte aligned (18, 34 and 210 bytes long, and rows of whole blocks),
 // so scales are read as 16-bit words.
 __device__ __forceinline__ float load_half(const u8* p) {
@@ -570,8 +601,8 @@ __device__ __forceinline__ void seq_of(const AttnSeqs& s, int i, int* seq, int* 
 // through L2, as the whole-step kernel's other blocks wrote them moments before.
 // The host guarantees head_dim is a multiple of 4 and at most AT_TILE_FLOATS, and
 // G * head_dim <= AT_MAX_GD with G <= AT_MAX_GROUP.
-template <int THREADS>
-__device__ void attend(const float* __restrict__ q, const float* kc, const float* vc, int row, int pos, int slot,
+template <int THREADS, typename KV>
+__device__ void attend(const float* __restrict__ q, const KV* kc, const KV* vc, int row, int pos, int slot,
                        int g, int split, const AttnShape& sh, float* __restrict__ out, float* __restrict__ partial,
                        u32* __restrict__ arrived, const AttnRope& fuse) {
     // Key rows are padded by 4 floats so the threads of a quarter warp, reading one float4 each
@@ -601,11 +632,11 @@ __device__ void attend(const float* __restrict__ q, const float* kc, const float
             __syncthreads();
             rotate_row(vs, D, D, fuse.n_rot, pos, fuse.log2_base, fuse.neox);
             __syncthreads();
-            float* kw = (float*)kc + (u64)pos * kv_len + g * D;
-            float* vw = (float*)vc + (u64)pos * kv_len + g * D;
+            KV* kw = (KV*)kc + (u64)pos * kv_len + g * D;
+            KV* vw = (KV*)vc + (u64)pos * kv_len + g * D;
             for (int i = threadIdx.x; i < D; i += THREADS) {
-                kw[i] = vs[i];
-                vw[i] = __ldcg(vn + i);
+                kw[i] = kv_store<KV>(vs[i]);
+                vw[i] = kv_store<KV>(__ldcg(vn + i));
             }
         }
         // The tiles below read the appended rows and overwrite `vs`.
@@ -628,8 +659,8 @@ __device__ void attend(const float* __restrict__ q, const float* kc, const float
         for (int i = threadIdx.x; i < count * D4; i += THREADS) {
             int p = i / D4, d4 = i % D4;
             u64 off = (u64)(tile + p) * kv_len + g * D;
-            *(float4*)(ks + p * KS + 4 * d4) = ((const float4*)(kc + off))[d4];
-            *(float4*)(vs + p * D + 4 * d4) = ((const float4*)(vc + off))[d4];
+            *(float4*)(ks + p * KS + 4 * d4) = kv_load4(kc + off + 4 * d4);
+            *(float4*)(vs + p * D + 4 * d4) = kv_load4(vc + off + 4 * d4);
         }
         __syncthreads();
         for (int i = threadIdx.x; i < G * tp; i += THREADS) {
@@ -715,10 +746,11 @@ __device__ void attend(const float* __restrict__ q, const float* kc, const float
     }
 }
 
-extern "C" __global__ void __launch_bounds__(AT_THREADS)
-    attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
-              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
-              const AttnRope fuse) {
+template <typename KV>
+__device__ __forceinline__ void attention_body(const float* __restrict__ q, const AttnSeqs& seqs, const AttnShape& sh,
+                                               float* __restrict__ out, float* __restrict__ partial,
+                                               u32* __restrict__ arrived, const u32* __restrict__ positions,
+                                               const AttnRope& fuse) {
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
     int g = blockIdx.y, split = blockIdx.z;
@@ -727,42 +759,69 @@ extern "C" __global__ void __launch_bounds__(AT_THREADS)
     int row = seqs.row[seq] + t;
     int pos = positions ? (int)positions[row] : (int)seqs.first_pos[seq] + t;
     int begin = split * sh.split_len, end = min(begin + sh.split_len, pos + 1);
-    const float* kc = (const float*)seqs.k[seq];
-    const float* vc = (const float*)seqs.v[seq];
+    const KV* kc = (const KV*)seqs.k[seq];
+    const KV* vc = (const KV*)seqs.v[seq];
     u64 kv_len = sh.n_kv_head * sh.head_dim;
     // The run's cached keys and values head for L2 while the kernel before finishes (rows
     // written this step go through L2 as well, so nothing stale is fetched).
     for (int p = begin + threadIdx.x / 2; p < end; p += AT_THREADS / 2) {
         u64 off = (u64)p * kv_len + g * sh.head_dim;
-        prefetch_l2(kc + off, sh.head_dim * 4, threadIdx.x % 2, 2);
-        prefetch_l2(vc + off, sh.head_dim * 4, threadIdx.x % 2, 2);
+        prefetch_l2(kc + off, sh.head_dim * (int)sizeof(KV), threadIdx.x % 2, 2);
+        prefetch_l2(vc + off, sh.head_dim * (int)sizeof(KV), threadIdx.x % 2, 2);
     }
     step_wait_release();
-    attend<AT_THREADS>(q, kc, vc, row, pos, blockIdx.x, g, split, sh, out, partial, arrived, fuse);
+    attend<AT_THREADS, KV>(q, kc, vc, row, pos, blockIdx.x, g, split, sh, out, partial, arrived, fuse);
+}
+
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
+    attention(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
+              float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
+              const AttnRope fuse) {
+    attention_body<float>(q, seqs, sh, out, partial, arrived, positions, fuse);
+}
+
+// `attention` over f16 caches.
+extern "C" __global__ void __launch_bounds__(AT_THREADS)
+    attention_f16(const float* __restrict__ q, const AttnSeqs seqs, const AttnShape sh, float* __restrict__ out,
+                  float* __restrict__ partial, u32* __restrict__ arrived, const u32* __restrict__ positions,
+                  const AttnRope fuse) {
+    attention_body<u16>(q, seqs, sh, out, partial, arrived, positions, fuse);
 }
 
 
 // Appends every sequence's new key and value rows to its caches (one block per new row).
-extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict__ k, const float* __restrict__ v,
-                                    int row_len) {
+template <typename KV>
+__device__ __forceinline__ void kv_write_body(const AttnSeqs& seqs, const float* __restrict__ k,
+                                              const float* __restrict__ v, int row_len) {
     step_wait_release();
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
     u64 src = (u64)(seqs.row[seq] + t) * row_len, dst = (u64)(seqs.first_pos[seq] + t) * row_len;
-    float* kc = (float*)seqs.k[seq];
-    float* vc = (float*)seqs.v[seq];
+    KV* kc = (KV*)seqs.k[seq];
+    KV* vc = (KV*)seqs.v[seq];
     for (int i = threadIdx.x; i < row_len; i += blockDim.x) {
-        kc[dst + i] = k[src + i];
-        vc[dst + i] = v[src + i];
+        kc[dst + i] = kv_store<KV>(k[src + i]);
+        vc[dst + i] = kv_store<KV>(v[src + i]);
     }
+}
+
+extern "C" __global__ void kv_write(const AttnSeqs seqs, const float* __restrict__ k, const float* __restrict__ v,
+                                    int row_len) {
+    kv_write_body<float>(seqs, k, v, row_len);
+}
+
+extern "C" __global__ void kv_write_f16(const AttnSeqs seqs, const float* __restrict__ k,
+                                        const float* __restrict__ v, int row_len) {
+    kv_write_body<u16>(seqs, k, v, row_len);
 }
 
 // `rope` of queries and keys and `kv_write` in one launch: block (i, 0) rotates query row i,
 // (i, 1) rotates key row i and appends it to its sequence's cache at its position, (i, 2)
 // appends value row i.
-extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
-                                         int kv_len, int head_dim, int n_rot, const u32* positions,
-                                         double log2_base, int neox) {
+template <typename KV>
+__device__ __forceinline__ void rope_kv_write_body(const AttnSeqs& seqs, float* q, int q_len, float* k,
+                                                   const float* v, int kv_len, int head_dim, int n_rot,
+                                                   const u32* positions, double log2_base, int neox) {
     step_wait_release();
     int seq, t;
     seq_of(seqs, blockIdx.x, &seq, &t);
@@ -773,14 +832,26 @@ extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_le
         return;
     }
     if (blockIdx.y == 2) {
-        float* vc = (float*)seqs.v[seq];
-        for (int i = threadIdx.x; i < kv_len; i += blockDim.x) vc[dst + i] = v[row * kv_len + i];
+        KV* vc = (KV*)seqs.v[seq];
+        for (int i = threadIdx.x; i < kv_len; i += blockDim.x) vc[dst + i] = kv_store<KV>(v[row * kv_len + i]);
         return;
     }
     float* kr = k + row * kv_len;
     rotate_row(kr, kv_len, head_dim, n_rot, positions[row], log2_base, neox);
     // Each thread copies elements other threads rotated.
     __syncthreads();
-    float* kc = (float*)seqs.k[seq];
-    for (int i = threadIdx.x; i < kv_len; i += blockDim.x) kc[dst + i] = kr[i];
+    KV* kc = (KV*)seqs.k[seq];
+    for (int i = threadIdx.x; i < kv_len; i += blockDim.x) kc[dst + i] = kv_store<KV>(kr[i]);
+}
+
+extern "C" __global__ void rope_kv_write(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
+                                         int kv_len, int head_dim, int n_rot, const u32* positions,
+                                         double log2_base, int neox) {
+    rope_kv_write_body<float>(seqs, q, q_len, k, v, kv_len, head_dim, n_rot, positions, log2_base, neox);
+}
+
+extern "C" __global__ void rope_kv_write_f16(const AttnSeqs seqs, float* q, int q_len, float* k, const float* v,
+                                             int kv_len, int head_dim, int n_rot, const u32* positions,
+                                             double log2_base, int neox) {
+    rope_kv_write_body<u16>(seqs, q, q_len, k, v, kv_len, head_dim, n_rot, positions, log2_base, neox);
 }

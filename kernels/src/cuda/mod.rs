@@ -60,8 +60,11 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add",
     "rope",
     "attention",
+    "attention_f16",
     "kv_write",
+    "kv_write_f16",
     "rope_kv_write",
+    "rope_kv_write_f16",
     "argmax_rows",
     "decode_step",
 ];
@@ -257,6 +260,10 @@ struct Kernels {
     attention: CudaFunction,
     kv_write: CudaFunction,
     rope_kv_write: CudaFunction,
+    /// The same three over f16 caches.
+    attention_f16: CudaFunction,
+    kv_write_f16: CudaFunction,
+    rope_kv_write_f16: CudaFunction,
     argmax_rows: CudaFunction,
 }
 
@@ -278,6 +285,8 @@ pub struct Cuda {
     argmax_ids: Mutex<Option<CudaSlice<u32>>>,
     /// The one-launch decode step, where this GPU can run it.
     whole_step: Option<WholeStep>,
+    /// KV caches hold f16, two to each f32 slot of their tensors (see [`Cuda::with_f16_kv`]).
+    kv_f16: bool,
     shared: Arc<Shared>,
 }
 
@@ -465,6 +474,9 @@ impl Cuda {
             attention: load("attention")?,
             kv_write: load("kv_write")?,
             rope_kv_write: load("rope_kv_write")?,
+            attention_f16: load("attention_f16")?,
+            kv_write_f16: load("kv_write_f16")?,
+            rope_kv_write_f16: load("rope_kv_write_f16")?,
             argmax_rows: load("argmax_rows")?,
         };
         let sm_count = usize::try_from(sm_count).unwrap_or(1).max(1);
@@ -491,8 +503,27 @@ impl Cuda {
             arrived: Mutex::new(None),
             argmax_ids: Mutex::new(None),
             whole_step,
+            kv_f16: false,
             shared: Arc::new(Shared { pool: Mutex::default(), queue: Mutex::new(queue) }),
         })
+    }
+
+    /// KV caches in f16 (`on`) or f32: f16 halves the cache's memory and the bytes attention
+    /// reads; attention still computes in f32. Rows whose length is not a multiple of 4 stay
+    /// f32, and so does the one-launch decode step's cache (it falls back to op-by-op steps).
+    pub fn with_f16_kv(mut self, on: bool) -> Self {
+        self.kv_f16 = on;
+        self
+    }
+
+    /// Whether caches of `row_len`-element rows hold f16.
+    fn f16_rows(&self, row_len: usize) -> bool {
+        self.kv_f16 && row_len.is_multiple_of(4)
+    }
+
+    /// f32 slots a cache of `row_len`-element rows needs for `elems` elements.
+    fn cache_slots(&self, elems: usize, row_len: usize) -> usize {
+        if self.f16_rows(row_len) { elems / 2 } else { elems }
     }
 
     /// How many CUDA graphs were built and replayed, and kernels launched one by one.
@@ -646,7 +677,7 @@ impl Cuda {
             u32::try_from(rows.first_pos + rows.n)
                 .map_err(|_| shape_err("kv_write", format!("position {}", rows.first_pos + rows.n)))?;
             if rows.n > 0 && row_len > 0 {
-                let end = (rows.first_pos + rows.n) * row_len;
+                let end = self.cache_slots((rows.first_pos + rows.n) * row_len, row_len);
                 self.reserve(cache.k, end)?;
                 self.reserve(cache.v, end)?;
             }
@@ -857,8 +888,9 @@ impl Cuda {
         for (cache, rows) in seqs {
             let n_ctx = rows.first_pos + rows.n;
             check_len("attention", "q", q.len, (rows.row + rows.n) * q_len)?;
-            check_len("attention", "k cache", cache.k.len, n_ctx * kv_len)?;
-            check_len("attention", "v cache", cache.v.len, n_ctx * kv_len)?;
+            let slots = self.cache_slots(n_ctx * kv_len, kv_len);
+            check_len("attention", "k cache", cache.k.len, slots)?;
+            check_len("attention", "v cache", cache.v.len, slots)?;
             check_len("attention", "output", out.len, (rows.row + rows.n) * q_len)?;
             u32::try_from(n_ctx).map_err(|_| shape_err("attention", format!("context of {n_ctx} positions")))?;
         }
@@ -916,7 +948,7 @@ impl Cuda {
             let ob = buf_mut("attention", out)?;
             let mut arrived = self.arrival_counters(total * n_kv_head)?;
             let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
-            let kernel = &self.kernels.attention;
+            let kernel = if self.f16_rows(kv_len) { &self.kernels.attention_f16 } else { &self.kernels.attention };
             match (at_positions, fused) {
                 (Some((_, pos)), fused) => {
                     let rope = fused.unwrap_or(AttnRope::NONE);
@@ -1246,9 +1278,10 @@ impl Backend for Cuda {
     ) -> Result<(), KernelError> {
         self.prepare_kv_writes(writes, k, v, row_len)?;
         let (kb, vb, len) = (buf("kv_write", k)?, buf("kv_write", v)?, to_i32("kv_write", row_len)?);
+        let kernel = if self.f16_rows(row_len) { &self.kernels.kv_write_f16 } else { &self.kernels.kv_write };
         self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, &self.kernels.kv_write, cfg, desc, kb, vb, &len)
+            launch!(self, kernel, cfg, desc, kb, vb, &len)
         })
     }
 
@@ -1279,7 +1312,8 @@ impl Backend for Cuda {
         let RopeArgs { hd, nr, log2_base, neox } = RopeArgs::new(head_dim, rope)?;
         let result = self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 3, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            let kernel = &self.kernels.rope_kv_write;
+            let kernel =
+                if self.f16_rows(row_len) { &self.kernels.rope_kv_write_f16 } else { &self.kernels.rope_kv_write };
             let desc = AttnSeqs { first_pos: [0; AT_MAX_SEQS], ..*desc };
             launch!(self, kernel, cfg, &desc, &qp, &q_len, &kp, vb, &kv_len, &hd, &nr, pos, &log2_base, &neox)
         });
@@ -1434,7 +1468,7 @@ impl Backend for Cuda {
     }
 
     fn decodes_whole_steps(&self) -> bool {
-        self.whole_step.as_ref().is_some_and(|w| w.on)
+        !self.kv_f16 && self.whole_step.as_ref().is_some_and(|w| w.on)
     }
 
     fn llama_decode_one(
@@ -1444,7 +1478,15 @@ impl Backend for Cuda {
         position: usize,
         cache: &mut [KvLayer<&mut CudaTensor>],
     ) -> Result<Option<CudaTensor>, KernelError> {
+        // The one-launch step reads f32 caches only.
+        if self.kv_f16 {
+            return Ok(None);
+        }
         self.decode_whole_step(model, token, position, cache)
+    }
+
+    fn kv_row_bytes(&self, row_len: usize) -> usize {
+        2 * row_len * if self.f16_rows(row_len) { 2 } else { 4 }
     }
 
     fn read_row(&self, t: &CudaTensor, row: usize, row_len: usize, out: &mut Vec<f32>) -> Result<(), KernelError> {

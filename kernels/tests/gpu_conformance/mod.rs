@@ -255,8 +255,8 @@ fn append_and_attend<B: Backend>(
 /// A backend whose KV cache holds f16 (wgpu's `with_f16_kv`) against the CPU backend's fast
 /// path, whose cache holds f16 too and whose attention is exact math on the rounded rows: the
 /// step of `kv_write_and_attention_match_cpu_for_several_sequences`, the caches grown by
-/// `kv_write` from empty (an f16 cache cannot be uploaded as f32), and the bytes per position
-/// `kv_row_bytes` reports.
+/// `kv_write` from empty (an f16 cache cannot be uploaded as f32), then a decode step through
+/// `rope_kv_write_attention`, and the bytes per position `kv_row_bytes` reports.
 pub fn f16_kv_cache_matches_the_cpu_fast_path<B: Backend>(g: &B) {
     // f32 sums in other orders, and f16 roundings of ties that may go the other way.
     const F16_CACHE_TOL: f32 = 1e-3;
@@ -283,6 +283,24 @@ pub fn f16_kv_cache_matches_the_cpu_fast_path<B: Backend>(g: &B) {
             gpu_caches.push(gpu_cache);
         }
         append_and_attend(g, &c, &mut rng, shape, &seqs, &mut cpu_caches, &mut gpu_caches, F16_CACHE_TOL);
+        // Then a decode step through `rope_kv_write_attention`, which a GPU runs as one launch
+        // that appends the rotated key and the value to the f16 caches itself.
+        let rope = Rope { layout: RopeLayout::Neox, freq_base: 10_000.0, n_rot: shape.head_dim };
+        let q_len = shape.n_head * shape.head_dim;
+        let rows: Vec<SeqRows> =
+            seqs.iter().enumerate().map(|(i, &(cached, n))| SeqRows { row: i, n: 1, first_pos: cached + n }).collect();
+        let positions: Vec<u32> = rows.iter().map(|r| r.first_pos as u32).collect();
+        let (q, k, v) = (rng.vec(rows.len() * q_len), rng.vec(rows.len() * kv_len), rng.vec(rows.len() * kv_len));
+        let (mut cq, mut ck) = (q.clone(), k.clone());
+        let mut want = c.zeros(rows.len() * q_len).expect("zeros");
+        let mut cw: Vec<_> = cpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+        c.rope_kv_write_attention(&mut cq, &mut ck, &v, &positions, &rope, &mut cw, shape, &mut want).expect("cpu");
+        let (mut gq, mut gk, vg) = (g.upload(&q).expect("q"), g.upload(&k).expect("k"), g.upload(&v).expect("v"));
+        let mut out = g.zeros(rows.len() * q_len).expect("zeros");
+        let mut gw: Vec<_> = gpu_caches.iter_mut().zip(&rows).map(|(kv, r)| (kv.as_mut(), *r)).collect();
+        g.rope_kv_write_attention(&mut gq, &mut gk, &vg, &positions, &rope, &mut gw, shape, &mut out).expect("gpu");
+        let label = format!("decode step over f16 caches, head dim {}", shape.head_dim);
+        assert_close(&label, &download(g, &out, rows.len(), q_len), &want, F16_CACHE_TOL);
     }
 }
 
