@@ -178,29 +178,32 @@ bench() {
     --gen-tokens 128 --repeat 3 --json >"$out/bench.json"
 }
 step bench bench
+# Two rounds of `realm bench` with the switches VARS (space-separated) off, then on: LABEL
+# heads each run, PATTERN picks the lines to print, SECONDS limits each run.
 # shellcheck disable=SC2329 # called through step
-whole() {
-  local round on
+alternate() {
+  local label=$1 vars=$2 pattern=$3 seconds=$4 round on var
+  shift 4
   for round in 1 2; do
     for on in 0 1; do
-      echo "one-launch steps $on, round $round:"
-      limit 60 env REALM_CUDA_WHOLE_STEP="$on" REALM_CUDA_STEP_TIMING="$on" "${bin[realm]}" bench \
-        --model "$model" --backend cuda --batch 1 --prompt-tokens 128 --gen-tokens 128 --repeat 2 2>&1 |
-        grep -E "^ +1 |phases"
+      echo "$label $on, round $round:"
+      local settings=()
+      for var in $vars; do settings+=("$var=$on"); done
+      limit "$seconds" env "${settings[@]}" "${bin[realm]}" bench --model "$model" --backend cuda "$@" 2>&1 |
+        grep -E "$pattern"
     done
   done
+}
+# shellcheck disable=SC2329 # called through step
+whole() {
+  alternate "one-launch steps" "REALM_CUDA_WHOLE_STEP REALM_CUDA_STEP_TIMING" "^ +1 |phases" 60 \
+    --batch 1 --prompt-tokens 128 --gen-tokens 128 --repeat 2
 }
 step whole whole
 # shellcheck disable=SC2329 # called through step
 kv16() {
-  local round on
-  for round in 1 2; do
-    for on in 0 1; do
-      echo "f16 KV cache $on, round $round:"
-      limit 90 env REALM_CUDA_KV_F16="$on" "${bin[realm]}" bench --model "$model" --backend cuda --precision fast \
-        --batch 1,32 --prompt-tokens 512 --gen-tokens 64 --repeat 2 2>&1 | grep -E "^ +(1|32) |KV cache"
-    done
-  done
+  alternate "f16 KV cache" REALM_CUDA_KV_F16 "^ +(1|32) |KV cache" 90 \
+    --precision fast --batch 1,32 --prompt-tokens 512 --gen-tokens 64 --repeat 2
 }
 step kv16 kv16
 # shellcheck disable=SC2329 # called through step

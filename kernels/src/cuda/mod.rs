@@ -257,14 +257,16 @@ struct Kernels {
     silu_mul: CudaFunction,
     add: CudaFunction,
     rope: CudaFunction,
+    f32_cache: CacheKernels,
+    f16_cache: CacheKernels,
+    argmax_rows: CudaFunction,
+}
+
+/// The kernels that read or write KV caches, for one cache element type.
+struct CacheKernels {
     attention: CudaFunction,
     kv_write: CudaFunction,
     rope_kv_write: CudaFunction,
-    /// The same three over f16 caches.
-    attention_f16: CudaFunction,
-    kv_write_f16: CudaFunction,
-    rope_kv_write_f16: CudaFunction,
-    argmax_rows: CudaFunction,
 }
 
 pub struct Cuda {
@@ -471,12 +473,16 @@ impl Cuda {
             silu_mul: load("silu_mul")?,
             add: load("add")?,
             rope: load("rope")?,
-            attention: load("attention")?,
-            kv_write: load("kv_write")?,
-            rope_kv_write: load("rope_kv_write")?,
-            attention_f16: load("attention_f16")?,
-            kv_write_f16: load("kv_write_f16")?,
-            rope_kv_write_f16: load("rope_kv_write_f16")?,
+            f32_cache: CacheKernels {
+                attention: load("attention")?,
+                kv_write: load("kv_write")?,
+                rope_kv_write: load("rope_kv_write")?,
+            },
+            f16_cache: CacheKernels {
+                attention: load("attention_f16")?,
+                kv_write: load("kv_write_f16")?,
+                rope_kv_write: load("rope_kv_write_f16")?,
+            },
             argmax_rows: load("argmax_rows")?,
         };
         let sm_count = usize::try_from(sm_count).unwrap_or(1).max(1);
@@ -519,6 +525,16 @@ impl Cuda {
     /// Whether caches of `row_len`-element rows hold f16.
     fn f16_rows(&self, row_len: usize) -> bool {
         self.kv_f16 && row_len.is_multiple_of(4)
+    }
+
+    /// The kernels for caches of `row_len`-element rows.
+    fn cache_kernels(&self, row_len: usize) -> &CacheKernels {
+        if self.f16_rows(row_len) { &self.kernels.f16_cache } else { &self.kernels.f32_cache }
+    }
+
+    /// The one-launch decode step, where it is on and the caches are the f32 ones it reads.
+    fn one_launch_step(&self) -> Option<&WholeStep> {
+        self.whole_step.as_ref().filter(|w| w.on && !self.kv_f16)
     }
 
     /// f32 slots a cache of `row_len`-element rows needs for `elems` elements.
@@ -948,7 +964,7 @@ impl Cuda {
             let ob = buf_mut("attention", out)?;
             let mut arrived = self.arrival_counters(total * n_kv_head)?;
             let Some(counters) = arrived.as_mut() else { return Err(device_err("attention counters missing")) };
-            let kernel = if self.f16_rows(kv_len) { &self.kernels.attention_f16 } else { &self.kernels.attention };
+            let kernel = &self.cache_kernels(kv_len).attention;
             match (at_positions, fused) {
                 (Some((_, pos)), fused) => {
                     let rope = fused.unwrap_or(AttnRope::NONE);
@@ -1278,7 +1294,7 @@ impl Backend for Cuda {
     ) -> Result<(), KernelError> {
         self.prepare_kv_writes(writes, k, v, row_len)?;
         let (kb, vb, len) = (buf("kv_write", k)?, buf("kv_write", v)?, to_i32("kv_write", row_len)?);
-        let kernel = if self.f16_rows(row_len) { &self.kernels.kv_write_f16 } else { &self.kernels.kv_write };
+        let kernel = &self.cache_kernels(row_len).kv_write;
         self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
             launch!(self, kernel, cfg, desc, kb, vb, &len)
@@ -1312,8 +1328,7 @@ impl Backend for Cuda {
         let RopeArgs { hd, nr, log2_base, neox } = RopeArgs::new(head_dim, rope)?;
         let result = self.for_each_kv_chunk(writes, row_len, |desc, total| {
             let cfg = LaunchConfig { grid_dim: (total, 3, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            let kernel =
-                if self.f16_rows(row_len) { &self.kernels.rope_kv_write_f16 } else { &self.kernels.rope_kv_write };
+            let kernel = &self.cache_kernels(row_len).rope_kv_write;
             let desc = AttnSeqs { first_pos: [0; AT_MAX_SEQS], ..*desc };
             launch!(self, kernel, cfg, &desc, &qp, &q_len, &kp, vb, &kv_len, &hd, &nr, pos, &log2_base, &neox)
         });
@@ -1468,7 +1483,7 @@ impl Backend for Cuda {
     }
 
     fn decodes_whole_steps(&self) -> bool {
-        !self.kv_f16 && self.whole_step.as_ref().is_some_and(|w| w.on)
+        self.one_launch_step().is_some()
     }
 
     fn llama_decode_one(
@@ -1478,10 +1493,6 @@ impl Backend for Cuda {
         position: usize,
         cache: &mut [KvLayer<&mut CudaTensor>],
     ) -> Result<Option<CudaTensor>, KernelError> {
-        // The one-launch step reads f32 caches only.
-        if self.kv_f16 {
-            return Ok(None);
-        }
         self.decode_whole_step(model, token, position, cache)
     }
 

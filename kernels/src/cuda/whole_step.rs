@@ -206,7 +206,7 @@ impl Cuda {
         cache: &mut [KvLayer<&mut CudaTensor>],
     ) -> Result<Option<CudaTensor>, KernelError> {
         const OP: &str = "decode_step";
-        let Some(whole) = self.whole_step.as_ref().filter(|w| w.on) else { return Ok(None) };
+        let Some(whole) = self.one_launch_step() else { return Ok(None) };
         let Some((dim, kv_dim, ffn, vocab)) = fits(m) else { return Ok(None) };
         let (Ok(pos), Ok(tok)) = (i32::try_from(position), i32::try_from(token)) else { return Ok(None) };
         if cache.len() != m.layers.len() || token as usize >= m.token_embd.rows || pos == i32::MAX {

@@ -563,8 +563,8 @@ impl Backend for Wgpu {
         let dst = first_pos * row_len..(first_pos + n) * row_len;
         check_len("kv_write", "source", k.len.min(v.len), src.end)?;
         // An f16 cache's tensor counts words of two elements; rows of even length start on one.
-        let f16 = self.f16_rows(row_len);
-        let words = |elems: usize| if f16 { elems / 2 } else { elems };
+        let f16 = self.f16_cache(row_len);
+        let words = |elems: usize| if f16.is_some() { elems / 2 } else { elems };
         let (src_words, dst_words) = (words(src.start)..words(src.end), words(dst.start)..words(dst.end));
         for cached in [&mut *cache.k, &mut *cache.v] {
             if cached.capacity() < dst_words.end {
@@ -583,7 +583,7 @@ impl Backend for Wgpu {
         if src.is_empty() {
             return Ok(());
         }
-        if let Some(kernels) = self.f16_cache(row_len) {
+        if let Some(kernels) = f16 {
             let params = [
                 u32_of("kv_write", "source element", src.start)?,
                 u32_of("kv_write", "cache word", dst_words.start)?,
