@@ -134,7 +134,7 @@ struct RunArgs {
     #[arg(long)]
     ignore_eos: bool,
     /// exact: f32 activations (the reference path); fast: 8-bit activations and integer dots on
-    /// the CPU, an f16 KV cache on the CPU and on wgpu.
+    /// the CPU, a bf16 KV cache on the CPU and an f16 one on wgpu.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
     precision: PrecisionArg,
     /// CPU threads (0: one per physical core).

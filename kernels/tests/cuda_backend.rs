@@ -26,12 +26,12 @@ gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_bat
 /// The attention checks with the KV cache in f16 (`Cuda::with_f16_kv`), against the CPU's
 /// fast path, whose cache holds f16 too.
 #[test]
-fn f16_kv_cache_matches_the_cpu_fast_path() {
+fn f16_kv_cache_matches_the_exact_cpu_path() {
     if gpu().is_none() {
         return;
     }
     let f16 = Cuda::new(0).expect("cuda").with_f16_kv(true);
-    gpu_conformance::f16_kv_cache_matches_the_cpu_fast_path(&f16);
+    gpu_conformance::f16_kv_cache_matches_the_exact_cpu_path(&f16);
 }
 
 /// A run of launches submitted again with new buffers and data is replayed as a CUDA graph

@@ -30,9 +30,9 @@ gpu_conformance::backend_tests!(gpu: matmul_matches_cpu_for_every_format_and_bat
 /// The same attention checks with the KV cache in f16 (`Wgpu::with_f16_kv`, the fast
 /// precision's), against the CPU's fast path.
 #[test]
-fn f16_kv_cache_matches_the_cpu_fast_path() {
+fn f16_kv_cache_matches_the_exact_cpu_path() {
     if gpu().is_none() {
         return;
     }
-    gpu_conformance::f16_kv_cache_matches_the_cpu_fast_path(&Wgpu::new().expect("adapter").with_f16_kv(true));
+    gpu_conformance::f16_kv_cache_matches_the_exact_cpu_path(&Wgpu::new().expect("adapter").with_f16_kv(true));
 }

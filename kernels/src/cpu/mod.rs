@@ -2,7 +2,7 @@
 //! they are used, f32 activations) and the fast path (activations quantized on the fly,
 //! integer dots against the quantized blocks: `q8`, `q16`, `kquant` on the file's rows, or
 //! `packed` on rows repacked for AVX-512 or AVX2). Attention is softmax over the KV cache
-//! (f16 in the fast path), split into runs of positions and merged.
+//! (bf16 in the fast path), split into runs of positions and merged.
 
 /// The entry points every SIMD module of the integer kernels exposes, around its
 /// `dot_blocks::<FORMAT, N>`: one instantiation per weight format, picked once per call.
@@ -60,6 +60,7 @@ macro_rules! entry_points {
 }
 
 mod actquant;
+mod attention;
 pub mod huge;
 mod kquant;
 mod ops;
@@ -79,13 +80,10 @@ use crate::backend::{
 };
 use crate::quant::dequantize_row;
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
+use half::bf16;
 
-pub use ops::{
-    HeadRows, KvElem, attend_partial, axpy, blocked_key, dot, merge_partials, rms_norm_row, rope_angles, rope_apply,
-    rope_row, silu,
-};
+pub use attention::{HeadRows, KvElem, attend_partial, blocked_key, merge_partials, paired_value};
+pub use ops::{axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
 pub use packed::PREFETCH_BYTES;
 pub use q8::Isa;
 pub use topology::physical_cores;
@@ -129,9 +127,9 @@ pub struct Cpu {
     /// Boxed, like `packed_acts`.
     rope_table: Box<Mutex<RopeTable>>,
     activations: Activations,
-    /// KV caches hold f16 (with quantized activations; the exact path keeps f32). The
-    /// backend's tensors are f32 vectors, so a cache stores two f16 per slot.
-    kv_f16: bool,
+    /// KV caches hold bf16 (with quantized activations; the exact path keeps f32). The
+    /// backend's tensors are f32 vectors, so a cache stores two bf16 per slot.
+    kv_bf16: bool,
     isa: q8::Isa,
     /// The packed kernels' instruction set.
     simd: packed::Simd,
@@ -155,7 +153,7 @@ impl Cpu {
             settling: Arc::default(),
             rope_table: Box::default(),
             activations,
-            kv_f16: activations == Activations::Q8,
+            kv_bf16: activations == Activations::Q8,
             isa,
             simd: packed::Simd::of(isa, avx_vnni),
         })
@@ -179,20 +177,19 @@ impl Cpu {
         self.activations
     }
 
-    /// Cache elements (f16 or f32) per f32 slot of a cache tensor.
+    /// Cache elements (bf16 or f32) per f32 slot of a cache tensor.
     fn elems_per_slot(&self) -> usize {
-        if self.kv_f16 { 2 } else { 1 }
+        if self.kv_bf16 { 2 } else { 1 }
     }
 
     /// Elements a layer's key and value caches need for positions `0..positions` of
     /// `row_len`-element rows, in the layout `kv_write` writes.
     fn cache_elems(&self, positions: usize, row_len: usize) -> (usize, usize) {
-        let keys = if self.kv_f16 {
-            <f16 as KvElem>::key_slots(positions, row_len)
+        if self.kv_bf16 {
+            (<bf16 as KvElem>::key_slots(positions, row_len), <bf16 as KvElem>::value_slots(positions, row_len))
         } else {
-            <f32 as KvElem>::key_slots(positions, row_len)
-        };
-        (keys, positions * row_len)
+            (<f32 as KvElem>::key_slots(positions, row_len), <f32 as KvElem>::value_slots(positions, row_len))
+        }
     }
 
     /// Few enough tasks that scheduling stays cheap next to a small decode matmul, enough that
@@ -365,15 +362,15 @@ impl RopeTable {
     }
 }
 
-/// A KV cache tensor's f16 elements, two to each f32 slot (see `Cpu::kv_f16`).
-fn f16s(slots: &[f32]) -> &[f16] {
-    // SAFETY: f16 is two plain bytes with half f32's alignment; any bits are a valid f16.
-    unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<f16>(), slots.len() * 2) }
+/// A KV cache tensor's bf16 elements, two to each f32 slot (see `Cpu::kv_bf16`).
+fn bf16s(slots: &[f32]) -> &[bf16] {
+    // SAFETY: bf16 is two plain bytes with half f32's alignment; any bits are a valid bf16.
+    unsafe { std::slice::from_raw_parts(slots.as_ptr().cast::<bf16>(), slots.len() * 2) }
 }
 
-fn f16s_mut(slots: &mut [f32]) -> &mut [f16] {
-    // SAFETY: as in `f16s`, through the only borrow of `slots`.
-    unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f16>(), slots.len() * 2) }
+fn bf16s_mut(slots: &mut [f32]) -> &mut [bf16] {
+    // SAFETY: as in `bf16s`, through the only borrow of `slots`.
+    unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<bf16>(), slots.len() * 2) }
 }
 
 /// A matmul output that the packed tasks write disjoint rows of.
@@ -662,6 +659,9 @@ impl Backend for Cpu {
         let src = row * row_len..(row + n) * row_len;
         let dst = first_pos * row_len..(first_pos + n) * row_len;
         check_len("kv_write", "source", k.len().min(v.len()), src.end)?;
+        if self.kv_bf16 && !row_len.is_multiple_of(2) {
+            return Err(shape_err("kv_write", format!("a bf16 cache pairs up elements: rows of {row_len} cannot")));
+        }
         let (key_elems, value_elems) = self.cache_elems(first_pos + n, row_len);
         for (cached, elems) in [(&mut *cache.k, key_elems), (&mut *cache.v, value_elems)] {
             let slots = elems.div_ceil(self.elems_per_slot());
@@ -669,21 +669,23 @@ impl Backend for Cpu {
                 cached.resize(slots, 0.0);
             }
         }
-        if self.kv_f16 {
-            let keys = f16s_mut(cache.k);
-            // Converted a run at a time (F16C, 8 lanes), then spread over the blocked layout.
-            const RUN: usize = 256;
-            let mut halves = [f16::ZERO; RUN];
+        if self.kv_bf16 {
+            let keys = bf16s_mut(cache.k);
             for (i, new) in k[src.clone()].chunks_exact(row_len).enumerate() {
-                for (c, part) in new.chunks(RUN).enumerate() {
-                    let run = &mut halves[..part.len()];
-                    run.convert_from_f32_slice(part);
-                    for (j, &h) in run.iter().enumerate() {
-                        keys[blocked_key(first_pos + i, c * RUN + j, row_len)] = h;
-                    }
+                let p = first_pos + i;
+                for (j, pair) in new.chunks_exact(2).enumerate() {
+                    let at = blocked_key(p, 2 * j, row_len);
+                    keys[at] = bf16::from_f32(pair[0]);
+                    keys[at + 1] = bf16::from_f32(pair[1]);
                 }
             }
-            f16s_mut(cache.v)[dst].convert_from_f32_slice(&v[src]);
+            let values = bf16s_mut(cache.v);
+            for (i, new) in v[src].chunks_exact(row_len).enumerate() {
+                let p = first_pos + i;
+                for (j, &x) in new.iter().enumerate() {
+                    values[paired_value(p, j, row_len)] = bf16::from_f32(x);
+                }
+            }
         } else {
             cache.k[dst.clone()].copy_from_slice(&k[src.clone()]);
             cache.v[dst].copy_from_slice(&v[src]);
@@ -692,7 +694,7 @@ impl Backend for Cpu {
     }
 
     fn kv_row_bytes(&self, row_len: usize) -> usize {
-        2 * row_len * if self.kv_f16 { size_of::<f16>() } else { size_of::<f32>() }
+        2 * row_len * if self.kv_bf16 { size_of::<bf16>() } else { size_of::<f32>() }
     }
 
     /// Weights packed during the step move to huge pages on a thread of their own: the next
@@ -734,6 +736,9 @@ impl Backend for Cpu {
         if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
         }
+        if self.kv_bf16 && !head_dim.is_multiple_of(2) {
+            return Err(shape_err("attention", format!("a bf16 cache pairs up elements: heads of {head_dim} cannot")));
+        }
         let q_len = n_head * head_dim;
         let kv_len = n_kv_head * head_dim;
         for (cache, rows) in seqs {
@@ -774,8 +779,8 @@ impl Backend for Cpu {
             let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
             let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
             let (stride, offset, len) = (kv_len, g * head_dim, head_dim);
-            if self.kv_f16 {
-                let (k, v) = (f16s(cache.k), f16s(cache.v));
+            if self.kv_bf16 {
+                let (k, v) = (bf16s(cache.k), bf16s(cache.v));
                 attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, &mut part);
             } else {
                 let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
@@ -862,6 +867,9 @@ mod tests {
     use super::*;
 
     const TOL: f32 = 1e-5;
+    /// Attention over a bf16 cache whose softmax weights `vdpbf16ps` rounds to bf16, on
+    /// values of at most 1.
+    const BF16_TOL: f32 = 1.0 / 256.0;
 
     #[test]
     fn argmax_rows_is_each_rows_argmax_and_checks_the_length() {
@@ -912,22 +920,23 @@ mod tests {
             for (first, n) in [(3, 2), (0, 37), (ATTENTION_CHUNK * 2 + 5, 3)] {
                 for (n_head, n_kv_head) in [(6, 2), (5, 1), (9, 3)] {
                     let shape = AttentionShape { n_head, n_kv_head, head_dim };
-                    gqa_attention_case(&backend(), first, n, shape, |x| x);
-                    // The fast path's cache holds f16: exactly the naive form on rounded rows.
+                    gqa_attention_case(&backend(), first, n, shape, |x| x, TOL);
+                    // The fast path's cache holds bf16: the naive form on rounded rows, within
+                    // what rounding the softmax weights to bf16 (AVX512_BF16) gives.
                     let fast = Cpu::new(2, Activations::Q8).expect("pool");
-                    gqa_attention_case(&fast, first, n, shape, |x| f16::from_f32(x).to_f32());
+                    gqa_attention_case(&fast, first, n, shape, |x| bf16::from_f32(x).to_f32(), BF16_TOL);
                 }
             }
         }
     }
 
-    /// `b`'s attention against the naive form on keys and values passed through `stored`
-    /// (what the cache keeps of them), the cache filled by `kv_write`.
-    fn gqa_attention_case(b: &Cpu, first: usize, n: usize, shape: AttentionShape, stored: fn(f32) -> f32) {
+    /// `b`'s attention against the naive form on queries, keys and values passed through
+    /// `stored` (what the cache keeps of them), the cache filled by `kv_write`.
+    fn gqa_attention_case(b: &Cpu, first: usize, n: usize, shape: AttentionShape, stored: fn(f32) -> f32, tol: f32) {
         let (q_len, kv_len) = (shape.n_head * shape.head_dim, shape.n_kv_head * shape.head_dim);
         let ctx = first + n;
         let f = |i: usize, m: f32| ((i as f32) * m).sin();
-        let q: Vec<f32> = (0..n * q_len).map(|i| f(i, 0.7)).collect();
+        let q: Vec<f32> = (0..n * q_len).map(|i| stored(f(i, 0.7))).collect();
         let k: Vec<f32> = (0..ctx * kv_len).map(|i| 30.0 * f(i, 1.3)).collect();
         let v: Vec<f32> = (0..ctx * kv_len).map(|i| f(i, 0.4)).collect();
         let mut out = vec![0.0; n * q_len];
@@ -940,7 +949,7 @@ mod tests {
             (k.iter().map(|&x| stored(x)).collect(), v.iter().map(|&x| stored(x)).collect());
         let want = naive_attention(&q, &k, &v, n, first, shape);
         for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() < TOL, "{shape:?}: {a} vs {b}");
+            assert!((a - b).abs() < tol, "{shape:?}: {a} vs {b}");
         }
     }
 
