@@ -126,6 +126,8 @@ pub struct Cpu {
     settling: Arc<AtomicBool>,
     /// Boxed, like `packed_acts`.
     rope_table: Box<Mutex<RopeTable>>,
+    /// `attention_many`'s tasks and partial results, kept between calls as `packed_acts` is.
+    attention_scratch: Box<Mutex<AttentionScratch>>,
     activations: Activations,
     /// KV caches hold bf16 (with quantized activations; the exact path keeps f32). The
     /// backend's tensors are f32 vectors, so a cache stores two bf16 per slot.
@@ -152,6 +154,7 @@ impl Cpu {
             packed_weights: Arc::default(),
             settling: Arc::default(),
             rope_table: Box::default(),
+            attention_scratch: Box::default(),
             activations,
             kv_bf16: activations == Activations::Q8,
             isa,
@@ -373,15 +376,24 @@ fn bf16s_mut(slots: &mut [f32]) -> &mut [bf16] {
     unsafe { std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<bf16>(), slots.len() * 2) }
 }
 
-/// A matmul output that the packed tasks write disjoint rows of.
+/// An output that the tasks of a parallel section write disjoint parts of: the packed
+/// matmuls' rows, attention's partial results. A lock per part would bounce its cache line
+/// between the cores on every task.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 
-// SAFETY: shared only within `matmuls_packed`'s parallel section, where every task writes its
-// own groups' rows and the section ends before the output is used again.
+// SAFETY: shared only within a parallel section (`matmuls_packed`, `attention_many`), where
+// every task writes its own part and the section ends before the output is used again.
 unsafe impl Send for OutPtr {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The float `offset` on (a method, so that a closure captures the whole `OutPtr`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 /// A run of one weight's rows: which weight, its first row, and where its results go
 /// (`rows × n`, row-major).
@@ -394,6 +406,16 @@ enum RowKernel {
     F32,
     Q8,
     Q16,
+}
+
+/// One task of `attention_many`: (sequence, token, KV head, run of positions).
+type AttentionTask = (usize, usize, usize, usize);
+
+#[derive(Default)]
+struct AttentionScratch {
+    tasks: Vec<AttentionTask>,
+    /// One record per task, laid out as `attend_partial` writes them.
+    partials: Vec<f32>,
 }
 
 /// Positions per attention task: long enough to amortise a task, short enough that one
@@ -759,7 +781,9 @@ impl Backend for Cpu {
         // gets the same numbers batched as alone.
         let part_len = group * (head_dim + 2);
         let chunks_of = |first_pos: usize, t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
-        let mut tasks = Vec::new();
+        let mut scratch = self.attention_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let AttentionScratch { tasks, partials } = &mut *scratch;
+        tasks.clear();
         for (s, (_, rows)) in seqs.iter().enumerate() {
             for t in 0..rows.n {
                 for g in 0..n_kv_head {
@@ -769,10 +793,16 @@ impl Backend for Cpu {
                 }
             }
         }
-        let mut partials = vec![0.0f32; tasks.len() * part_len];
-        let slots: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(part_len).map(Mutex::new).collect();
+        // Every task writes the whole of its record.
+        if partials.len() < tasks.len() * part_len {
+            partials.resize(tasks.len() * part_len, 0.0);
+        }
+        let records = OutPtr(partials.as_mut_ptr());
+        let tasks = &*tasks;
         self.pool.run(tasks.len(), &|i| {
-            let Ok(mut part) = slots[i].lock() else { return };
+            // SAFETY: task `i` alone writes record `i`, inside `partials` (sized above), which
+            // nothing else touches during the parallel section.
+            let part = unsafe { std::slice::from_raw_parts_mut(records.at(i * part_len), part_len) };
             let (s, t, g, c) = tasks[i];
             let (cache, SeqRows { row: q_row, first_pos, .. }) = seqs[s];
             let visible = first_pos + t + 1;
@@ -781,10 +811,10 @@ impl Backend for Cpu {
             let (stride, offset, len) = (kv_len, g * head_dim, head_dim);
             if self.kv_bf16 {
                 let (k, v) = (bf16s(cache.k), bf16s(cache.v));
-                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, &mut part);
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
             } else {
                 let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
-                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, &mut part);
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
             }
         });
         let mut first = 0;
