@@ -125,15 +125,6 @@ unsafe fn heads_pass<const C: usize, const H: usize>(
         let base = unsafe { keys.add((block * stride + offset) * B) };
         // This head's keys two blocks on: one line per pair of elements.
         let ahead = base.wrapping_add(2 * stride * B).cast::<i8>();
-        // The value rows of the block's positions, needed once every score is known: into
-        // L2 now, while the keys are read.
-        let values = kv.v.as_ptr().cast::<u16>();
-        for pair in first / 2..(first + B) / 2 {
-            let row = values.wrapping_add((pair * stride + offset) * 2).cast::<i8>();
-            for l in (0..hd * 4).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(l));
-            }
-        }
         // Two chains per head (even and odd pairs) hide `vdpbf16ps`' latency.
         let mut acc = [[_mm512_setzero_ps(); 2]; H];
         for d in (0..hd / 2).step_by(2) {
