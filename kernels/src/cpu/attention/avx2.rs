@@ -8,10 +8,7 @@ use std::ops::Range;
 
 use half::bf16;
 
-use super::{HeadRows, KEY_BLOCK};
-
-/// Scores of this many (head, position) pairs stay on the stack.
-const STACK_SCORES: usize = 1024;
+use super::{HeadRows, KEY_BLOCK, STACK_SCORES, stack_or_heap};
 
 /// How many position pairs ahead of the one being read the value rows are fetched.
 const PAIRS_AHEAD: usize = 4;
@@ -37,12 +34,7 @@ pub(super) unsafe fn attend_partial(
     let group = q.len() / hd;
     let len = positions.len();
     let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
-    let scores = if group * len <= STACK_SCORES {
-        &mut stack[..group * len]
-    } else {
-        heap.resize(group * len, 0.0);
-        &mut heap[..]
-    };
+    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
     let mut h = 0;
     while h < group {
         let heads = (group - h).min(HEADS);

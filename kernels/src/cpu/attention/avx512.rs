@@ -5,13 +5,10 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::HeadRows;
+use super::{HeadRows, STACK_SCORES, stack_or_heap};
 
 /// How far ahead of the value row being read the next ones are fetched.
 const VALUES_AHEAD: usize = 8;
-
-/// Scores of this many (head, position) pairs stay on the stack.
-const STACK_SCORES: usize = 1024;
 
 /// [`super::attend_partial`] for f32 caches and heads of `16 * C` elements.
 ///
@@ -31,12 +28,7 @@ pub(super) unsafe fn attend_partial<const C: usize>(
     let group = q.len() / hd;
     let len = positions.len();
     let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
-    let scores = if group * len <= STACK_SCORES {
-        &mut stack[..group * len]
-    } else {
-        heap.resize(group * len, 0.0);
-        &mut heap[..]
-    };
+    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
     // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
     let per_pass = 16 / C;
     let mut h = 0;

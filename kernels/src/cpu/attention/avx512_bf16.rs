@@ -10,13 +10,10 @@ use std::ops::Range;
 
 use half::bf16;
 
-use super::{HeadRows, KEY_BLOCK};
+use super::{HeadRows, KEY_BLOCK, STACK_SCORES, stack_or_heap};
 
 /// How many position pairs ahead of the one being read the value rows are fetched.
 const PAIRS_AHEAD: usize = 4;
-
-/// Scores (f32) and weights (bf16 pairs) of this many (head, position) pairs stay on the stack.
-const STACK_SCORES: usize = 1024;
 
 /// bf16 pairs of queries per pass: `H · hd / 2`, at most 4 heads of 64 or 2 of 128.
 const QUERY_PAIRS: usize = 128;
@@ -43,18 +40,8 @@ pub(super) unsafe fn attend_partial<const C: usize>(
     let pairs = (len + positions.start % 2).div_ceil(2);
     let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
     let (mut stack_w, mut heap_w) = ([0u32; STACK_SCORES], Vec::new());
-    let scores = if group * len <= STACK_SCORES {
-        &mut stack[..group * len]
-    } else {
-        heap.resize(group * len, 0.0);
-        &mut heap[..]
-    };
-    let weights = if group * pairs <= STACK_SCORES {
-        &mut stack_w[..group * pairs]
-    } else {
-        heap_w.resize(group * pairs, 0);
-        &mut heap_w[..]
-    };
+    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
+    let weights = stack_or_heap(&mut stack_w, &mut heap_w, group * pairs);
     // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
     let per_pass = 16 / C;
     let mut h = 0;

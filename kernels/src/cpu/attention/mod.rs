@@ -151,6 +151,22 @@ impl KvElem for bf16 {
     }
 }
 
+/// Scores (and weights) of this many (head, position) pairs stay on the stack in the SIMD code:
+/// the backend's tasks cover at most 128 positions, so groups of up to 8 query heads do.
+#[cfg(target_arch = "x86_64")]
+const STACK_SCORES: usize = 1024;
+
+/// `stack[..len]`, or `heap` grown to `len` where the stack is too small.
+#[cfg(target_arch = "x86_64")]
+fn stack_or_heap<'a, T: Copy + Default>(stack: &'a mut [T], heap: &'a mut Vec<T>, len: usize) -> &'a mut [T] {
+    if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, T::default());
+        heap
+    }
+}
+
 /// One KV head's rows in a cache: elements `offset..offset + len` of each `stride`-element
 /// row, in the layout [`KvElem`] gives.
 pub struct HeadRows<'a, T> {
