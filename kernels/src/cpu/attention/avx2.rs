@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use half::bf16;
 
-use super::{HeadRows, KEY_BLOCK, STACK_SCORES, stack_or_heap};
+use super::{HeadRows, KEY_BLOCK, with_scratch};
 
 /// How many position pairs ahead of the one being read the value rows are fetched.
 const PAIRS_AHEAD: usize = 4;
@@ -33,24 +33,24 @@ pub(super) unsafe fn attend_partial(
     let hd = kv.len;
     let group = q.len() / hd;
     let len = positions.len();
-    let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
-    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
-    let mut h = 0;
-    while h < group {
-        let heads = (group - h).min(HEADS);
-        let q = &q[h * hd..(h + heads) * hd];
-        let scores = &mut scores[h * len..(h + heads) * len];
-        let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
-        // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
-        unsafe {
-            match heads {
-                1 => heads_pass::<1>(q, kv, positions.clone(), scale, scores, out),
-                2 => heads_pass::<2>(q, kv, positions.clone(), scale, scores, out),
-                _ => heads_pass::<HEADS>(q, kv, positions.clone(), scale, scores, out),
+    with_scratch(group * len, 0, |scores, _| {
+        let mut h = 0;
+        while h < group {
+            let heads = (group - h).min(HEADS);
+            let q = &q[h * hd..(h + heads) * hd];
+            let scores = &mut scores[h * len..(h + heads) * len];
+            let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
+            // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
+            unsafe {
+                match heads {
+                    1 => heads_pass::<1>(q, kv, positions.clone(), scale, scores, out),
+                    2 => heads_pass::<2>(q, kv, positions.clone(), scale, scores, out),
+                    _ => heads_pass::<HEADS>(q, kv, positions.clone(), scale, scores, out),
+                }
             }
+            h += heads;
         }
-        h += heads;
-    }
+    })
 }
 
 /// The two f32 vectors in 8 bf16 pairs: the low halves, then the high ones.

@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{HeadRows, STACK_SCORES, stack_or_heap};
+use super::{HeadRows, with_scratch};
 
 /// How far ahead of the value row being read the next ones are fetched.
 const VALUES_AHEAD: usize = 8;
@@ -27,27 +27,27 @@ pub(super) unsafe fn attend_partial<const C: usize>(
     let hd = 16 * C;
     let group = q.len() / hd;
     let len = positions.len();
-    let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
-    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
-    // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
-    let per_pass = 16 / C;
-    let mut h = 0;
-    while h < group {
-        let heads = (group - h).min(per_pass);
-        let q = &q[h * hd..(h + heads) * hd];
-        let scores = &mut scores[h * len..(h + heads) * len];
-        let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
-        // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
-        unsafe {
-            match heads {
-                1 => heads_pass::<C, 1>(q, kv, positions.clone(), scale, scores, out),
-                2 => heads_pass::<C, 2>(q, kv, positions.clone(), scale, scores, out),
-                3 => heads_pass::<C, 3>(q, kv, positions.clone(), scale, scores, out),
-                _ => heads_pass::<C, 4>(q, kv, positions.clone(), scale, scores, out),
+    with_scratch(group * len, 0, |scores, _| {
+        // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
+        let per_pass = 16 / C;
+        let mut h = 0;
+        while h < group {
+            let heads = (group - h).min(per_pass);
+            let q = &q[h * hd..(h + heads) * hd];
+            let scores = &mut scores[h * len..(h + heads) * len];
+            let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
+            // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
+            unsafe {
+                match heads {
+                    1 => heads_pass::<C, 1>(q, kv, positions.clone(), scale, scores, out),
+                    2 => heads_pass::<C, 2>(q, kv, positions.clone(), scale, scores, out),
+                    3 => heads_pass::<C, 3>(q, kv, positions.clone(), scale, scores, out),
+                    _ => heads_pass::<C, 4>(q, kv, positions.clone(), scale, scores, out),
+                }
             }
+            h += heads;
         }
-        h += heads;
-    }
+    })
 }
 
 /// Heads `0..H` of `q` (and of `scores`, `out`).

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use half::bf16;
 
-use super::{HeadRows, KEY_BLOCK, STACK_SCORES, stack_or_heap};
+use super::{HeadRows, KEY_BLOCK, with_scratch};
 
 /// How many position pairs ahead of the one being read the value rows are fetched.
 const PAIRS_AHEAD: usize = 4;
@@ -38,30 +38,28 @@ pub(super) unsafe fn attend_partial<const C: usize>(
     // Each head's weights run over whole pairs of positions: a leading slot when the range
     // starts at an odd position, a trailing one when it ends before one.
     let pairs = (len + positions.start % 2).div_ceil(2);
-    let (mut stack, mut heap) = ([0.0f32; STACK_SCORES], Vec::new());
-    let (mut stack_w, mut heap_w) = ([0u32; STACK_SCORES], Vec::new());
-    let scores = stack_or_heap(&mut stack, &mut heap, group * len);
-    let weights = stack_or_heap(&mut stack_w, &mut heap_w, group * pairs);
-    // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
-    let per_pass = 16 / C;
-    let mut h = 0;
-    while h < group {
-        let heads = (group - h).min(per_pass);
-        let q = &q[h * hd..(h + heads) * hd];
-        let scores = &mut scores[h * len..(h + heads) * len];
-        let weights = &mut weights[h * pairs..(h + heads) * pairs];
-        let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
-        // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
-        unsafe {
-            match heads {
-                1 => heads_pass::<C, 1>(q, kv, positions.clone(), scale, scores, weights, out),
-                2 => heads_pass::<C, 2>(q, kv, positions.clone(), scale, scores, weights, out),
-                3 => heads_pass::<C, 3>(q, kv, positions.clone(), scale, scores, weights, out),
-                _ => heads_pass::<C, 4>(q, kv, positions.clone(), scale, scores, weights, out),
+    with_scratch(group * len, group * pairs, |scores, weights| {
+        // Heads per pass: their accumulators plus one row fill at most 20 of the 32 registers.
+        let per_pass = 16 / C;
+        let mut h = 0;
+        while h < group {
+            let heads = (group - h).min(per_pass);
+            let q = &q[h * hd..(h + heads) * hd];
+            let scores = &mut scores[h * len..(h + heads) * len];
+            let weights = &mut weights[h * pairs..(h + heads) * pairs];
+            let out = &mut out[h * (hd + 2)..(h + heads) * (hd + 2)];
+            // SAFETY: forwarded from the caller, for the heads `h..h + heads`.
+            unsafe {
+                match heads {
+                    1 => heads_pass::<C, 1>(q, kv, positions.clone(), scale, scores, weights, out),
+                    2 => heads_pass::<C, 2>(q, kv, positions.clone(), scale, scores, weights, out),
+                    3 => heads_pass::<C, 3>(q, kv, positions.clone(), scale, scores, weights, out),
+                    _ => heads_pass::<C, 4>(q, kv, positions.clone(), scale, scores, weights, out),
+                }
             }
+            h += heads;
         }
-        h += heads;
-    }
+    })
 }
 
 /// `v` as the bf16 vector it holds.

@@ -151,20 +151,29 @@ impl KvElem for bf16 {
     }
 }
 
-/// Scores (and weights) of this many (head, position) pairs stay on the stack in the SIMD code:
-/// the backend's tasks cover at most 128 positions, so groups of up to 8 query heads do.
 #[cfg(target_arch = "x86_64")]
-const STACK_SCORES: usize = 1024;
+thread_local! {
+    /// The SIMD paths' scores and bf16 weights, kept by each thread between tasks: buffers
+    /// on the stack were zeroed on every call (8 KiB, a memset of 1-2% at batch 8).
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
 
-/// `stack[..len]`, or `heap` grown to `len` where the stack is too small.
+/// Runs `f` on this thread's scratch: `scores` floats and `weights` words.
 #[cfg(target_arch = "x86_64")]
-fn stack_or_heap<'a, T: Copy + Default>(stack: &'a mut [T], heap: &'a mut Vec<T>, len: usize) -> &'a mut [T] {
-    if len <= stack.len() {
-        &mut stack[..len]
-    } else {
-        heap.resize(len, T::default());
-        heap
-    }
+fn with_scratch<R>(scores: usize, weights: usize, f: impl FnOnce(&mut [f32], &mut [u32]) -> R) -> R {
+    SCRATCH.with(|scratch| {
+        // Tasks do not nest, so the buffers are never borrowed twice.
+        let mut scratch = scratch.borrow_mut();
+        let (s, w) = &mut *scratch;
+        if s.len() < scores {
+            s.resize(scores, 0.0);
+        }
+        if w.len() < weights {
+            w.resize(weights, 0);
+        }
+        f(&mut s[..scores], &mut w[..weights])
+    })
 }
 
 /// One KV head's rows in a cache: elements `offset..offset + len` of each `stride`-element

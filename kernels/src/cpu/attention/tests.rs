@@ -9,8 +9,8 @@ const TOL: f32 = 1e-5;
 const BF16_WEIGHTS_TOL: f32 = 1.0 / 256.0;
 
 /// A bf16 cache's blocked keys and paired values give what the same (rounded) rows give in
-/// an f32 cache, for ranges that start and end inside blocks and pairs (and one too long for
-/// the stack), for both head sizes
+/// an f32 cache, for ranges that start and end inside blocks and pairs (and one longer than
+/// the backend's tasks, which grows the scratch buffers), for both head sizes
 /// the AVX-512 code has and one it has not, in every instantiation this CPU runs. The
 /// queries are bf16 values, so only `vdpbf16ps`' rounding of the weights differs.
 #[test]
@@ -32,7 +32,6 @@ fn bf16_caches_attend_as_f32_rows_do() {
         }
         let (k32, v32): (Vec<f32>, Vec<f32>) = keys.iter().zip(&values).map(|(k, v)| (k.to_f32(), v.to_f32())).unzip();
         let q: Vec<f32> = (0..3 * hd).map(|i| bf16::from_f32((i as f32 * 0.37).sin()).to_f32()).collect();
-        // The last range holds more scores than the SIMD code keeps on the stack.
         for range in [0..45, 3..37, 16..32, 5..9, 17..18, 44..45, 4..5, 1..450] {
             let part = 3 * (hd + 2);
             let mut want = vec![0.0; part];
