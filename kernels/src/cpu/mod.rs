@@ -236,29 +236,46 @@ impl Cpu {
                 q16.sum_halves();
             }
         }
+        // Each task takes one contiguous run of the call's groups (across its weights): a
+        // thread then streams its weights from memory without restarting the prefetch at
+        // every task, which measured faster than finer tasks despite less stealing
+        // (bench/RESULTS.md).
         let total: usize = packed.iter().map(|p| p.groups()).sum();
-        let per_task = total.div_ceil(self.threads() * 4).max(1);
-        let mut tasks = Vec::new();
+        let per_task = total.div_ceil(self.threads() * matmul_tasks_per_thread(n)).max(1);
         let mut targets = Vec::new();
+        let mut pieces = Vec::new();
+        let mut task_starts = vec![0];
+        let mut filled = 0;
         for (j, ((w, out), &p)) in jobs.iter_mut().zip(packed).enumerate() {
             let acts = match w.inputs {
                 Inputs::Robust => packed::Acts::Q8(q8),
                 Inputs::Sensitive => packed::Acts::Q16(q16),
             };
             targets.push((p, acts, OutPtr(out.as_mut_ptr())));
-            for g in (0..p.groups()).step_by(per_task) {
-                tasks.push((j, g..(g + per_task).min(p.groups())));
+            let mut g = 0;
+            while g < p.groups() {
+                let take = (per_task - filled).min(p.groups() - g);
+                pieces.push((j, g..g + take));
+                (g, filled) = (g + take, filled + take);
+                if filled == per_task {
+                    task_starts.push(pieces.len());
+                    filled = 0;
+                }
             }
         }
+        if filled > 0 {
+            task_starts.push(pieces.len());
+        }
         let simd = self.simd;
-        self.pool.run(tasks.len(), &|i| {
-            let (j, groups) = tasks[i].clone();
-            let (p, acts, out) = &targets[j];
-            // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by `matmuls`),
-            // tasks cover disjoint groups, the activations hold `n` rows of `cols`, and the
-            // pool joins every task before the outputs are touched again.
-            // `self.simd` was detected.
-            unsafe { p.matmul_groups(simd, *acts, n, groups, out.0, p.rows()) };
+        self.pool.run(task_starts.len() - 1, &|i| {
+            for (j, groups) in &pieces[task_starts[i]..task_starts[i + 1]] {
+                let (p, acts, out) = &targets[*j];
+                // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by
+                // `matmuls`), pieces cover disjoint groups, the activations hold `n` rows of
+                // `cols`, and the pool joins every task before the outputs are touched again.
+                // `self.simd` was detected.
+                unsafe { p.matmul_groups(simd, *acts, n, groups.clone(), out.0, p.rows()) };
+            }
         });
     }
 
@@ -425,6 +442,19 @@ struct AttentionScratch {
 /// Positions per attention task: long enough to amortise a task, short enough that one
 /// decode step's attention spreads over every thread.
 const ATTENTION_CHUNK: usize = 128;
+
+/// Tasks per thread of a packed matmul call of `n` activation rows. One row streams the
+/// weights from memory: one contiguous run per thread is fastest (decode +10-15% over the
+/// earlier 4 runs each). A few rows are bound by the kernels' instructions: a second run each
+/// lets a thread that finished early take over the other's last one (batch 8 +4% over one
+/// run each). A prompt's rows keep the earlier 4, whose runs are long anyway (bench/RESULTS.md).
+fn matmul_tasks_per_thread(n: usize) -> usize {
+    match n {
+        1 => 1,
+        2..=16 => 2,
+        _ => 4,
+    }
+}
 
 /// Activation rows per tile of the integer kernels: each weight block is unpacked once per
 /// tile. Measured best of 1, 4 and 8 for prefill on the default model.
@@ -1042,6 +1072,46 @@ mod tests {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
                     assert!((out[t * rows + r] - want).abs() < 1e-4, "n {n} t {t} r {r}");
+                }
+            }
+        }
+    }
+
+    /// A Q4_1 matrix of `rows × cols` with varied values.
+    fn q4_1(rows: usize, cols: usize, seed: usize) -> QTensor {
+        use std::sync::Arc;
+        let ty = crate::GgmlType::Q4_1;
+        let row_bytes = ty.byte_size(cols as u64).expect("size").expect("whole blocks") as usize;
+        let mut bytes = vec![0u8; rows * row_bytes];
+        for (r, row) in bytes.chunks_mut(row_bytes).enumerate() {
+            let values: Vec<f32> = (0..cols).map(|c| ((r * 31 + c * 17 + seed) % 23) as f32 / 11.0 - 1.0).collect();
+            crate::quant::quantize_row(ty, &values, row).expect("quantize");
+        }
+        let len = bytes.len();
+        let owner: Arc<dyn crate::Backing> = Arc::new(bytes);
+        QTensor::new(ty, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes")).expect("tensor")
+    }
+
+    #[test]
+    fn packed_calls_of_several_weights_give_each_weights_own_products() {
+        // Group counts that split unevenly, so tasks straddle the weights.
+        let cols = 64;
+        for inputs in [Inputs::Robust, Inputs::Sensitive] {
+            let b = Cpu::new(2, Activations::Q8).expect("cpu");
+            let weights: Vec<CpuWeight> = [(48, 1), (16, 2), (80, 3)]
+                .iter()
+                .map(|&(rows, seed)| b.load_weight(&q4_1(rows, cols, seed), inputs).expect("load"))
+                .collect();
+            for n in [1, 3, 8, 20] {
+                let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+                let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![f32::NAN; n * w.q.rows]).collect();
+                let mut jobs: Vec<_> = weights.iter().zip(outs.iter_mut()).collect();
+                b.matmuls(&x, n, &mut jobs).expect("matmuls");
+                for (w, together) in weights.iter().zip(&outs) {
+                    let mut alone = vec![f32::NAN; n * w.q.rows];
+                    b.matmul(w, &x, n, &mut alone).expect("matmul");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(together), bits(&alone), "{inputs:?}, {n} rows, weight of {} rows", w.q.rows);
                 }
             }
         }
