@@ -214,8 +214,8 @@ impl Cpu {
     }
 
     /// [`Backend::matmuls`] for weights that are all packed (`packed[j]` is job `j`'s): tasks
-    /// own runs of 16-row groups and write their rows of every activation row straight into
-    /// the outputs.
+    /// own runs of 16-row groups, write their rows of every activation row straight into
+    /// the outputs, and do `fuse`'s work on those rows.
     fn matmuls_packed(
         &self,
         x: &[f32],
@@ -223,6 +223,7 @@ impl Cpu {
         cols: usize,
         jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
         packed: &[&packed::Packed],
+        fuse: Fuse,
     ) {
         let mut acts = self.packed_acts.lock().unwrap_or_else(|e| e.into_inner());
         let (q8, q16) = &mut *acts;
@@ -239,8 +240,9 @@ impl Cpu {
         // Each task takes one contiguous run of the call's groups (across its weights): a
         // thread then streams its weights from memory without restarting the prefetch at
         // every task, which measured faster than finer tasks despite less stealing
-        // (bench/RESULTS.md).
-        let total: usize = packed.iter().map(|p| p.groups()).sum();
+        // (bench/RESULTS.md). SwiGLU's tasks take the same run of both weights.
+        let lockstep = matches!(fuse, Fuse::SiluMul);
+        let total: usize = if lockstep { packed[0].groups() } else { packed.iter().map(|p| p.groups()).sum() };
         let per_task = total.div_ceil(self.threads() * matmul_tasks_per_thread(n)).max(1);
         let mut targets = Vec::new();
         let mut pieces = Vec::new();
@@ -252,6 +254,9 @@ impl Cpu {
                 Inputs::Sensitive => packed::Acts::Q16(q16),
             };
             targets.push((p, acts, OutPtr(out.as_mut_ptr())));
+            if lockstep {
+                continue;
+            }
             let mut g = 0;
             while g < p.groups() {
                 let take = (per_task - filled).min(p.groups() - g);
@@ -263,20 +268,177 @@ impl Cpu {
                 }
             }
         }
-        if filled > 0 {
+        if lockstep {
+            for g in (0..total).step_by(per_task) {
+                let run = g..(g + per_task).min(total);
+                pieces.extend([(0, run.clone()), (1, run)]);
+                task_starts.push(pieces.len());
+            }
+        } else if filled > 0 {
             task_starts.push(pieces.len());
         }
         let simd = self.simd;
+        let vector_exp = self.activations == Activations::Q8;
         self.pool.run(task_starts.len() - 1, &|i| {
-            for (j, groups) in &pieces[task_starts[i]..task_starts[i + 1]] {
+            let task = &pieces[task_starts[i]..task_starts[i + 1]];
+            for (j, groups) in task {
                 let (p, acts, out) = &targets[*j];
                 // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by
                 // `matmuls`), pieces cover disjoint groups, the activations hold `n` rows of
                 // `cols`, and the pool joins every task before the outputs are touched again.
                 // `self.simd` was detected.
                 unsafe { p.matmul_groups(simd, *acts, n, groups.clone(), out.0, p.rows()) };
+                if let (Fuse::AddTo(sum), 0) = (fuse, *j) {
+                    for t in 0..n {
+                        let span =
+                            t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
+                        // SAFETY: this task alone touches these rows of job 0's output and of
+                        // `sum` (both `n * rows`, checked by the caller) during the section.
+                        let (product, sum) = unsafe { (out.slice(span.clone()), sum.slice(span)) };
+                        for (s, &p) in sum.iter_mut().zip(product.iter()) {
+                            *s += p;
+                        }
+                    }
+                }
+            }
+            if let (true, [(_, groups), ..]) = (lockstep, task) {
+                let (p, (_, _, gate), (_, _, up)) = (targets[0].0, targets[0], targets[1]);
+                for t in 0..n {
+                    let span = t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
+                    // SAFETY: as for the sums above, for the two outputs' rows.
+                    let (gate, up) = unsafe { (gate.slice(span.clone()), up.slice(span)) };
+                    swiglu(vector_exp, gate, up);
+                }
             }
         });
+    }
+
+    /// [`Backend::matmuls`], then `fuse`'s work: inside the packed kernels' tasks where the
+    /// weights are packed, after the products otherwise.
+    fn matmuls_fused(
+        &self,
+        x: &[f32],
+        n: usize,
+        jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
+        fuse: Fuse,
+    ) -> Result<(), KernelError> {
+        let Some(cols) = jobs.first().map(|(w, _)| w.q.cols) else { return Ok(()) };
+        check_len("matmul", "input", x.len(), n * cols)?;
+        for (w, out) in jobs.iter() {
+            if w.q.cols != cols {
+                return Err(shape_err(
+                    "matmul",
+                    format!("weights sharing an input have {} and {cols} columns", w.q.cols),
+                ));
+            }
+            check_len("matmul", "output", out.len(), n * w.q.rows)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let x = &x[..n * cols];
+        if let Some(packed) = jobs.iter().map(|(w, _)| self.packed(w)).collect::<Option<Vec<_>>>() {
+            self.matmuls_packed(x, n, cols, jobs, &packed, fuse);
+            return Ok(());
+        }
+        self.matmuls_by_rows(x, n, cols, jobs)?;
+        let len = n * jobs[0].0.q.rows;
+        match (fuse, jobs) {
+            (Fuse::Nothing, _) => {}
+            (Fuse::AddTo(sum), [(_, product), ..]) => {
+                // SAFETY: `sum` holds the job's `n * rows` (checked by the caller), and no task
+                // is running.
+                let sum = unsafe { sum.slice(0..len) };
+                for (s, &p) in sum.iter_mut().zip(product.iter()) {
+                    *s += p;
+                }
+            }
+            (Fuse::SiluMul, [(_, gate), (_, up), ..]) => {
+                swiglu(self.activations == Activations::Q8, &mut gate[..len], &up[..len])
+            }
+            _ => return Err(shape_err("matmul", "a fused SwiGLU needs its gate and up weights".into())),
+        }
+        Ok(())
+    }
+
+    /// [`Backend::matmuls`] without packed weights: a weight row at a time against every
+    /// activation row.
+    fn matmuls_by_rows(
+        &self,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
+    ) -> Result<(), KernelError> {
+        let kernels: Vec<RowKernel> = jobs.iter().map(|(w, _)| self.row_kernel(w)).collect();
+        let mut acts = StepActs { x, cols, q8: q8::Q8Acts::default(), q16: q16::Q16Acts::default() };
+        if kernels.contains(&RowKernel::Q8) {
+            acts.q8.quantize(x, n, cols);
+        }
+        if kernels.contains(&RowKernel::Q16) {
+            acts.q16.quantize(x, n, cols);
+        }
+        // Results are computed as [rows, n] so each task owns whole weight rows, then
+        // transposed into [n, rows]. One parallel region covers every weight of the call.
+        let total_rows: usize = jobs.iter().map(|(w, _)| w.q.rows).sum();
+        let rows_per_task = self.rows_per_task(total_rows);
+        // With one activation row, [rows, n] is [n, rows]: tasks write the outputs directly
+        // (decode allocates nothing per weight).
+        let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
+        let mut out_t: Vec<Vec<f32>> =
+            if n == 1 { Vec::new() } else { jobs.iter().map(|(w, _)| vec![0.0f32; w.q.rows * n]).collect() };
+        let mut tasks = Vec::new();
+        let targets: Vec<&mut [f32]> = if n == 1 {
+            jobs.iter_mut().map(|(w, out)| &mut out[..w.q.rows]).collect()
+        } else {
+            out_t.iter_mut().map(|b| b.as_mut_slice()).collect()
+        };
+        for (j, buf) in targets.into_iter().enumerate() {
+            for (c, chunk) in buf.chunks_mut(rows_per_task * n).enumerate() {
+                tasks.push((j, c * rows_per_task, chunk));
+            }
+        }
+        let isa = self.isa;
+        let tasks: Vec<Mutex<Option<RowTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let failure = Mutex::new(None);
+        self.pool.run(tasks.len(), &|i| {
+            let Some((j, first_row, dst)) = tasks[i].lock().ok().and_then(|mut t| t.take()) else { return };
+            if n == 1 && kernels[j] != RowKernel::F32 {
+                // Decode: the whole run of rows goes to the kernel in one call.
+                let rows = weights[j].rows(first_row..first_row + dst.len());
+                match kernels[j] {
+                    RowKernel::Q8 => {
+                        q8::dot_rows_single(isa, weights[j].ty, rows, &acts.q8.d, &acts.q8.sum, &acts.q8.q, dst)
+                    }
+                    _ => q16::dot_rows_single(isa, weights[j].ty, rows, &acts.q16.d, &acts.q16.sum, &acts.q16.q, dst),
+                }
+                return;
+            }
+            let mut scratch = vec![0.0f32; if kernels[j] == RowKernel::F32 { cols } else { 0 }];
+            for (r, dst_row) in dst.chunks_exact_mut(n).enumerate() {
+                if let Err(e) = acts.row_times_all(isa, kernels[j], weights[j], first_row + r, &mut scratch, dst_row) {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        for ((w, out), buf) in jobs.iter_mut().zip(&out_t) {
+            // Blocks of rows keep both sides of the transpose in cache.
+            const BLOCK: usize = 16;
+            let rows = w.q.rows;
+            for r0 in (0..rows).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(rows);
+                for t in 0..n {
+                    for r in r0..r1 {
+                        out[t * rows + r] = buf[r * n + t];
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How `w` meets this backend's activations.
@@ -409,6 +571,37 @@ impl OutPtr {
     /// The float `offset` on (a method, so that a closure captures the whole `OutPtr`).
     fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
+    }
+
+    /// The floats `range` of the output.
+    ///
+    /// # Safety
+    /// `range` lies inside the output, which outlives `'a`, and nothing else reads or writes
+    /// those floats meanwhile.
+    unsafe fn slice<'a>(self, range: std::ops::Range<usize>) -> &'a mut [f32] {
+        // SAFETY: the caller's guarantee.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
+}
+
+/// Work on a packed matmul task's own rows once its products are made: fused into the task,
+/// it costs no parallel section of its own and finds the rows in cache.
+#[derive(Clone, Copy)]
+enum Fuse {
+    Nothing,
+    /// Job 0's products are added into this `n × rows` tensor (the residual stream).
+    AddTo(OutPtr),
+    /// Jobs 0 and 1 (gate and up, the same rows) become `silu(gate) * up` in job 0's output;
+    /// each task takes the same groups of both.
+    SiluMul,
+}
+
+/// `gate = silu(gate) * up`, with the 16-lane `exp` in the fast precision.
+fn swiglu(vector_exp: bool, gate: &mut [f32], up: &[f32]) {
+    if vector_exp {
+        vexp::silu_mul(gate, up);
+    } else {
+        ops::silu_mul(gate, up);
     }
 }
 
@@ -583,94 +776,35 @@ impl Backend for Cpu {
     }
 
     fn matmuls(&self, x: &Vec<f32>, n: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) -> Result<(), KernelError> {
-        let Some(cols) = jobs.first().map(|(w, _)| w.q.cols) else { return Ok(()) };
-        check_len("matmul", "input", x.len(), n * cols)?;
-        for (w, out) in jobs.iter() {
-            if w.q.cols != cols {
-                return Err(shape_err(
-                    "matmul",
-                    format!("weights sharing an input have {} and {cols} columns", w.q.cols),
-                ));
-            }
-            check_len("matmul", "output", out.len(), n * w.q.rows)?;
+        self.matmuls_fused(x, n, jobs, Fuse::Nothing)
+    }
+
+    fn matmul_add(
+        &self,
+        w: &CpuWeight,
+        x: &Vec<f32>,
+        n: usize,
+        out: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        check_len("matmul_add", "output", out.len(), n * w.q.rows)?;
+        self.matmuls_fused(x, n, &mut [(w, scratch)], Fuse::AddTo(OutPtr(out.as_mut_ptr())))
+    }
+
+    fn matmul_swiglu(
+        &self,
+        x: &Vec<f32>,
+        n: usize,
+        gate: &CpuWeight,
+        up: &CpuWeight,
+        out: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        if gate.q.rows != up.q.rows {
+            let rows = format!("gate has {} rows and up {}", gate.q.rows, up.q.rows);
+            return Err(shape_err("matmul_swiglu", rows));
         }
-        if n == 0 {
-            return Ok(());
-        }
-        let x = &x[..n * cols];
-        if let Some(packed) = jobs.iter().map(|(w, _)| self.packed(w)).collect::<Option<Vec<_>>>() {
-            self.matmuls_packed(x, n, cols, jobs, &packed);
-            return Ok(());
-        }
-        let kernels: Vec<RowKernel> = jobs.iter().map(|(w, _)| self.row_kernel(w)).collect();
-        let mut acts = StepActs { x, cols, q8: q8::Q8Acts::default(), q16: q16::Q16Acts::default() };
-        if kernels.contains(&RowKernel::Q8) {
-            acts.q8.quantize(x, n, cols);
-        }
-        if kernels.contains(&RowKernel::Q16) {
-            acts.q16.quantize(x, n, cols);
-        }
-        // Results are computed as [rows, n] so each task owns whole weight rows, then
-        // transposed into [n, rows]. One parallel region covers every weight of the call.
-        let total_rows: usize = jobs.iter().map(|(w, _)| w.q.rows).sum();
-        let rows_per_task = self.rows_per_task(total_rows);
-        // With one activation row, [rows, n] is [n, rows]: tasks write the outputs directly
-        // (decode allocates nothing per weight).
-        let weights: Vec<&QTensor> = jobs.iter().map(|(w, _)| &w.q).collect();
-        let mut out_t: Vec<Vec<f32>> =
-            if n == 1 { Vec::new() } else { jobs.iter().map(|(w, _)| vec![0.0f32; w.q.rows * n]).collect() };
-        let mut tasks = Vec::new();
-        let targets: Vec<&mut [f32]> = if n == 1 {
-            jobs.iter_mut().map(|(w, out)| &mut out[..w.q.rows]).collect()
-        } else {
-            out_t.iter_mut().map(|b| b.as_mut_slice()).collect()
-        };
-        for (j, buf) in targets.into_iter().enumerate() {
-            for (c, chunk) in buf.chunks_mut(rows_per_task * n).enumerate() {
-                tasks.push((j, c * rows_per_task, chunk));
-            }
-        }
-        let isa = self.isa;
-        let tasks: Vec<Mutex<Option<RowTask>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
-        let failure = Mutex::new(None);
-        self.pool.run(tasks.len(), &|i| {
-            let Some((j, first_row, dst)) = tasks[i].lock().ok().and_then(|mut t| t.take()) else { return };
-            if n == 1 && kernels[j] != RowKernel::F32 {
-                // Decode: the whole run of rows goes to the kernel in one call.
-                let rows = weights[j].rows(first_row..first_row + dst.len());
-                match kernels[j] {
-                    RowKernel::Q8 => {
-                        q8::dot_rows_single(isa, weights[j].ty, rows, &acts.q8.d, &acts.q8.sum, &acts.q8.q, dst)
-                    }
-                    _ => q16::dot_rows_single(isa, weights[j].ty, rows, &acts.q16.d, &acts.q16.sum, &acts.q16.q, dst),
-                }
-                return;
-            }
-            let mut scratch = vec![0.0f32; if kernels[j] == RowKernel::F32 { cols } else { 0 }];
-            for (r, dst_row) in dst.chunks_exact_mut(n).enumerate() {
-                if let Err(e) = acts.row_times_all(isa, kernels[j], weights[j], first_row + r, &mut scratch, dst_row) {
-                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                    return;
-                }
-            }
-        });
-        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(e);
-        }
-        for ((w, out), buf) in jobs.iter_mut().zip(&out_t) {
-            // Blocks of rows keep both sides of the transpose in cache.
-            const BLOCK: usize = 16;
-            let rows = w.q.rows;
-            for r0 in (0..rows).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(rows);
-                for t in 0..n {
-                    for r in r0..r1 {
-                        out[t * rows + r] = buf[r * n + t];
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.matmuls_fused(x, n, &mut [(gate, out), (up, scratch)], Fuse::SiluMul)
     }
 
     fn rope(&self, x: &mut Vec<f32>, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
@@ -896,11 +1030,7 @@ impl Backend for Cpu {
     fn silu_mul(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize) -> Result<(), KernelError> {
         check_len("silu_mul", "gate", gate.len(), len)?;
         check_len("silu_mul", "up", up.len(), len)?;
-        if self.activations == Activations::Q8 {
-            vexp::silu_mul(&mut gate[..len], &up[..len]);
-        } else {
-            ops::silu_mul(&mut gate[..len], &up[..len]);
-        }
+        swiglu(self.activations == Activations::Q8, &mut gate[..len], &up[..len]);
         Ok(())
     }
 
@@ -1113,6 +1243,47 @@ mod tests {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(together), bits(&alone), "{inputs:?}, {n} rows, weight of {} rows", w.q.rows);
                 }
+            }
+        }
+    }
+
+    /// An F32 matrix (the row kernels' path) of `rows × cols`.
+    fn dense(rows: usize, cols: usize, seed: usize) -> QTensor {
+        use std::sync::Arc;
+        let bytes: Vec<u8> =
+            (0..rows * cols).flat_map(|i| ((((i + seed) * 7 % 13) as f32 - 6.0) / 4.0).to_le_bytes()).collect();
+        let len = bytes.len();
+        let owner: Arc<dyn crate::Backing> = Arc::new(bytes);
+        QTensor::new(crate::GgmlType::F32, rows, cols, crate::SharedBytes::new(owner, 0, len).expect("bytes"))
+            .expect("tensor")
+    }
+
+    #[test]
+    fn fused_residual_adds_and_swiglu_equal_the_ops_apart() {
+        let cols = 64;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let b = Cpu::new(2, Activations::Q8).expect("cpu");
+        for (what, make) in [("packed", q4_1 as fn(usize, usize, usize) -> QTensor), ("row kernels", dense)] {
+            let (gate, up) = (make(80, cols, 1), make(80, cols, 2));
+            let gate = b.load_weight(&gate, Inputs::Robust).expect("load");
+            let up = b.load_weight(&up, Inputs::Robust).expect("load");
+            let rows = gate.q.rows;
+            for n in [1, 3, 8, 20] {
+                let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+                let (mut g, mut u) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+                b.matmul(&gate, &x, n, &mut g).expect("gate");
+                b.matmul(&up, &x, n, &mut u).expect("up");
+
+                let residual: Vec<f32> = (0..n * rows).map(|i| (i as f32 * 0.11).cos()).collect();
+                let mut summed = residual.clone();
+                b.matmul_add(&gate, &x, n, &mut summed, &mut vec![0.0; n * rows]).expect("matmul_add");
+                let want: Vec<f32> = residual.iter().zip(&g).map(|(r, p)| r + p).collect();
+                assert_eq!(bits(&summed), bits(&want), "{what}: residual add, {n} rows");
+
+                let mut fused = vec![f32::NAN; n * rows];
+                b.matmul_swiglu(&x, n, &gate, &up, &mut fused, &mut vec![0.0; n * rows]).expect("swiglu");
+                b.silu_mul(&mut g, &u, n * rows).expect("silu_mul");
+                assert_eq!(bits(&fused), bits(&g), "{what}: SwiGLU, {n} rows");
             }
         }
     }
