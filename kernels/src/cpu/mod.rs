@@ -71,7 +71,7 @@ mod q8;
 mod topology;
 mod vexp;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{
@@ -630,6 +630,9 @@ struct AttentionScratch {
     tasks: Vec<AttentionTask>,
     /// One record per task, laid out as `attend_partial` writes them.
     partials: Vec<f32>,
+    /// At the index of each (sequence, token, KV head)'s first task: how many of its tasks
+    /// have written their records (the last one merges them).
+    finished: Vec<AtomicUsize>,
 }
 
 /// Positions per attention task: long enough to amortise a task, short enough that one
@@ -944,13 +947,13 @@ impl Backend for Cpu {
         let scale = 1.0 / (head_dim as f32).sqrt();
         // One task per (sequence, token, KV head, run of positions), every sequence of the step
         // in one parallel section: the query heads sharing a KV head read its keys and values
-        // once, and long contexts split over every thread (flash-decoding); partial softmaxes
-        // are merged afterwards, in the same order whatever else the step holds, so a sequence
-        // gets the same numbers batched as alone.
+        // once, and long contexts split over every thread (flash-decoding); the last task of a
+        // (sequence, token, KV head) to finish merges its partial softmaxes, in chunk order
+        // whatever else the step holds, so a sequence gets the same numbers batched as alone.
         let part_len = group * (head_dim + 2);
         let chunks_of = |first_pos: usize, t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
         let mut scratch = self.attention_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let AttentionScratch { tasks, partials } = &mut *scratch;
+        let AttentionScratch { tasks, partials, finished } = &mut *scratch;
         tasks.clear();
         for (s, (_, rows)) in seqs.iter().enumerate() {
             for t in 0..rows.n {
@@ -965,12 +968,15 @@ impl Backend for Cpu {
         if partials.len() < tasks.len() * part_len {
             partials.resize(tasks.len() * part_len, 0.0);
         }
-        let records = OutPtr(partials.as_mut_ptr());
-        self.pool.run(tasks.len(), &|i| {
+        finished.iter_mut().for_each(|f| *f.get_mut() = 0);
+        finished.resize_with(tasks.len().max(finished.len()), AtomicUsize::default);
+        let (records, outputs) = (OutPtr(partials.as_mut_ptr()), OutPtr(out.as_mut_ptr()));
+        let (task_list, done) = (&tasks[..], &finished[..]);
+        self.pool.run(task_list.len(), &|i| {
             // SAFETY: task `i` alone writes record `i`, inside `partials` (sized above), which
             // nothing else touches during the parallel section.
             let part = unsafe { std::slice::from_raw_parts_mut(records.at(i * part_len), part_len) };
-            let (s, t, g, c) = tasks[i];
+            let (s, t, g, c) = task_list[i];
             let (cache, SeqRows { row: q_row, first_pos, .. }) = seqs[s];
             let visible = first_pos + t + 1;
             let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
@@ -983,31 +989,28 @@ impl Backend for Cpu {
                 let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
                 attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
             }
-        });
-        let mut first = 0;
-        for (_, SeqRows { row: q_row, n, first_pos }) in seqs.iter().copied() {
-            let out_rows = &mut out[q_row * q_len..(q_row + n) * q_len];
-            for t in 0..n {
-                let chunks = chunks_of(first_pos, t);
-                for g in 0..n_kv_head {
-                    let parts = &partials[(first + g * chunks) * part_len..(first + (g + 1) * chunks) * part_len];
-                    for j in 0..group {
-                        let h = g * group + j;
-                        merge_partials(
-                            parts,
-                            part_len,
-                            j * (head_dim + 2),
-                            &mut out_rows[t * q_len + h * head_dim..][..head_dim],
-                        );
-                    }
-                }
-                first += n_kv_head * chunks;
+            // The last of the (sequence, token, KV head)'s tasks to finish merges their records
+            // in chunk order (the same numbers whichever finished last); the counter's
+            // acquire-release makes the others' records visible to it.
+            let (first, chunks) = (i - c, chunks_of(first_pos, t));
+            if chunks > 1 && done[first].fetch_add(1, Ordering::AcqRel) + 1 < chunks {
+                return;
             }
-        }
+            // SAFETY: records `first..first + chunks` are written (above); nothing writes them
+            // or this (token, KV head)'s output rows during the section but this task.
+            let parts = unsafe { std::slice::from_raw_parts(records.at(first * part_len), chunks * part_len) };
+            for j in 0..group {
+                let at = (q_row + t) * q_len + (g * group + j) * head_dim;
+                // SAFETY: as above; `out` holds the row (checked before the section).
+                let head = unsafe { outputs.slice(at..at + head_dim) };
+                merge_partials(parts, part_len, j * (head_dim + 2), head);
+            }
+        });
         // A long prompt's step needs far more than a decode step: not kept.
         if size_of_val(&partials[..]) > ATTENTION_SCRATCH_KEPT {
             *partials = Vec::new();
             *tasks = Vec::new();
+            *finished = Vec::new();
         }
         Ok(())
     }
