@@ -441,6 +441,61 @@ impl Cpu {
         Ok(())
     }
 
+    /// Grows `cache` to hold positions up to `rows.first_pos + rows.n` of `row_len`-element
+    /// rows, in the layout [`Cpu::write_rows`] writes.
+    fn grow_cache(&self, cache: KvLayer<&mut Vec<f32>>, rows: SeqRows, row_len: usize) -> Result<(), KernelError> {
+        if self.kv_bf16 && !row_len.is_multiple_of(2) {
+            return Err(shape_err("kv_write", format!("a bf16 cache pairs up elements: rows of {row_len} cannot")));
+        }
+        let (key_elems, value_elems) = self.cache_elems(rows.first_pos + rows.n, row_len);
+        for (cached, elems) in [(cache.k, key_elems), (cache.v, value_elems)] {
+            let slots = elems.div_ceil(self.elems_per_slot());
+            if cached.len() < slots {
+                cached.resize(slots, 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the key and value rows `k` and `v` (`row_len` each) to positions `first_pos..`
+    /// of a cache [grown](Cpu::grow_cache) to hold them.
+    fn write_rows(&self, cache: KvLayer<&mut Vec<f32>>, k: &[f32], v: &[f32], first_pos: usize, row_len: usize) {
+        if self.kv_bf16 {
+            let keys = bf16s_mut(cache.k);
+            for (i, new) in k.chunks_exact(row_len).enumerate() {
+                let p = first_pos + i;
+                for (j, pair) in new.chunks_exact(2).enumerate() {
+                    let at = blocked_key(p, 2 * j, row_len);
+                    keys[at] = bf16::from_f32(pair[0]);
+                    keys[at + 1] = bf16::from_f32(pair[1]);
+                }
+            }
+            let values = bf16s_mut(cache.v);
+            for (i, new) in v.chunks_exact(row_len).enumerate() {
+                let p = first_pos + i;
+                for (j, &x) in new.iter().enumerate() {
+                    values[paired_value(p, j, row_len)] = bf16::from_f32(x);
+                }
+            }
+        } else {
+            let dst = first_pos * row_len..first_pos * row_len + k.len();
+            cache.k[dst.clone()].copy_from_slice(k);
+            cache.v[dst].copy_from_slice(v);
+        }
+    }
+
+    /// The angle table, grown to cover `positions`, or `None` when one lies past what it
+    /// keeps (the angles are then computed per row).
+    fn rope_table_for(&self, positions: &[u32], rope: &Rope) -> Option<std::sync::MutexGuard<'_, RopeTable>> {
+        let end = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        if end > ROPE_TABLE_POSITIONS {
+            return None;
+        }
+        let mut table = self.rope_table.lock().unwrap_or_else(|e| e.into_inner());
+        table.cover(rope, end);
+        Some(table)
+    }
+
     /// How `w` meets this backend's activations.
     fn row_kernel(&self, w: &CpuWeight) -> RowKernel {
         let integer = self.activations == Activations::Q8 && q8::supported(w.q.ty) && w.q.cols.is_multiple_of(q8::QB);
@@ -542,6 +597,57 @@ impl RopeTable {
         let per = self.rope.map_or(0, |(_, n_rot)| n_rot / 2);
         &self.angles[pos * per..(pos + 1) * per]
     }
+}
+
+/// Whether RoPE of `rope.n_rot` dimensions fits heads of `head_dim`.
+fn check_rope(head_dim: usize, rope: &Rope) -> Result<(), KernelError> {
+    if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
+        return Err(shape_err("rope", format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot)));
+    }
+    Ok(())
+}
+
+/// Turns each head of each `row_len`-element row of `x` by its position's angles, from
+/// `table` where it covers them.
+fn rope_rows(
+    x: &mut [f32],
+    row_len: usize,
+    head_dim: usize,
+    positions: &[u32],
+    rope: &Rope,
+    table: Option<&RopeTable>,
+) {
+    let mut computed = Vec::with_capacity(if table.is_some() { 0 } else { rope.n_rot / 2 });
+    // One set of angles per position serves every head of the row.
+    for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
+        let angles = match table {
+            Some(table) => table.at(pos as usize),
+            None => {
+                rope_angles(pos, rope, &mut computed);
+                &computed
+            }
+        };
+        for head in row.chunks_exact_mut(head_dim) {
+            rope_apply(head, angles, rope.layout);
+        }
+    }
+}
+
+/// The trait's [`Backend::rope_kv_write`]: both ops over every row.
+#[allow(clippy::too_many_arguments)]
+fn default_rope_kv_write(
+    b: &Cpu,
+    q: &mut Vec<f32>,
+    k: &mut Vec<f32>,
+    v: &Vec<f32>,
+    head_dim: usize,
+    positions: &[u32],
+    rope: &Rope,
+    writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
+    row_len: usize,
+) -> Result<(), KernelError> {
+    b.rope_qk(q, k, head_dim, positions, rope)?;
+    b.kv_write_many(writes, k, v, row_len)
 }
 
 /// A KV cache tensor's bf16 elements, two to each f32 slot (see `Cpu::kv_bf16`).
@@ -811,32 +917,67 @@ impl Backend for Cpu {
     }
 
     fn rope(&self, x: &mut Vec<f32>, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
-        if head_dim == 0 || rope.n_rot > head_dim || !rope.n_rot.is_multiple_of(2) {
-            return Err(shape_err("rope", format!("n_rot {} does not fit head_dim {head_dim}", rope.n_rot)));
-        }
+        check_rope(head_dim, rope)?;
         let row_len = x.len() / positions.len().max(1);
         if !row_len.is_multiple_of(head_dim) {
             return Err(shape_err("rope", format!("row length {row_len} is not a multiple of head_dim {head_dim}")));
         }
-        let end = positions.iter().max().map_or(0, |&p| p as usize + 1);
-        let tabled = end <= ROPE_TABLE_POSITIONS;
-        let mut table = self.rope_table.lock().unwrap_or_else(|e| e.into_inner());
-        if tabled {
-            table.cover(rope, end);
+        let table = self.rope_table_for(positions, rope);
+        rope_rows(x, row_len, head_dim, positions, rope, table.as_deref());
+        Ok(())
+    }
+
+    /// One task per sequence (its rows rotated, then written to its cache), so a batched
+    /// step's sequences go in parallel; the trait's default does each op over every row on
+    /// the calling thread.
+    fn rope_kv_write(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &Vec<f32>,
+        head_dim: usize,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
+        row_len: usize,
+    ) -> Result<(), KernelError> {
+        check_rope(head_dim, rope)?;
+        let n = positions.len();
+        let q_len = q.len() / n.max(1);
+        if n == 0 || !q_len.is_multiple_of(head_dim) || !row_len.is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rope",
+                format!("rows of {q_len} and {row_len} do not split into heads of {head_dim}"),
+            ));
         }
-        let mut computed = Vec::with_capacity(if tabled { 0 } else { rope.n_rot / 2 });
-        // One set of angles per position serves every head of the row.
-        for (row, &pos) in x.chunks_exact_mut(row_len).zip(positions) {
-            let angles = if tabled {
-                table.at(pos as usize)
-            } else {
-                rope_angles(pos, rope, &mut computed);
-                &computed
-            };
-            for head in row.chunks_exact_mut(head_dim) {
-                rope_apply(head, angles, rope.layout);
-            }
+        check_len("rope", "keys", k.len(), n * row_len)?;
+        check_len("kv_write", "values", v.len(), n * row_len)?;
+        // Sequences own every row, in runs in order; anything else goes the default way.
+        let covered = writes.iter().try_fold(0, |next, (_, rows)| (rows.row == next).then_some(next + rows.n));
+        if covered != Some(n) {
+            return default_rope_kv_write(self, q, k, v, head_dim, positions, rope, writes, row_len);
         }
+        for (cache, rows) in writes.iter_mut() {
+            self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, *rows, row_len)?;
+        }
+        let table = self.rope_table_for(positions, rope);
+        let table = table.as_deref();
+        let (mut q_rest, mut k_rest) = (&mut q[..], &mut k[..]);
+        let mut parts = Vec::with_capacity(writes.len());
+        for (cache, rows) in writes.iter_mut() {
+            let (q_seq, q_tail) = std::mem::take(&mut q_rest).split_at_mut(rows.n * q_len);
+            let (k_seq, k_tail) = std::mem::take(&mut k_rest).split_at_mut(rows.n * row_len);
+            (q_rest, k_rest) = (q_tail, k_tail);
+            parts.push(Mutex::new(Some((KvLayer { k: &mut *cache.k, v: &mut *cache.v }, q_seq, k_seq, *rows))));
+        }
+        self.pool.run(parts.len(), &|i| {
+            let Some((cache, q_seq, k_seq, rows)) = parts[i].lock().ok().and_then(|mut p| p.take()) else { return };
+            let at = &positions[rows.row..rows.row + rows.n];
+            rope_rows(q_seq, q_len, head_dim, at, rope, table);
+            rope_rows(k_seq, row_len, head_dim, at, rope, table);
+            let values = &v[rows.row * row_len..(rows.row + rows.n) * row_len];
+            self.write_rows(cache, k_seq, values, rows.first_pos, row_len);
+        });
         Ok(())
     }
 
@@ -850,39 +991,10 @@ impl Backend for Cpu {
     ) -> Result<(), KernelError> {
         let SeqRows { row, n, first_pos } = rows;
         let src = row * row_len..(row + n) * row_len;
-        let dst = first_pos * row_len..(first_pos + n) * row_len;
         check_len("kv_write", "source", k.len().min(v.len()), src.end)?;
-        if self.kv_bf16 && !row_len.is_multiple_of(2) {
-            return Err(shape_err("kv_write", format!("a bf16 cache pairs up elements: rows of {row_len} cannot")));
-        }
-        let (key_elems, value_elems) = self.cache_elems(first_pos + n, row_len);
-        for (cached, elems) in [(&mut *cache.k, key_elems), (&mut *cache.v, value_elems)] {
-            let slots = elems.div_ceil(self.elems_per_slot());
-            if cached.len() < slots {
-                cached.resize(slots, 0.0);
-            }
-        }
-        if self.kv_bf16 {
-            let keys = bf16s_mut(cache.k);
-            for (i, new) in k[src.clone()].chunks_exact(row_len).enumerate() {
-                let p = first_pos + i;
-                for (j, pair) in new.chunks_exact(2).enumerate() {
-                    let at = blocked_key(p, 2 * j, row_len);
-                    keys[at] = bf16::from_f32(pair[0]);
-                    keys[at + 1] = bf16::from_f32(pair[1]);
-                }
-            }
-            let values = bf16s_mut(cache.v);
-            for (i, new) in v[src].chunks_exact(row_len).enumerate() {
-                let p = first_pos + i;
-                for (j, &x) in new.iter().enumerate() {
-                    values[paired_value(p, j, row_len)] = bf16::from_f32(x);
-                }
-            }
-        } else {
-            cache.k[dst.clone()].copy_from_slice(&k[src.clone()]);
-            cache.v[dst].copy_from_slice(&v[src]);
-        }
+        let cache = KvLayer { k: &mut *cache.k, v: &mut *cache.v };
+        self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, rows, row_len)?;
+        self.write_rows(cache, &k[src.clone()], &v[src], first_pos, row_len);
         Ok(())
     }
 
@@ -1287,6 +1399,57 @@ mod tests {
                 b.matmul_swiglu(&x, n, &gate, &up, &mut fused, &mut vec![0.0; n * rows]).expect("swiglu");
                 b.silu_mul(&mut g, &u, n * rows).expect("silu_mul");
                 assert_eq!(bits(&fused), bits(&g), "{what}: SwiGLU, {n} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_kv_write_per_sequence_equals_rope_then_kv_write() {
+        let (head_dim, q_len, row_len) = (8, 32, 16);
+        let rope = Rope { layout: crate::RopeLayout::Neox, freq_base: 10_000.0, n_rot: 8 };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Three sequences (one past the angle table); in the engine's order, then reversed
+        // (the default path).
+        let rows = [
+            SeqRows { row: 0, n: 1, first_pos: 5 },
+            SeqRows { row: 1, n: 3, first_pos: 0 },
+            SeqRows { row: 4, n: 2, first_pos: ROPE_TABLE_POSITIONS + 17 },
+        ];
+        let positions: Vec<u32> =
+            rows.iter().flat_map(|r| (r.first_pos..r.first_pos + r.n).map(|p| p as u32)).collect();
+        for acts in [Activations::F32, Activations::Q8] {
+            let b = Cpu::new(2, acts).expect("cpu");
+            for reversed in [false, true] {
+                let n = positions.len();
+                let q: Vec<f32> = (0..n * q_len).map(|i| (i as f32 * 0.3).sin()).collect();
+                let k: Vec<f32> = (0..n * row_len).map(|i| (i as f32 * 0.7).cos()).collect();
+                let v: Vec<f32> = (0..n * row_len).map(|i| (i as f32 * 0.2).sin()).collect();
+
+                let (mut q_fused, mut k_fused) = (q.clone(), k.clone());
+                let mut caches_fused: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|_| (vec![], vec![])).collect();
+                let mut writes: Vec<_> =
+                    caches_fused.iter_mut().zip(rows).map(|((k, v), r)| (KvLayer { k, v }, r)).collect();
+                if reversed {
+                    writes.reverse();
+                }
+                b.rope_kv_write(&mut q_fused, &mut k_fused, &v, head_dim, &positions, &rope, &mut writes, row_len)
+                    .expect("rope_kv_write");
+
+                let (mut q_apart, mut k_apart) = (q, k);
+                b.rope(&mut q_apart, head_dim, &positions, &rope).expect("rope q");
+                b.rope(&mut k_apart, head_dim, &positions, &rope).expect("rope k");
+                let mut caches_apart: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|_| (vec![], vec![])).collect();
+                for ((kc, vc), r) in caches_apart.iter_mut().zip(rows) {
+                    b.kv_write(KvLayer { k: kc, v: vc }, &k_apart, &v, r, row_len).expect("kv_write");
+                }
+
+                let case = format!("{acts:?}, reversed {reversed}");
+                assert_eq!(bits(&q_fused), bits(&q_apart), "{case}: queries");
+                assert_eq!(bits(&k_fused), bits(&k_apart), "{case}: keys");
+                for (fused, apart) in caches_fused.iter().zip(&caches_apart) {
+                    assert_eq!(bits(&fused.0), bits(&apart.0), "{case}: key cache");
+                    assert_eq!(bits(&fused.1), bits(&apart.1), "{case}: value cache");
+                }
             }
         }
     }
