@@ -323,6 +323,9 @@ impl Cpu {
         fuse: Fuse,
     ) -> Result<(), KernelError> {
         let Some(cols) = jobs.first().map(|(w, _)| w.q.cols) else { return Ok(()) };
+        if matches!(fuse, Fuse::SiluMul) && !matches!(jobs, [(gate, _), (up, _)] if gate.q.rows == up.q.rows) {
+            return Err(swiglu_shape_err());
+        }
         check_len("matmul", "input", x.len(), n * cols)?;
         for (w, out) in jobs.iter() {
             if w.q.cols != cols {
@@ -344,7 +347,6 @@ impl Cpu {
         self.matmuls_by_rows(x, n, cols, jobs)?;
         let len = n * jobs[0].0.q.rows;
         match (fuse, jobs) {
-            (Fuse::Nothing, _) => {}
             (Fuse::AddTo(sum), [(_, product), ..]) => {
                 // SAFETY: `sum` holds the job's `n * rows` (checked by the caller), and no task
                 // is running.
@@ -353,10 +355,10 @@ impl Cpu {
                     *s += p;
                 }
             }
-            (Fuse::SiluMul, [(_, gate), (_, up), ..]) => {
+            (Fuse::SiluMul, [(_, gate), (_, up)]) => {
                 swiglu(self.activations == Activations::Q8, &mut gate[..len], &up[..len])
             }
-            _ => return Err(shape_err("matmul", "a fused SwiGLU needs its gate and up weights".into())),
+            _ => {}
         }
         Ok(())
     }
@@ -702,6 +704,10 @@ enum Fuse {
     SiluMul,
 }
 
+fn swiglu_shape_err() -> KernelError {
+    shape_err("matmul_swiglu", "a fused SwiGLU needs a gate and an up weight of as many rows".into())
+}
+
 /// `gate = silu(gate) * up`, with the 16-lane `exp` in the fast precision.
 fn swiglu(vector_exp: bool, gate: &mut [f32], up: &[f32]) {
     if vector_exp {
@@ -909,10 +915,6 @@ impl Backend for Cpu {
         out: &mut Vec<f32>,
         scratch: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
-        if gate.q.rows != up.q.rows {
-            let rows = format!("gate has {} rows and up {}", gate.q.rows, up.q.rows);
-            return Err(shape_err("matmul_swiglu", rows));
-        }
         self.matmuls_fused(x, n, &mut [(gate, out), (up, scratch)], Fuse::SiluMul)
     }
 
@@ -1400,6 +1402,10 @@ mod tests {
                 b.silu_mul(&mut g, &u, n * rows).expect("silu_mul");
                 assert_eq!(bits(&fused), bits(&g), "{what}: SwiGLU, {n} rows");
             }
+            let shorter = b.load_weight(&make(48, cols, 3), Inputs::Robust).expect("load");
+            let x = vec![0.5; cols];
+            let mismatched = b.matmul_swiglu(&x, 1, &gate, &shorter, &mut vec![0.0; 80], &mut vec![0.0; 80]);
+            assert!(mismatched.is_err(), "{what}: gate and up of different rows");
         }
     }
 
