@@ -1407,7 +1407,7 @@ mod tests {
     #[test]
     fn packed_kernels_match_the_row_kernels_and_their_twin() {
         const ROW_TOL: f32 = 1e-5;
-        let (rows, cols, n) = (32, 2 * QK_K, 6);
+        let (rows, cols, n) = (32, 2 * QK_K, 13);
         let mut rng = Rng(11);
         for ty in [
             GgmlType::Q4_0,
