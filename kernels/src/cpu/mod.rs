@@ -635,23 +635,6 @@ fn rope_rows(
     }
 }
 
-/// The trait's [`Backend::rope_kv_write`]: both ops over every row.
-#[allow(clippy::too_many_arguments)]
-fn default_rope_kv_write(
-    b: &Cpu,
-    q: &mut Vec<f32>,
-    k: &mut Vec<f32>,
-    v: &Vec<f32>,
-    head_dim: usize,
-    positions: &[u32],
-    rope: &Rope,
-    writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
-    row_len: usize,
-) -> Result<(), KernelError> {
-    b.rope_qk(q, k, head_dim, positions, rope)?;
-    b.kv_write_many(writes, k, v, row_len)
-}
-
 /// A KV cache tensor's bf16 elements, two to each f32 slot (see `Cpu::kv_bf16`).
 fn bf16s(slots: &[f32]) -> &[bf16] {
     // SAFETY: bf16 is two plain bytes with half f32's alignment; any bits are a valid bf16.
@@ -957,7 +940,8 @@ impl Backend for Cpu {
         // Sequences own every row, in runs in order; anything else goes the default way.
         let covered = writes.iter().try_fold(0, |next, (_, rows)| (rows.row == next).then_some(next + rows.n));
         if covered != Some(n) {
-            return default_rope_kv_write(self, q, k, v, head_dim, positions, rope, writes, row_len);
+            self.rope_qk(q, k, head_dim, positions, rope)?;
+            return self.kv_write_many(writes, k, v, row_len);
         }
         for (cache, rows) in writes.iter_mut() {
             self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, *rows, row_len)?;
