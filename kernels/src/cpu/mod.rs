@@ -213,26 +213,31 @@ impl Cpu {
             .as_ref()
     }
 
-    /// [`Backend::matmuls`] for weights that are all packed (`packed[j]` is job `j`'s): tasks
-    /// own runs of 16-row groups, write their rows of every activation row straight into
-    /// the outputs, and do `fuse`'s work on those rows.
+    /// [`Backend::matmuls`] of the `n` rows of `x` for weights that are all packed (`packed[j]`
+    /// is job `j`'s): `norm`'s norm inside the activations' quantization, then tasks that own
+    /// runs of 16-row groups, write their rows of every activation row straight into the
+    /// outputs, and do `fuse`'s work on those rows.
     fn matmuls_packed(
         &self,
         x: &[f32],
         n: usize,
-        cols: usize,
         jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
         packed: &[&packed::Packed],
         fuse: Fuse,
+        mut norm: Option<Norm>,
     ) {
+        let cols = x.len() / n;
         let mut acts = self.packed_acts.lock().unwrap_or_else(|e| e.into_inner());
         let (q8, q16) = &mut *acts;
         let parallel = |tasks: usize, task: &q8::Parallel| self.pool.run(tasks, task);
+        // The first quantization normalises the rows (if asked); a second reads them normalised.
+        let mut normalised = false;
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Robust) {
-            q8.quantize_with(x, n, cols, parallel);
+            q8.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, parallel);
+            normalised = true;
         }
         if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
-            q16.quantize_with(x, n, cols, true, parallel);
+            q16.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, true, parallel);
             if jobs.iter().zip(packed).any(|((w, _), p)| w.inputs == Inputs::Sensitive && packed::per_half(p.ty())) {
                 q16.sum_halves();
             }
@@ -313,14 +318,16 @@ impl Cpu {
         });
     }
 
-    /// [`Backend::matmuls`], then `fuse`'s work: inside the packed kernels' tasks where the
-    /// weights are packed, after the products otherwise.
+    /// [`Backend::matmuls`] of `x`, RMS-normalised first where `norm` asks, then `fuse`'s
+    /// work: the norm inside the activations' quantization and `fuse` inside the packed
+    /// kernels' tasks where the weights are packed, each in a pass of its own otherwise.
     fn matmuls_fused(
         &self,
         x: &[f32],
         n: usize,
         jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
         fuse: Fuse,
+        norm: Option<Norm>,
     ) -> Result<(), KernelError> {
         let Some(cols) = jobs.first().map(|(w, _)| w.q.cols) else { return Ok(()) };
         if matches!(fuse, Fuse::SiluMul) && !matches!(jobs, [(gate, _), (up, _)] if gate.q.rows == up.q.rows) {
@@ -336,14 +343,27 @@ impl Cpu {
             }
             check_len("matmul", "output", out.len(), n * w.q.rows)?;
         }
+        if let Some(norm) = &norm {
+            check_len("rms_norm", "weight", norm.weight.len(), cols)?;
+            check_len("rms_norm", "output", norm.normed.len(), x.len())?;
+        }
         if n == 0 {
             return Ok(());
         }
         let x = &x[..n * cols];
         if let Some(packed) = jobs.iter().map(|(w, _)| self.packed(w)).collect::<Option<Vec<_>>>() {
-            self.matmuls_packed(x, n, cols, jobs, &packed, fuse);
+            self.matmuls_packed(x, n, jobs, &packed, fuse, norm);
             return Ok(());
         }
+        let x = match norm {
+            Some(Norm { weight, eps, normed }) => {
+                for (xr, or) in x.chunks_exact(cols).zip(normed.chunks_exact_mut(cols)) {
+                    rms_norm_row(xr, weight, eps, or);
+                }
+                &normed[..n * cols]
+            }
+            None => x,
+        };
         self.matmuls_by_rows(x, n, cols, jobs)?;
         let len = n * jobs[0].0.q.rows;
         match (fuse, jobs) {
@@ -687,6 +707,32 @@ enum Fuse {
     SiluMul,
 }
 
+/// An RMS norm before a call's matmuls: the rows of the input normalised by `weight` (with
+/// `eps`) into `normed`.
+struct Norm<'a> {
+    weight: &'a [f32],
+    eps: f32,
+    normed: &'a mut [f32],
+}
+
+impl Norm<'_> {
+    /// What a quantization of `x` reads: `x` normalised by `norm` the first time, the
+    /// normalised rows once `normalised`, `x` itself without a norm.
+    fn input<'s>(x: &'s [f32], norm: &'s mut Option<Norm>, normalised: bool) -> q8::Input<'s> {
+        match (norm, normalised) {
+            (Some(Norm { weight, eps, normed }), false) => {
+                q8::Input::Normed { x, weight, eps: *eps, normed: &mut normed[..x.len()] }
+            }
+            (Some(norm), true) => q8::Input::Rows(&norm.normed[..x.len()]),
+            (None, _) => q8::Input::Rows(x),
+        }
+    }
+}
+
+fn norm_weight(w: &CpuWeight) -> Result<&[f32], KernelError> {
+    w.dense.as_deref().ok_or_else(|| shape_err("rms_norm", "weight is not a vector".into()))
+}
+
 fn swiglu_shape_err() -> KernelError {
     shape_err("matmul_swiglu", "a fused SwiGLU needs a gate and an up weight of as many rows".into())
 }
@@ -864,7 +910,7 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &Vec<f32>, weight: &CpuWeight, eps: f32, out: &mut Vec<f32>) -> Result<(), KernelError> {
-        let w = weight.dense.as_deref().ok_or_else(|| shape_err("rms_norm", "weight is not a vector".into()))?;
+        let w = norm_weight(weight)?;
         let dim = w.len();
         check_len("rms_norm", "output", out.len(), x.len())?;
         for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
@@ -874,7 +920,7 @@ impl Backend for Cpu {
     }
 
     fn matmuls(&self, x: &Vec<f32>, n: usize, jobs: &mut [(&CpuWeight, &mut Vec<f32>)]) -> Result<(), KernelError> {
-        self.matmuls_fused(x, n, jobs, Fuse::Nothing)
+        self.matmuls_fused(x, n, jobs, Fuse::Nothing, None)
     }
 
     fn matmul_add(
@@ -886,7 +932,7 @@ impl Backend for Cpu {
         scratch: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
         check_len("matmul_add", "output", out.len(), n * w.q.rows)?;
-        self.matmuls_fused(x, n, &mut [(w, scratch)], Fuse::AddTo(OutPtr(out.as_mut_ptr())))
+        self.matmuls_fused(x, n, &mut [(w, scratch)], Fuse::AddTo(OutPtr(out.as_mut_ptr())), None)
     }
 
     fn matmul_swiglu(
@@ -898,7 +944,38 @@ impl Backend for Cpu {
         out: &mut Vec<f32>,
         scratch: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
-        self.matmuls_fused(x, n, &mut [(gate, out), (up, scratch)], Fuse::SiluMul)
+        self.matmuls_fused(x, n, &mut [(gate, out), (up, scratch)], Fuse::SiluMul, None)
+    }
+
+    /// The norm runs in the quantization's parallel section (packed weights), not serially.
+    fn norm_matmuls(
+        &self,
+        x: &Vec<f32>,
+        norm: &CpuWeight,
+        eps: f32,
+        n: usize,
+        jobs: &mut [(&CpuWeight, &mut Vec<f32>)],
+        normed: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let weight = norm_weight(norm)?;
+        self.matmuls_fused(x, n, jobs, Fuse::Nothing, Some(Norm { weight, eps, normed }))
+    }
+
+    fn norm_matmul_swiglu(
+        &self,
+        x: &Vec<f32>,
+        norm: &CpuWeight,
+        eps: f32,
+        n: usize,
+        gate: &CpuWeight,
+        up: &CpuWeight,
+        out: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
+        normed: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let weight = norm_weight(norm)?;
+        let norm = Some(Norm { weight, eps, normed });
+        self.matmuls_fused(x, n, &mut [(gate, out), (up, scratch)], Fuse::SiluMul, norm)
     }
 
     fn rope(&self, x: &mut Vec<f32>, head_dim: usize, positions: &[u32], rope: &Rope) -> Result<(), KernelError> {
@@ -1390,6 +1467,64 @@ mod tests {
             let x = vec![0.5; cols];
             let mismatched = b.matmul_swiglu(&x, 1, &gate, &shorter, &mut vec![0.0; 80], &mut vec![0.0; 80]);
             assert!(mismatched.is_err(), "{what}: gate and up of different rows");
+        }
+    }
+
+    #[test]
+    fn norms_fused_into_the_quantization_equal_the_norm_then_the_matmuls() {
+        // Three blocks a row, so runs of whole rows differ from runs of blocks; 40 rows make
+        // more than one run.
+        let cols = 96;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let b = Cpu::new(2, Activations::Q8).expect("cpu");
+        let norm = b.load_weight(&dense(1, cols, 5), Inputs::Robust).expect("norm");
+        let eps = 1e-5;
+        for (what, make) in [("packed", q4_1 as fn(usize, usize, usize) -> QTensor), ("row kernels", dense)] {
+            // One weight on 8-bit and one on 16-bit activations: both quantizations, the
+            // second reading the rows the first normalised.
+            let robust = b.load_weight(&make(48, cols, 1), Inputs::Robust).expect("load");
+            let sensitive = b.load_weight(&make(32, cols, 2), Inputs::Sensitive).expect("load");
+            let up = b.load_weight(&make(48, cols, 3), Inputs::Robust).expect("load");
+            for n in [1, 3, 8, 40] {
+                // Rows of different magnitudes, so a row normalised by another's scale shows.
+                let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin() * (1 + i / cols) as f32).collect();
+                let mut normed = vec![0.0; n * cols];
+                b.rms_norm(&x, &norm, eps, &mut normed).expect("rms_norm");
+                let (mut r, mut s) = (vec![0.0; n * 48], vec![0.0; n * 32]);
+                b.matmuls(&normed, n, &mut [(&robust, &mut r), (&sensitive, &mut s)]).expect("matmuls");
+                let mut g = vec![0.0; n * 48];
+                b.matmul_swiglu(&normed, n, &robust, &up, &mut g, &mut vec![0.0; n * 48]).expect("swiglu");
+
+                let mut fused_normed = vec![f32::NAN; n * cols];
+                let (mut fr, mut fs) = (vec![f32::NAN; n * 48], vec![f32::NAN; n * 32]);
+                b.norm_matmuls(&x, &norm, eps, n, &mut [(&robust, &mut fr), (&sensitive, &mut fs)], &mut fused_normed)
+                    .expect("norm_matmuls");
+                assert_eq!(bits(&fused_normed), bits(&normed), "{what}: normalised rows, {n} rows");
+                assert_eq!(bits(&fr), bits(&r), "{what}: 8-bit activations, {n} rows");
+                assert_eq!(bits(&fs), bits(&s), "{what}: 16-bit activations, {n} rows");
+
+                let mut fused_normed = vec![f32::NAN; n * cols];
+                let mut fg = vec![f32::NAN; n * 48];
+                b.norm_matmul_swiglu(
+                    &x,
+                    &norm,
+                    eps,
+                    n,
+                    &robust,
+                    &up,
+                    &mut fg,
+                    &mut vec![0.0; n * 48],
+                    &mut fused_normed,
+                )
+                .expect("norm_matmul_swiglu");
+                assert_eq!(bits(&fused_normed), bits(&normed), "{what}: normalised rows before SwiGLU, {n} rows");
+                assert_eq!(bits(&fg), bits(&g), "{what}: SwiGLU, {n} rows");
+            }
+            let short_norm = b.load_weight(&dense(1, cols - 32, 5), Inputs::Robust).expect("norm");
+            let x = vec![0.5; cols];
+            let refused =
+                b.norm_matmuls(&x, &short_norm, eps, 1, &mut [(&robust, &mut vec![0.0; 48])], &mut vec![0.0; cols]);
+            assert!(refused.is_err(), "{what}: a norm weight shorter than the rows");
         }
     }
 

@@ -1427,7 +1427,7 @@ mod tests {
             let mut a8 = Q8Acts::default();
             a8.quantize(&x, n, cols);
             let mut a16 = Q16Acts::default();
-            a16.quantize_with(&x, n, cols, true, crate::cpu::q8::serial);
+            a16.quantize_with(crate::cpu::q8::Input::Rows(&x), n, cols, true, crate::cpu::q8::serial);
             a16.sum_halves();
             for (acts, name) in [(Acts::Q8(&a8), "q8"), (Acts::Q16(&a16), "q16")] {
                 let want = run(Simd::Scalar, &p, acts, n);

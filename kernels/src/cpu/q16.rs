@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use super::q8::{Isa, Parallel, QB, blocks_per_task, half, layout, serial, small_quant};
+use super::q8::{Input, Isa, Parallel, QB, half, layout, serial, small_quant};
 use crate::quant::GgmlType;
 
 /// Rows of activations quantized to 16 bits.
@@ -31,14 +31,15 @@ pub struct Q16Acts {
 impl Q16Acts {
     /// Quantizes `n` rows of `cols` elements (`cols` a multiple of [`QB`]).
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
-        self.quantize_with(x, n, cols, false, serial);
+        self.quantize_with(Input::Rows(x), n, cols, false, serial);
     }
 
-    /// [`Q16Acts::quantize`], also split into `hi`, `lo`, `qsum` and `hisum` when `split` (in
-    /// the same pass), runs of blocks spread by `parallel(tasks, task)` (a pool's section).
+    /// [`Q16Acts::quantize`] of `input`, also split into `hi`, `lo`, `qsum` and `hisum` when
+    /// `split` (in the same pass), runs of blocks spread by `parallel(tasks, task)` (a pool's
+    /// section).
     pub fn quantize_with(
         &mut self,
-        x: &[f32],
+        input: Input,
         n: usize,
         cols: usize,
         split: bool,
@@ -54,17 +55,16 @@ impl Q16Acts {
         self.lo.resize(split_len, 0);
         self.qsum.resize(split_len / QB, 0);
         self.hisum.resize(split_len / QB, 0);
-        let run = blocks_per_task(len / QB);
-        let runs = (len / QB).div_ceil(run);
+        let (run, inputs) = input.runs(len, cols);
         let splits: Vec<Option<Split>> = if split {
             let halves = self.hi.chunks_mut(run * QB).zip(self.lo.chunks_mut(run * QB));
             let sums = self.qsum.chunks_mut(run).zip(self.hisum.chunks_mut(run));
             halves.zip(sums).map(|((hi, lo), (qsum, hisum))| Some(Split { hi, lo, qsum, hisum })).collect()
         } else {
-            (0..runs).map(|_| None).collect()
+            inputs.iter().map(|_| None).collect()
         };
-        let parts: Vec<Mutex<_>> = x[..len]
-            .chunks(run * QB)
+        let parts: Vec<Mutex<_>> = inputs
+            .into_iter()
             .zip(self.q.chunks_mut(run * QB))
             .zip(self.d.chunks_mut(run).zip(self.sum.chunks_mut(run)))
             .zip(splits)
@@ -72,8 +72,8 @@ impl Q16Acts {
             .collect();
         parallel(parts.len(), &|i| {
             let Ok(mut part) = parts[i].lock() else { return };
-            let (((x, q), (d, sum)), split) = &mut *part;
-            quantize_q16(x, q, d, sum, split.take());
+            let (((input, q), (d, sum)), split) = &mut *part;
+            quantize_q16(input.values(), q, d, sum, split.take());
         });
     }
 

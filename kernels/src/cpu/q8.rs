@@ -11,6 +11,7 @@
 
 use std::sync::Mutex;
 
+use super::ops::rms_norm_row;
 use crate::quant::{GgmlType, f16_bits_to_f32};
 
 /// Elements per weight block of the formats handled here.
@@ -33,20 +34,20 @@ pub struct Q8Acts {
 impl Q8Acts {
     /// Quantizes `n` rows of `cols` elements (`cols` a multiple of [`QB`]).
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
-        self.quantize_with(x, n, cols, serial);
+        self.quantize_with(Input::Rows(x), n, cols, serial);
     }
 
-    /// [`Q8Acts::quantize`], runs of blocks spread by `parallel(tasks, task)` (a pool's
-    /// section).
-    pub fn quantize_with(&mut self, x: &[f32], n: usize, cols: usize, parallel: impl Fn(usize, &Parallel)) {
+    /// [`Q8Acts::quantize`] of `input`, runs of blocks spread by `parallel(tasks, task)` (a
+    /// pool's section).
+    pub fn quantize_with(&mut self, input: Input, n: usize, cols: usize, parallel: impl Fn(usize, &Parallel)) {
         let len = n * cols;
         self.d.resize(len / QA, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.qsum.resize(len / QA, 0);
         self.q.resize(len, 0);
-        let run = blocks_per_task(len / QB);
-        let parts: Vec<Mutex<_>> = x[..len]
-            .chunks(run * QB)
+        let (run, inputs) = input.runs(len, cols);
+        let parts: Vec<Mutex<_>> = inputs
+            .into_iter()
             .zip(self.q.chunks_mut(run * QB))
             .zip(self.d.chunks_mut(run * 2).zip(self.qsum.chunks_mut(run * 2)))
             .zip(self.sum.chunks_mut(run))
@@ -54,8 +55,8 @@ impl Q8Acts {
             .collect();
         parallel(parts.len(), &|i| {
             let Ok(mut part) = parts[i].lock() else { return };
-            let (((x, q), (d, qsum)), sum) = &mut *part;
-            quantize_q8(x, q, d, qsum, sum);
+            let (((input, q), (d, qsum)), sum) = &mut *part;
+            quantize_q8(input.values(), q, d, qsum, sum);
         });
     }
     /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`: the weight
@@ -78,6 +79,44 @@ fn round_small(x: f32) -> f32 {
     (x + SHIFT) - SHIFT
 }
 
+/// What a quantization reads: rows as they are, or rows RMS-normalised by `weight` (with
+/// `eps`) into `normed` by the quantization's own tasks, so that a norm before a matmul costs
+/// no serial pass over the rows.
+pub enum Input<'a> {
+    Rows(&'a [f32]),
+    Normed { x: &'a [f32], weight: &'a [f32], eps: f32, normed: &'a mut [f32] },
+}
+
+impl<'a> Input<'a> {
+    /// The first `len` elements in runs of whole blocks, one run per task, and the blocks per
+    /// run; runs of normalised rows hold whole rows of `cols`.
+    pub(super) fn runs(self, len: usize, cols: usize) -> (usize, Vec<Input<'a>>) {
+        let run = blocks_per_task(len / QB);
+        match self {
+            Input::Rows(x) => (run, x[..len].chunks(run * QB).map(Input::Rows).collect()),
+            Input::Normed { x, weight, eps, normed } => {
+                let row_blocks = (cols / QB).max(1);
+                let run = run.div_ceil(row_blocks) * row_blocks;
+                let runs = x[..len].chunks(run * QB).zip(normed[..len].chunks_mut(run * QB));
+                (run, runs.map(|(x, normed)| Input::Normed { x, weight, eps, normed }).collect())
+            }
+        }
+    }
+
+    /// The values to quantize, normalising them first where asked.
+    pub(super) fn values(&mut self) -> &[f32] {
+        match self {
+            Input::Rows(x) => x,
+            Input::Normed { x, weight, eps, normed } => {
+                for (x, out) in x.chunks_exact(weight.len()).zip(normed.chunks_exact_mut(weight.len())) {
+                    rms_norm_row(x, weight, *eps, out);
+                }
+                normed
+            }
+        }
+    }
+}
+
 /// A task function for a pool's section.
 pub type Parallel<'a> = dyn Fn(usize) + Sync + 'a;
 
@@ -87,7 +126,7 @@ pub fn serial(tasks: usize, task: &Parallel) {
 }
 
 /// Blocks per quantization task: enough that a task outweighs handing it out.
-pub(super) fn blocks_per_task(blocks: usize) -> usize {
+fn blocks_per_task(blocks: usize) -> usize {
     const MIN_BLOCKS: usize = 64;
     blocks.div_ceil(8).max(MIN_BLOCKS)
 }
