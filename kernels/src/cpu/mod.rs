@@ -68,6 +68,7 @@ mod packed;
 mod pool;
 mod q16;
 mod q8;
+mod runs;
 mod topology;
 mod vexp;
 
@@ -81,6 +82,7 @@ use crate::backend::{
 use crate::quant::dequantize_row;
 
 use half::bf16;
+use runs::Runs;
 
 pub use attention::{HeadRows, KvElem, attend_partial, blocked_key, merge_partials, paired_value};
 pub use ops::{axpy, dot, rms_norm_row, rope_angles, rope_apply, rope_row, silu};
@@ -242,79 +244,66 @@ impl Cpu {
                 q16.sum_halves();
             }
         }
-        // Each task takes one contiguous run of the call's groups (across its weights): a
-        // thread then streams its weights from memory without restarting the prefetch at
-        // every task, which measured faster than finer tasks despite less stealing
-        // (bench/RESULTS.md). SwiGLU's tasks take the same run of both weights.
+        // Each thread streams one contiguous run of the call's groups (across its weights)
+        // and then helps finish the others' (`Runs`). SwiGLU's runs are of the gate's groups,
+        // each chunk taken with the same groups of the up weight.
         let lockstep = matches!(fuse, Fuse::SiluMul);
-        let total: usize = if lockstep { packed[0].groups() } else { packed.iter().map(|p| p.groups()).sum() };
-        let per_task = total.div_ceil(self.threads() * matmul_tasks_per_thread(n)).max(1);
         let mut targets = Vec::new();
-        let mut pieces = Vec::new();
-        let mut task_starts = vec![0];
-        let mut filled = 0;
-        for (j, ((w, out), &p)) in jobs.iter_mut().zip(packed).enumerate() {
+        let mut firsts = Vec::new();
+        let mut total = 0;
+        for ((w, out), &p) in jobs.iter_mut().zip(packed) {
             let acts = match w.inputs {
                 Inputs::Robust => packed::Acts::Q8(q8),
                 Inputs::Sensitive => packed::Acts::Q16(q16),
             };
             targets.push((p, acts, OutPtr(out.as_mut_ptr())));
-            if lockstep {
-                continue;
-            }
-            let mut g = 0;
-            while g < p.groups() {
-                let take = (per_task - filled).min(p.groups() - g);
-                pieces.push((j, g..g + take));
-                (g, filled) = (g + take, filled + take);
-                if filled == per_task {
-                    task_starts.push(pieces.len());
-                    filled = 0;
-                }
-            }
+            firsts.push(total);
+            total += p.groups();
         }
-        if lockstep {
-            for g in (0..total).step_by(per_task) {
-                let run = g..(g + per_task).min(total);
-                pieces.extend([(0, run.clone()), (1, run)]);
-                task_starts.push(pieces.len());
-            }
-        } else if filled > 0 {
-            task_starts.push(pieces.len());
-        }
+        let runs = Runs::new(if lockstep { packed[0].groups() } else { total }, self.threads());
         let simd = self.simd;
         let vector_exp = self.activations == Activations::Q8;
-        self.pool.run(task_starts.len() - 1, &|i| {
-            let task = &pieces[task_starts[i]..task_starts[i + 1]];
-            for (j, groups) in task {
-                let (p, acts, out) = &targets[*j];
-                // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by
-                // `matmuls`), pieces cover disjoint groups, the activations hold `n` rows of
-                // `cols`, and the pool joins every task before the outputs are touched again.
-                // `self.simd` was detected.
-                unsafe { p.matmul_groups(simd, *acts, n, groups.clone(), out.0, p.rows()) };
-                if let (Fuse::AddTo(sum), 0) = (fuse, *j) {
-                    for t in 0..n {
-                        let span =
-                            t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
-                        // SAFETY: this task alone touches these rows of job 0's output and of
-                        // `sum` (both `n * rows`, checked by the caller) during the section.
-                        let (product, sum) = unsafe { (out.slice(span.clone()), sum.slice(span)) };
-                        for (s, &p) in sum.iter_mut().zip(product.iter()) {
-                            *s += p;
-                        }
+        let rows_of = |j: usize, groups: &std::ops::Range<usize>| {
+            let (p, acts, out) = &targets[j];
+            // SAFETY: each output holds `n` rows of `p.rows()` floats (checked by `matmuls`),
+            // chunks cover disjoint groups, the activations hold `n` rows of `cols`, and the
+            // pool joins every task before the outputs are touched again. `self.simd` was
+            // detected.
+            unsafe { p.matmul_groups(simd, *acts, n, groups.clone(), out.0, p.rows()) };
+            if let (Fuse::AddTo(sum), 0) = (fuse, j) {
+                for t in 0..n {
+                    let span = t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
+                    // SAFETY: this chunk alone touches these rows of job 0's output and of
+                    // `sum` (both `n * rows`, checked by the caller) during the section.
+                    let (product, sum) = unsafe { (out.slice(span.clone()), sum.slice(span)) };
+                    for (s, &p) in sum.iter_mut().zip(product.iter()) {
+                        *s += p;
                     }
                 }
             }
-            if let (true, [(_, groups), ..]) = (lockstep, task) {
-                let (p, (_, _, gate), (_, _, up)) = (targets[0].0, targets[0], targets[1]);
-                for t in 0..n {
-                    let span = t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
-                    // SAFETY: as for the sums above, for the two outputs' rows.
-                    let (gate, up) = unsafe { (gate.slice(span.clone()), up.slice(span)) };
-                    swiglu(vector_exp, gate, up);
+        };
+        self.pool.run(runs.len(), &|r| {
+            runs.work_through(r, |chunk| {
+                if lockstep {
+                    rows_of(0, &chunk);
+                    rows_of(1, &chunk);
+                    let (p, (_, _, gate), (_, _, up)) = (targets[0].0, targets[0], targets[1]);
+                    for t in 0..n {
+                        let span = t * p.rows() + chunk.start * packed::GROUP..t * p.rows() + chunk.end * packed::GROUP;
+                        // SAFETY: as for the sums above, for the two outputs' rows.
+                        let (gate, up) = unsafe { (gate.slice(span.clone()), up.slice(span)) };
+                        swiglu(vector_exp, gate, up);
+                    }
+                    return;
                 }
-            }
+                // The chunk's groups of each weight it straddles.
+                for (j, (&first, (p, _, _))) in firsts.iter().zip(&targets).enumerate() {
+                    let (start, end) = (chunk.start.max(first), chunk.end.min(first + p.groups()));
+                    if start < end {
+                        rows_of(j, &(start - first..end - first));
+                    }
+                }
+            })
         });
     }
 
@@ -779,19 +768,6 @@ struct AttentionScratch {
 /// Positions per attention task: long enough to amortise a task, short enough that one
 /// decode step's attention spreads over every thread.
 const ATTENTION_CHUNK: usize = 128;
-
-/// Tasks per thread of a packed matmul call of `n` activation rows. One row streams the
-/// weights from memory: one contiguous run per thread is fastest (decode +10-15% over the
-/// earlier 4 runs each). A few rows are bound by the kernels' instructions: a second run each
-/// lets a thread that finished early take over the other's last one (batch 8 +4% over one
-/// run each). A prompt's rows keep the earlier 4, whose runs are long anyway (bench/RESULTS.md).
-fn matmul_tasks_per_thread(n: usize) -> usize {
-    match n {
-        1 => 1,
-        2..=16 => 2,
-        _ => 4,
-    }
-}
 
 /// Activation rows per tile of the integer kernels: each weight block is unpacked once per
 /// tile. Measured best of 1, 4 and 8 for prefill on the default model.
