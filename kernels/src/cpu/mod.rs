@@ -1123,7 +1123,10 @@ impl Backend for Cpu {
         finished.resize_with(tasks.len().max(finished.len()), AtomicUsize::default);
         let (records, outputs) = (OutPtr(partials.as_mut_ptr()), OutPtr(out.as_mut_ptr()));
         let (task_list, done) = (&tasks[..], &finished[..]);
-        self.pool.run(task_list.len(), &|i| {
+        // Runs of neighbouring tasks per thread: claims stay on each thread's own line, and
+        // a thread reads one sequence's cache after another's.
+        let runs = Runs::new(task_list.len(), self.threads());
+        let task = |i: usize| {
             // SAFETY: task `i` alone writes record `i`, inside `partials` (sized above), which
             // nothing else touches during the parallel section.
             let part = unsafe { std::slice::from_raw_parts_mut(records.at(i * part_len), part_len) };
@@ -1156,7 +1159,8 @@ impl Backend for Cpu {
                 let head = unsafe { outputs.slice(at..at + head_dim) };
                 merge_partials(parts, part_len, j * (head_dim + 2), head);
             }
-        });
+        };
+        self.pool.run(runs.len(), &|r| runs.work_through(r, |chunk| chunk.for_each(task)));
         // A long prompt's step needs far more than a decode step: not kept.
         if size_of_val(&partials[..]) > ATTENTION_SCRATCH_KEPT {
             *partials = Vec::new();
