@@ -211,6 +211,31 @@ def wait_quiet(limit_s=60.0, busy_share=0.25, window_s=0.5):
         time.sleep(1.0)
 
 
+def process_cpu_s(pid):
+    """CPU seconds process `pid` has used (all threads), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_server_idle(pid, limit_s=10.0, window_s=0.25, busy_share=0.05):
+    """Waits (at most limit_s) until server `pid` uses under busy_share of one core over a window:
+    what a server does in the background after its first request (realm moves the weights it
+    packed then onto huge pages, up to a few hundred ms here) would otherwise land in a
+    steady-state measurement. Returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        before = process_cpu_s(pid)
+        time.sleep(window_s)
+        after = process_cpu_s(pid)
+        if before is None or after is None or after - before < busy_share * window_s:
+            break
+    return time.perf_counter() - t0
+
+
 BUSY_SHARE_PCT = 10.0
 
 

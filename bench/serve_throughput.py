@@ -3,9 +3,9 @@
 For each concurrency N (default 1, 8, 32) and each round, each server in turn (realm, then
 llama-server) is started fresh on a free loopback port with room for N streams (realm
 --max-batch N; llama-server -np N slots sharing -c N * (prompt budget + max_tokens) tokens of
-KV cache), warmed with one short request, and then N client threads, released together, each
-POST /v1/chat/completions with stream=true, temperature 0, max_tokens M and its own short
-prompt. Every SSE content frame is timestamped on arrival. Per server and N:
+KV cache), warmed with one short request (then left until its own CPU use falls idle), and then
+N client threads, released together, each POST /v1/chat/completions with stream=true,
+temperature 0, max_tokens M and its own short prompt. Every SSE content frame is timestamped on arrival. Per server and N:
   aggregate tok/s          all generated tokens / (first request sent → last stream done)
   aggregate decode tok/s   sum over streams of (tokens - 1) / (first → last content frame):
                            the decode rate the batch sustains, prefill and TTFT left out
@@ -107,6 +107,7 @@ def measure(side, a, n, log_dir, rnd):
         if warm.error:
             raise RuntimeError(f"{side.name}: warm-up request failed: {warm.error}; log {srv.log_path}:\n"
                                f"{sc.tail(srv.log_path)}")
+        sc.wait_server_idle(srv.proc.pid)
         watch = sc.CpuWatch(srv.proc.pid)
         s = summarize(run_batch(port, n, a.max_tokens))
         s["other_cpu"] = watch.foreign_share() * 100
@@ -221,9 +222,9 @@ def main():
           f"- llama-server ({sc.llama_version(llama.binary)}, built by bench/build-llama-server.sh): "
           f"`{sc.shown(argv[(llama.name, last)])}` (at {last} streams)",
           f"- {a.rounds} rounds; in each, per stream count, realm then llama-server, each started fresh, warmed "
-          f"with one 8-token request, then N client threads released together, each one streamed chat "
-          f"completion (temperature 0, max_tokens {a.max_tokens}, its own short prompt; Python standard "
-          f"library on the same cores); tokens counted from realm: {count(realm.name)}, llama-server: "
+          f"with one 8-token request and left until its CPU use fell idle, then N client threads released "
+          f"together, each one streamed chat completion (temperature 0, max_tokens {a.max_tokens}, its own "
+          f"short prompt; Python standard library on the same cores); tokens counted from realm: {count(realm.name)}, llama-server: "
           f"{count(llama.name)}; aggregate columns median (min-max) over the rounds used, TTFT and inter-token latency "
           f"pooled over streams and rounds used; other processes' CPU: their share of all cores during the "
           f"timed streams (a run with over 10% is taken again up to {a.busy_retries} times, and left out when "
