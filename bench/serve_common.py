@@ -162,6 +162,13 @@ class Server:
         self.log.close()
 
 
+def process_ticks(pid):
+    """Clock ticks process `pid` ("self" for this one) has used, user and system, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 class CpuWatch:
     """CPU time the rest of the machine used while a measurement ran: all busy time in /proc/stat
     less the server's process and this client's. The machine is shared (builds, tests), and a
@@ -177,13 +184,7 @@ class CpuWatch:
             with open("/proc/stat") as f:
                 v = [int(x) for x in f.readline().split()[1:9]]
             total, idle = sum(v), v[3] + v[4]
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            server = int(fields[11]) + int(fields[12])  # utime, stime (all threads)
-            with open("/proc/self/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            client = int(fields[11]) + int(fields[12])
-            return total, total - idle, server, client
+            return total, total - idle, process_ticks(self.pid), process_ticks("self")
         except (OSError, ValueError, IndexError):
             return None
 
@@ -214,11 +215,9 @@ def wait_quiet(limit_s=60.0, busy_share=0.25, window_s=0.5):
 def process_cpu_s(pid):
     """CPU seconds process `pid` has used (all threads), or None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        return process_ticks(pid) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_server_idle(pid, limit_s=10.0, window_s=0.25, busy_share=0.05):

@@ -5,7 +5,8 @@ llama-server) is started fresh on a free loopback port with room for N streams (
 --max-batch N; llama-server -np N slots sharing -c N * (prompt budget + max_tokens) tokens of
 KV cache), warmed with one short request (then left until its own CPU use falls idle), and then
 N client threads, released together, each POST /v1/chat/completions with stream=true,
-temperature 0, max_tokens M and its own short prompt. Every SSE content frame is timestamped on arrival. Per server and N:
+temperature 0, max_tokens M and its own short prompt. Every SSE content frame is timestamped on
+arrival. Per server and N:
   aggregate tok/s          all generated tokens / (first request sent → last stream done)
   aggregate decode tok/s   sum over streams of (tokens - 1) / (first → last content frame):
                            the decode rate the batch sustains, prefill and TTFT left out
@@ -224,8 +225,8 @@ def main():
           f"- {a.rounds} rounds; in each, per stream count, realm then llama-server, each started fresh, warmed "
           f"with one 8-token request and left until its CPU use fell idle, then N client threads released "
           f"together, each one streamed chat completion (temperature 0, max_tokens {a.max_tokens}, its own "
-          f"short prompt; Python standard library on the same cores); tokens counted from realm: {count(realm.name)}, llama-server: "
-          f"{count(llama.name)}; aggregate columns median (min-max) over the rounds used, TTFT and inter-token latency "
+          f"short prompt; Python standard library on the same cores); tokens counted from realm: "
+          f"{count(realm.name)}, llama-server: {count(llama.name)}; aggregate columns median (min-max) over the rounds used, TTFT and inter-token latency "
           f"pooled over streams and rounds used; other processes' CPU: their share of all cores during the "
           f"timed streams (a run with over 10% is taken again up to {a.busy_retries} times, and left out when "
           f"a quiet round exists; each start waits up to {a.quiet_wait:.0f} s for it to fall under 25%); "

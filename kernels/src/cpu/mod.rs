@@ -82,6 +82,7 @@ use crate::backend::{
 use crate::quant::dequantize_row;
 
 use half::bf16;
+use ops::rms_norm_rows;
 use runs::Runs;
 
 pub use attention::{HeadRows, KvElem, attend_partial, blocked_key, merge_partials, paired_value};
@@ -272,7 +273,7 @@ impl Cpu {
             unsafe { p.matmul_groups(simd, *acts, n, groups.clone(), out.0, p.rows()) };
             if let (Fuse::AddTo(sum), 0) = (fuse, j) {
                 for t in 0..n {
-                    let span = t * p.rows() + groups.start * packed::GROUP..t * p.rows() + groups.end * packed::GROUP;
+                    let span = rows_span(p.rows(), t, groups);
                     // SAFETY: this chunk alone touches these rows of job 0's output and of
                     // `sum` (both `n * rows`, checked by the caller) during the section.
                     let (product, sum) = unsafe { (out.slice(span.clone()), sum.slice(span)) };
@@ -289,7 +290,7 @@ impl Cpu {
                     rows_of(1, &chunk);
                     let (p, (_, _, gate), (_, _, up)) = (targets[0].0, targets[0], targets[1]);
                     for t in 0..n {
-                        let span = t * p.rows() + chunk.start * packed::GROUP..t * p.rows() + chunk.end * packed::GROUP;
+                        let span = rows_span(p.rows(), t, &chunk);
                         // SAFETY: as for the sums above, for the two outputs' rows.
                         let (gate, up) = unsafe { (gate.slice(span.clone()), up.slice(span)) };
                         swiglu(vector_exp, gate, up);
@@ -346,9 +347,7 @@ impl Cpu {
         }
         let x = match norm {
             Some(Norm { weight, eps, normed }) => {
-                for (xr, or) in x.chunks_exact(cols).zip(normed.chunks_exact_mut(cols)) {
-                    rms_norm_row(xr, weight, eps, or);
-                }
+                rms_norm_rows(x, weight, eps, normed);
                 &normed[..n * cols]
             }
             None => x,
@@ -696,6 +695,12 @@ enum Fuse {
     SiluMul,
 }
 
+/// Where the rows of `groups` (16-row groups of a weight of `rows` rows) lie among a product's
+/// floats for activation row `t`.
+fn rows_span(rows: usize, t: usize, groups: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+    t * rows + groups.start * packed::GROUP..t * rows + groups.end * packed::GROUP
+}
+
 /// An RMS norm before a call's matmuls: the rows of the input normalised by `weight` (with
 /// `eps`) into `normed`.
 struct Norm<'a> {
@@ -887,11 +892,8 @@ impl Backend for Cpu {
 
     fn rms_norm(&self, x: &Vec<f32>, weight: &CpuWeight, eps: f32, out: &mut Vec<f32>) -> Result<(), KernelError> {
         let w = norm_weight(weight)?;
-        let dim = w.len();
         check_len("rms_norm", "output", out.len(), x.len())?;
-        for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-            rms_norm_row(xr, w, eps, or);
-        }
+        rms_norm_rows(x, w, eps, out);
         Ok(())
     }
 

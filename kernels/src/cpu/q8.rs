@@ -11,7 +11,7 @@
 
 use std::sync::Mutex;
 
-use super::ops::rms_norm_row;
+use super::ops::rms_norm_rows;
 use crate::quant::{GgmlType, f16_bits_to_f32};
 
 /// Elements per weight block of the formats handled here.
@@ -108,9 +108,7 @@ impl<'a> Input<'a> {
         match self {
             Input::Rows(x) => x,
             Input::Normed { x, weight, eps, normed } => {
-                for (x, out) in x.chunks_exact(weight.len()).zip(normed.chunks_exact_mut(weight.len())) {
-                    rms_norm_row(x, weight, *eps, out);
-                }
+                rms_norm_rows(x, weight, *eps, normed);
                 normed
             }
         }
