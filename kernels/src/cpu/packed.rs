@@ -932,13 +932,13 @@ mod avx512 {
                         // (`qsum16`, two per block, by `matmul_groups`' guarantee).
                         let mut s = [_mm512_setzero_si512(); 2];
                         for (h, s) in s.iter_mut().enumerate() {
+                            // The high and low bytes' products in chains of their own (see below).
+                            let (mut high, mut low) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                             for j in 0..4 {
-                                *s = _mm512_dpbusd_epi32(*s, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                                high = _mm512_dpbusd_epi32(high, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                                low = _mm512_dpbusd_epi32(low, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
                             }
-                            *s = _mm512_slli_epi32(*s, 8);
-                            for j in 0..4 {
-                                *s = _mm512_dpbusd_epi32(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
-                            }
+                            *s = _mm512_add_epi32(_mm512_slli_epi32(high, 8), low);
                             let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
                             *s = _mm512_sub_epi32(*s, _mm512_set1_epi32(offset(TY) * sum));
                         }
@@ -953,19 +953,22 @@ mod avx512 {
                         }
                         continue;
                     }
-                    let mut s = _mm512_setzero_si512();
+                    // Four chains of four: one chain of sixteen kept the dot products
+                    // waiting on each other's latency. The integer sums wrap the same in any
+                    // order, so the result is the same bits.
+                    let mut h = [_mm512_setzero_si512(); 2];
+                    let mut l = [_mm512_setzero_si512(); 2];
                     for j in 0..4 {
-                        s = _mm512_dpbusd_epi32(s, w[j], broadcast(hi.add(4 * j)));
-                        s = _mm512_dpbusd_epi32(s, w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                        h[0] = _mm512_dpbusd_epi32(h[0], w[j], broadcast(hi.add(4 * j)));
+                        h[1] = _mm512_dpbusd_epi32(h[1], w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                        l[0] = _mm512_dpbusd_epi32(l[0], broadcast(lo.add(4 * j)), signed[j]);
+                        l[1] = _mm512_dpbusd_epi32(l[1], broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
                     }
+                    let mut s = _mm512_add_epi32(h[0], h[1]);
                     if TY == Q8_0 {
                         s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * *a.hisum.as_ptr().add(at.block)));
                     }
-                    s = _mm512_slli_epi32(s, 8);
-                    for j in 0..4 {
-                        s = _mm512_dpbusd_epi32(s, broadcast(lo.add(4 * j)), signed[j]);
-                        s = _mm512_dpbusd_epi32(s, broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
-                    }
+                    s = _mm512_add_epi32(_mm512_slli_epi32(s, 8), _mm512_add_epi32(l[0], l[1]));
                     if TY == Q4_0 || TY == Q5_0 {
                         s = _mm512_sub_epi32(s, _mm512_set1_epi32(offset(TY) * *a.qsum.as_ptr().add(at.block)));
                     }
@@ -1300,13 +1303,13 @@ macro_rules! avx2_kernels {
                             if per_half(TY) {
                                 let mut s = [_mm256_setzero_si256(); 2];
                                 for (h, s) in s.iter_mut().enumerate() {
+                                    // The high and low bytes' products in chains of their own.
+                                    let (mut high, mut low) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                                     for j in 0..4 {
-                                        *s = dot(*s, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                                        high = dot(high, w[4 * h + j], broadcast(hi.add(16 * h + 4 * j)));
+                                        low = dot(low, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
                                     }
-                                    *s = _mm256_slli_epi32(*s, 8);
-                                    for j in 0..4 {
-                                        *s = dot(*s, broadcast(lo.add(16 * h + 4 * j)), w[4 * h + j]);
-                                    }
+                                    *s = _mm256_add_epi32(_mm256_slli_epi32(high, 8), low);
                                     let sum = *a.qsum16.as_ptr().add(2 * at.block + h);
                                     *s = _mm256_sub_epi32(*s, _mm256_set1_epi32(offset(TY) * sum));
                                 }
@@ -1319,19 +1322,20 @@ macro_rules! avx2_kernels {
                                 }
                                 continue;
                             }
-                            let mut s = _mm256_setzero_si256();
+                            // Four chains of four, as in the AVX-512 kernel.
+                            let mut h = [_mm256_setzero_si256(); 2];
+                            let mut l = [_mm256_setzero_si256(); 2];
                             for j in 0..4 {
-                                s = dot(s, w[j], broadcast(hi.add(4 * j)));
-                                s = dot(s, w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                                h[0] = dot(h[0], w[j], broadcast(hi.add(4 * j)));
+                                h[1] = dot(h[1], w[j + 4], broadcast(hi.add(16 + 4 * j)));
+                                l[0] = dot(l[0], broadcast(lo.add(4 * j)), signed[j]);
+                                l[1] = dot(l[1], broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
                             }
+                            let mut s = _mm256_add_epi32(h[0], h[1]);
                             if TY == Q8_0 {
                                 s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * *a.hisum.as_ptr().add(at.block)));
                             }
-                            s = _mm256_slli_epi32(s, 8);
-                            for j in 0..4 {
-                                s = dot(s, broadcast(lo.add(4 * j)), signed[j]);
-                                s = dot(s, broadcast(lo.add(16 + 4 * j)), signed[j + 4]);
-                            }
+                            s = _mm256_add_epi32(_mm256_slli_epi32(s, 8), _mm256_add_epi32(l[0], l[1]));
                             if TY == Q4_0 || TY == Q5_0 {
                                 let qsum = *a.qsum.as_ptr().add(at.block);
                                 s = _mm256_sub_epi32(s, _mm256_set1_epi32(offset(TY) * qsum));
