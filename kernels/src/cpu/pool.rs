@@ -16,8 +16,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const OPEN: usize = 1 << (usize::BITS - 1);
-/// Spins between yields, so a spinning thread gives its core to whoever waits for it.
-const SPINS_PER_YIELD: u32 = 64;
+/// Spins between looks at the clock (reading it costs more than a spin).
+const SPINS_PER_LOOK: u32 = 64;
+
+/// How long a thread spins before it starts yielding between spins, so a long wait gives its
+/// core to whoever waits for it. Longer than the gaps inside a step: a yield is a system
+/// call, and one in flight when the next section opens delays its start.
+const YIELD_AFTER: Duration = Duration::from_micros(20);
 
 /// How long an idle worker spins before it sleeps: longer than the gap between two sections
 /// of a step, far shorter than the gap between requests.
@@ -119,9 +124,9 @@ impl Pool {
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_tasks(s, task, tasks)));
         // Every task is claimed: late workers may no longer join; wait for those inside.
         s.state.fetch_and(!OPEN, Ordering::AcqRel);
-        let mut spins = 0u32;
+        let mut spin = Spin::new();
         while s.state.load(Ordering::Acquire) != 0 {
-            pause(&mut spins);
+            spin.pause();
         }
         *s.section.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(panic) = mine {
@@ -134,12 +139,33 @@ impl Pool {
     }
 }
 
-fn pause(spins: &mut u32) {
-    *spins += 1;
-    if spins.is_multiple_of(SPINS_PER_YIELD) {
-        std::thread::yield_now();
-    } else {
-        std::hint::spin_loop();
+/// A wait by spinning, then by spinning and yielding.
+struct Spin {
+    spins: u32,
+    since: Instant,
+    yielding: bool,
+}
+
+impl Spin {
+    fn new() -> Self {
+        Self { spins: 0, since: Instant::now(), yielding: false }
+    }
+
+    /// Whether this pause is one to look at the clock at.
+    fn looks(&self) -> bool {
+        self.spins.is_multiple_of(SPINS_PER_LOOK)
+    }
+
+    fn pause(&mut self) {
+        self.spins = self.spins.wrapping_add(1);
+        if self.looks() && !self.yielding {
+            self.yielding = self.since.elapsed() >= YIELD_AFTER;
+        }
+        if self.yielding && self.looks() {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -169,15 +195,13 @@ fn worker(s: &Shared) {
     // Generation 0 is "no section yet".
     let mut seen = 0;
     loop {
-        let spin_until = Instant::now() + SPIN;
-        let mut spins = 0u32;
+        let mut spin = Spin::new();
         while s.generation.load(Ordering::Acquire) == seen {
             if s.stop.load(Ordering::Relaxed) {
                 return;
             }
-            // Reading the clock costs more than a spin: look at it once per yield.
-            if !spins.is_multiple_of(SPINS_PER_YIELD) || Instant::now() < spin_until {
-                pause(&mut spins);
+            if !spin.looks() || spin.since.elapsed() < SPIN {
+                spin.pause();
                 continue;
             }
             let guard = s.section.lock().unwrap_or_else(|e| e.into_inner());
