@@ -82,7 +82,7 @@ use crate::backend::{
 use crate::quant::dequantize_row;
 
 use half::bf16;
-use ops::rms_norm_rows;
+use ops::{add_into, rms_norm_rows};
 use runs::Runs;
 
 pub use attention::{HeadRows, KvElem, attend_partial, blocked_key, merge_partials, paired_value};
@@ -277,9 +277,7 @@ impl Cpu {
                     // SAFETY: this chunk alone touches these rows of job 0's output and of
                     // `sum` (both `n * rows`, checked by the caller) during the section.
                     let (product, sum) = unsafe { (out.slice(span.clone()), sum.slice(span)) };
-                    for (s, &p) in sum.iter_mut().zip(product.iter()) {
-                        *s += p;
-                    }
+                    add_into(sum, product);
                 }
             }
         };
@@ -358,10 +356,7 @@ impl Cpu {
             (Fuse::AddTo(sum), [(_, product), ..]) => {
                 // SAFETY: `sum` holds the job's `n * rows` (checked by the caller), and no task
                 // is running.
-                let sum = unsafe { sum.slice(0..len) };
-                for (s, &p) in sum.iter_mut().zip(product.iter()) {
-                    *s += p;
-                }
+                add_into(unsafe { sum.slice(0..len) }, product);
             }
             (Fuse::SiluMul, [(_, gate), (_, up)]) => {
                 swiglu(self.activations == Activations::Q8, &mut gate[..len], &up[..len])
@@ -1197,9 +1192,7 @@ impl Backend for Cpu {
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) -> Result<(), KernelError> {
         check_len("add", "x", x.len(), len)?;
         check_len("add", "y", y.len(), len)?;
-        for (a, &b) in x[..len].iter_mut().zip(&y[..len]) {
-            *a += b;
-        }
+        add_into(&mut x[..len], &y[..len]);
         Ok(())
     }
 

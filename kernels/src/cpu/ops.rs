@@ -84,6 +84,13 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `sum += product`, element by element (a residual connection).
+pub fn add_into(sum: &mut [f32], product: &[f32]) {
+    for (s, &p) in sum.iter_mut().zip(product) {
+        *s += p;
+    }
+}
+
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
