@@ -143,12 +143,11 @@ impl Pool {
 struct Spin {
     spins: u32,
     since: Instant,
-    yielding: bool,
 }
 
 impl Spin {
     fn new() -> Self {
-        Self { spins: 0, since: Instant::now(), yielding: false }
+        Self { spins: 0, since: Instant::now() }
     }
 
     /// Whether this pause is one to look at the clock at.
@@ -158,10 +157,7 @@ impl Spin {
 
     fn pause(&mut self) {
         self.spins = self.spins.wrapping_add(1);
-        if self.looks() && !self.yielding {
-            self.yielding = self.since.elapsed() >= YIELD_AFTER;
-        }
-        if self.yielding && self.looks() {
+        if self.looks() && self.since.elapsed() >= YIELD_AFTER {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
