@@ -233,18 +233,33 @@ impl Cpu {
         let mut acts = self.packed_acts.lock().unwrap_or_else(|e| e.into_inner());
         let (q8, q16) = &mut *acts;
         let parallel = |tasks: usize, task: &q8::Parallel| self.pool.run(tasks, task);
-        // The first quantization normalises the rows (if asked); a second reads them normalised.
-        let mut normalised = false;
-        if jobs.iter().any(|(w, _)| w.inputs == Inputs::Robust) {
-            q8.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, parallel);
-            normalised = true;
-        }
-        if jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive) {
-            q16.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, true, parallel);
-            if jobs.iter().zip(packed).any(|((w, _), p)| w.inputs == Inputs::Sensitive && packed::per_half(p.ty())) {
-                q16.sum_halves();
+        let robust = jobs.iter().any(|(w, _)| w.inputs == Inputs::Robust);
+        let sensitive = jobs.iter().any(|(w, _)| w.inputs == Inputs::Sensitive);
+        let halves =
+            jobs.iter().zip(packed).any(|((w, _), p)| w.inputs == Inputs::Sensitive && packed::per_half(p.ty()));
+        // One kind of activations is quantized in the matmuls' own section. Both kinds (the
+        // second reads the rows the first normalised), or half sums after the 16-bit ones,
+        // take sections of their own first.
+        let plan = match (robust, sensitive, halves) {
+            (true, false, _) => Some(Plan::Q8(q8.plan(Norm::input(x, &mut norm, false), n, cols))),
+            (false, true, false) => Some(Plan::Q16(q16.plan(Norm::input(x, &mut norm, false), n, cols, true))),
+            _ => {
+                // The first quantization normalises the rows (if asked); a second reads them
+                // normalised.
+                let mut normalised = false;
+                if robust {
+                    q8.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, parallel);
+                    normalised = true;
+                }
+                if sensitive {
+                    q16.quantize_with(Norm::input(x, &mut norm, normalised), n, cols, true, parallel);
+                    if halves {
+                        q16.sum_halves();
+                    }
+                }
+                None
             }
-        }
+        };
         // Each thread streams one contiguous run of the call's groups (across its weights)
         // and then helps finish the others' (`Runs`). SwiGLU's runs are of the gate's groups,
         // each chunk taken with the same groups of the up weight.
@@ -281,7 +296,7 @@ impl Cpu {
                 }
             }
         };
-        self.pool.run(runs.len(), &|r| {
+        let matmul = |r: usize| {
             runs.work_through(r, |chunk| {
                 if lockstep {
                     rows_of(0, &chunk);
@@ -303,7 +318,13 @@ impl Cpu {
                     }
                 }
             })
-        });
+        };
+        match &plan {
+            // SAFETY: the planned activations are only read by the matmul tasks, which run
+            // after every quantization task has finished, and stay put until the section ends.
+            Some(plan) => self.pool.run_then((plan.tasks(), &|i| unsafe { plan.run(i) }), (runs.len(), &matmul)),
+            None => self.pool.run(runs.len(), &matmul),
+        }
     }
 
     /// [`Backend::matmuls`] of `x`, RMS-normalised first where `norm` asks, then `fuse`'s
@@ -675,6 +696,33 @@ impl OutPtr {
     unsafe fn slice<'a>(self, range: std::ops::Range<usize>) -> &'a mut [f32] {
         // SAFETY: the caller's guarantee.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
+}
+
+/// A packed matmul call's quantization, run in the matmuls' section.
+enum Plan<'a> {
+    Q8(q8::Q8Plan<'a>),
+    Q16(q16::Q16Plan<'a>),
+}
+
+impl Plan<'_> {
+    fn tasks(&self) -> usize {
+        match self {
+            Plan::Q8(p) => p.tasks(),
+            Plan::Q16(p) => p.tasks(),
+        }
+    }
+
+    /// # Safety
+    /// As [`q8::Q8Plan::run`].
+    unsafe fn run(&self, i: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self {
+                Plan::Q8(p) => p.run(i),
+                Plan::Q16(p) => p.run(i),
+            }
+        }
     }
 }
 

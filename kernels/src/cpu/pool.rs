@@ -137,6 +137,40 @@ impl Pool {
             panic!("a CPU kernel task panicked on a pool worker");
         }
     }
+
+    /// Runs `first.1(i)` for every `i` in `0..first.0` and then, once all of those have
+    /// finished, `then.1(j)` for every `j` in `0..then.0`, in one section: a short phase whose
+    /// output the next one reads (activations quantized for a matmul) costs no section of its
+    /// own.
+    pub fn run_then(&self, first: (usize, &(dyn Fn(usize) + Sync)), then: (usize, &(dyn Fn(usize) + Sync))) {
+        let ((before, first), (after, then)) = (first, then);
+        let finished = AtomicUsize::new(0);
+        self.run(before + after, &|i| {
+            if i < before {
+                // Counted even if it panics, so the second phase never waits forever (the
+                // panic is raised when the section ends).
+                let _count = Finished(&finished);
+                first(i);
+                return;
+            }
+            // Tasks are claimed in order: every first-phase task is running or done, and
+            // none of them waits on anything.
+            let mut spin = Spin::new();
+            while finished.load(Ordering::Acquire) < before {
+                spin.pause();
+            }
+            then(i - before);
+        });
+    }
+}
+
+/// Counts a finished first-phase task of [`Pool::run_then`] when dropped.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A wait by spinning, then by spinning and yielding.
@@ -290,6 +324,36 @@ mod tests {
             sum.fetch_add(i, Ordering::Relaxed);
         });
         assert_eq!(sum.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn the_second_phase_sees_every_result_of_the_first() {
+        for threads in [1, 2, 4] {
+            let pool = Pool::new(threads).expect("pool");
+            for (before, after) in [(0, 3), (1, 1), (5, 2), (64, 64)] {
+                let written: Vec<AtomicUsize> = (0..before).map(|_| AtomicUsize::new(0)).collect();
+                let seen = AtomicUsize::new(0);
+                pool.run_then(
+                    (before, &|i| {
+                        written[i].store(i + 1, Ordering::Relaxed);
+                    }),
+                    (after, &|_| {
+                        let sum: usize = written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+                        seen.fetch_add(usize::from(sum == before * (before + 1) / 2), Ordering::Relaxed);
+                    }),
+                );
+                assert_eq!(seen.load(Ordering::Relaxed), after, "{threads} threads, {before} then {after}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_first_phase_is_raised_not_hung() {
+        let pool = Pool::new(2).expect("pool");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run_then((100, &|i| assert!(i % 7 != 3, "task {i}")), (10, &|_| {}));
+        }));
+        assert!(caught.is_err());
     }
 
     #[test]

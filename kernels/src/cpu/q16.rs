@@ -5,9 +5,7 @@
 //! 8-bit path's, so these matmuls stay within f32 noise of the exact path while still reading
 //! only the quantized weights.
 
-use std::sync::Mutex;
-
-use super::q8::{Input, Isa, Parallel, QB, half, layout, serial, small_quant};
+use super::q8::{Chunks, Input, Isa, Parallel, QB, Source, half, layout, serial, small_quant};
 use crate::quant::GgmlType;
 
 /// Rows of activations quantized to 16 bits.
@@ -45,6 +43,13 @@ impl Q16Acts {
         split: bool,
         parallel: impl Fn(usize, &Parallel),
     ) {
+        let plan = self.plan(input, n, cols, split);
+        // SAFETY: `self` stays borrowed, unmoved and unread, until every task has run.
+        parallel(plan.tasks(), &|i| unsafe { plan.run(i) });
+    }
+
+    /// [`Q16Acts::quantize_with`] as tasks to run later, as [`Q8Acts::plan`](super::q8::Q8Acts::plan).
+    pub fn plan<'a>(&mut self, input: Input<'a>, n: usize, cols: usize, split: bool) -> Q16Plan<'a> {
         let len = n * cols;
         self.qsum16.clear();
         self.d.resize(len / QB, 0.0);
@@ -55,26 +60,20 @@ impl Q16Acts {
         self.lo.resize(split_len, 0);
         self.qsum.resize(split_len / QB, 0);
         self.hisum.resize(split_len / QB, 0);
-        let (run, inputs) = input.runs(len, cols);
-        let splits: Vec<Option<Split>> = if split {
-            let halves = self.hi.chunks_mut(run * QB).zip(self.lo.chunks_mut(run * QB));
-            let sums = self.qsum.chunks_mut(run).zip(self.hisum.chunks_mut(run));
-            halves.zip(sums).map(|((hi, lo), (qsum, hisum))| Some(Split { hi, lo, qsum, hisum })).collect()
-        } else {
-            inputs.iter().map(|_| None).collect()
-        };
-        let parts: Vec<Mutex<_>> = inputs
-            .into_iter()
-            .zip(self.q.chunks_mut(run * QB))
-            .zip(self.d.chunks_mut(run).zip(self.sum.chunks_mut(run)))
-            .zip(splits)
-            .map(Mutex::new)
-            .collect();
-        parallel(parts.len(), &|i| {
-            let Ok(mut part) = parts[i].lock() else { return };
-            let (((input, q), (d, sum)), split) = &mut *part;
-            quantize_q16(input.values(), q, d, sum, split.take());
-        });
+        let (source, run) = Source::of(input, len, cols);
+        Q16Plan {
+            source,
+            run,
+            q: Chunks::of(&mut self.q),
+            d: Chunks::of(&mut self.d),
+            sum: Chunks::of(&mut self.sum),
+            split: split.then(|| SplitChunks {
+                hi: Chunks::of(&mut self.hi),
+                lo: Chunks::of(&mut self.lo),
+                qsum: Chunks::of(&mut self.qsum),
+                hisum: Chunks::of(&mut self.hisum),
+            }),
+        }
     }
 
     /// Fills `qsum16` from the quants: Q6_K's packed kernels, one weight scale per 16 elements,
@@ -102,6 +101,51 @@ pub(super) struct Split<'a> {
     pub lo: &'a mut [u8],
     pub qsum: &'a mut [i32],
     pub hisum: &'a mut [i32],
+}
+
+/// A quantization into a [`Q16Acts`], split into tasks ([`Q16Acts::plan`]).
+pub struct Q16Plan<'a> {
+    source: Source<'a>,
+    /// Blocks per task.
+    run: usize,
+    q: Chunks<i16>,
+    d: Chunks<f32>,
+    sum: Chunks<f32>,
+    split: Option<SplitChunks>,
+}
+
+/// Where a planned split goes: `hi`, `lo`, `qsum` and `hisum`.
+#[derive(Clone, Copy)]
+struct SplitChunks {
+    hi: Chunks<i8>,
+    lo: Chunks<u8>,
+    qsum: Chunks<i32>,
+    hisum: Chunks<i32>,
+}
+
+impl Q16Plan<'_> {
+    pub fn tasks(&self) -> usize {
+        self.source.tasks()
+    }
+
+    /// Quantizes run `i`.
+    ///
+    /// # Safety
+    /// As [`Q8Plan::run`](super::q8::Q8Plan::run), for the planned [`Q16Acts`].
+    pub unsafe fn run(&self, i: usize) {
+        let run = self.run;
+        // SAFETY: the caller's guarantee, for run `i`'s chunks of every buffer.
+        unsafe {
+            let x = self.source.values(i, run);
+            let split = self.split.map(|s| Split {
+                hi: s.hi.chunk(i, run * QB),
+                lo: s.lo.chunk(i, run * QB),
+                qsum: s.qsum.chunk(i, run),
+                hisum: s.hisum.chunk(i, run),
+            });
+            quantize_q16(x, self.q.chunk(i, run * QB), self.d.chunk(i, run), self.sum.chunk(i, run), split);
+        }
+    }
 }
 
 /// Quantizes whole blocks: one scale and `Σ d·q` per 32 elements, and the split quants when

@@ -9,8 +9,6 @@
 //! kernel take the exact path. The AVX2 or AVX-512 instantiation is chosen at run time; the
 //! scalar twin is the reference. NEON (aarch64) has no instantiation yet (issue #3).
 
-use std::sync::Mutex;
-
 use super::ops::rms_norm_rows;
 use crate::quant::{GgmlType, f16_bits_to_f32};
 
@@ -40,25 +38,31 @@ impl Q8Acts {
     /// [`Q8Acts::quantize`] of `input`, runs of blocks spread by `parallel(tasks, task)` (a
     /// pool's section).
     pub fn quantize_with(&mut self, input: Input, n: usize, cols: usize, parallel: impl Fn(usize, &Parallel)) {
+        let plan = self.plan(input, n, cols);
+        // SAFETY: `self` stays borrowed, unmoved and unread, until every task has run.
+        parallel(plan.tasks(), &|i| unsafe { plan.run(i) });
+    }
+
+    /// [`Q8Acts::quantize_with`] as tasks to run later: the buffers are sized now, and the
+    /// tasks write them through pointers, so the section that runs them can go on to read
+    /// the activations (once every task has finished) without a section of its own.
+    pub fn plan<'a>(&mut self, input: Input<'a>, n: usize, cols: usize) -> Q8Plan<'a> {
         let len = n * cols;
         self.d.resize(len / QA, 0.0);
         self.sum.resize(len / QB, 0.0);
         self.qsum.resize(len / QA, 0);
         self.q.resize(len, 0);
-        let (run, inputs) = input.runs(len, cols);
-        let parts: Vec<Mutex<_>> = inputs
-            .into_iter()
-            .zip(self.q.chunks_mut(run * QB))
-            .zip(self.d.chunks_mut(run * 2).zip(self.qsum.chunks_mut(run * 2)))
-            .zip(self.sum.chunks_mut(run))
-            .map(Mutex::new)
-            .collect();
-        parallel(parts.len(), &|i| {
-            let Ok(mut part) = parts[i].lock() else { return };
-            let (((input, q), (d, qsum)), sum) = &mut *part;
-            quantize_q8(input.values(), q, d, qsum, sum);
-        });
+        let (source, run) = Source::of(input, len, cols);
+        Q8Plan {
+            source,
+            run,
+            q: Chunks::of(&mut self.q),
+            d: Chunks::of(&mut self.d),
+            qsum: Chunks::of(&mut self.qsum),
+            sum: Chunks::of(&mut self.sum),
+        }
     }
+
     /// Weight row `row` (of `cols` elements) times activation rows `t..t + N`: the weight
     /// blocks are unpacked once for all `N` (the tile that makes prefill matrix-matrix).
     pub fn dot_rows<const N: usize>(&self, isa: Isa, ty: GgmlType, row: &[u8], t: usize, cols: usize) -> [f32; N] {
@@ -87,30 +91,122 @@ pub enum Input<'a> {
     Normed { x: &'a [f32], weight: &'a [f32], eps: f32, normed: &'a mut [f32] },
 }
 
-impl<'a> Input<'a> {
-    /// The first `len` elements in runs of whole blocks, one run per task, and the blocks per
-    /// run; runs of normalised rows hold whole rows of `cols`.
-    pub(super) fn runs(self, len: usize, cols: usize) -> (usize, Vec<Input<'a>>) {
+/// A planned quantization's input, read by its tasks a run of blocks each.
+pub(super) struct Source<'a> {
+    x: &'a [f32],
+    /// The norm's weight and epsilon, and the rows it writes (runs hold whole rows).
+    norm: Option<(&'a [f32], f32, Chunks<f32>)>,
+    tasks: usize,
+}
+
+impl<'a> Source<'a> {
+    /// The first `len` elements of `input` and the blocks per run: one run per task, of
+    /// whole rows of `cols` where the rows are normalised.
+    pub(super) fn of(input: Input<'a>, len: usize, cols: usize) -> (Self, usize) {
         let run = blocks_per_task(len / QB);
-        match self {
-            Input::Rows(x) => (run, x[..len].chunks(run * QB).map(Input::Rows).collect()),
+        let (x, norm, run) = match input {
+            Input::Rows(x) => (&x[..len], None, run),
             Input::Normed { x, weight, eps, normed } => {
                 let row_blocks = (cols / QB).max(1);
-                let run = run.div_ceil(row_blocks) * row_blocks;
-                let runs = x[..len].chunks(run * QB).zip(normed[..len].chunks_mut(run * QB));
-                (run, runs.map(|(x, normed)| Input::Normed { x, weight, eps, normed }).collect())
+                let normed = &mut normed[..len];
+                (&x[..len], Some((weight, eps, Chunks::of_slice(normed))), run.div_ceil(row_blocks) * row_blocks)
             }
-        }
+        };
+        (Self { x, norm, tasks: len.div_ceil(run * QB) }, run)
     }
 
-    /// The values to quantize, normalising them first where asked.
-    pub(super) fn values(&mut self) -> &[f32] {
-        match self {
-            Input::Rows(x) => x,
-            Input::Normed { x, weight, eps, normed } => {
+    pub(super) fn tasks(&self) -> usize {
+        self.tasks
+    }
+
+    /// The values of run `i` (of `run` blocks), normalised first where asked.
+    ///
+    /// # Safety
+    /// The normalised rows' buffer outlives the plan, and nothing else touches run `i` of it
+    /// meanwhile.
+    pub(super) unsafe fn values(&self, i: usize, run: usize) -> &[f32] {
+        let span = run * QB;
+        let x = &self.x[(i * span).min(self.x.len())..((i + 1) * span).min(self.x.len())];
+        match &self.norm {
+            None => x,
+            Some((weight, eps, normed)) => {
+                // SAFETY: the caller's guarantee.
+                let normed = unsafe { normed.chunk(i, span) };
                 rms_norm_rows(x, weight, *eps, normed);
                 normed
             }
+        }
+    }
+}
+
+/// A buffer that the tasks of a section write in disjoint chunks, through its pointer.
+#[derive(Clone, Copy)]
+pub(super) struct Chunks<T> {
+    start: *mut T,
+    len: usize,
+}
+
+// SAFETY: the tasks that share it write disjoint chunks (`chunk`'s contract).
+unsafe impl<T: Send> Send for Chunks<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Send> Sync for Chunks<T> {}
+
+impl<T> Chunks<T> {
+    /// A vector's elements (its pointer is valid until it is resized or dropped; reading
+    /// the vector through `as_ptr` meanwhile does not invalidate it).
+    pub(super) fn of(v: &mut Vec<T>) -> Self {
+        Self { start: v.as_mut_ptr(), len: v.len() }
+    }
+
+    fn of_slice(v: &mut [T]) -> Self {
+        Self { start: v.as_mut_ptr(), len: v.len() }
+    }
+
+    /// Chunk `i` of `size` elements (the last may be shorter).
+    ///
+    /// # Safety
+    /// The buffer is still where it was, at least as long, and nothing else reads or writes
+    /// this chunk during `'b`.
+    pub(super) unsafe fn chunk<'b>(self, i: usize, size: usize) -> &'b mut [T] {
+        let (start, end) = ((i * size).min(self.len), ((i + 1) * size).min(self.len));
+        // SAFETY: the caller's guarantee; `start..end` lies inside the buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.start.add(start), end - start) }
+    }
+}
+
+/// A quantization into a [`Q8Acts`], split into tasks ([`Q8Acts::plan`]).
+pub struct Q8Plan<'a> {
+    source: Source<'a>,
+    /// Blocks per task.
+    run: usize,
+    q: Chunks<i8>,
+    d: Chunks<f32>,
+    qsum: Chunks<i32>,
+    sum: Chunks<f32>,
+}
+
+impl Q8Plan<'_> {
+    pub fn tasks(&self) -> usize {
+        self.source.tasks()
+    }
+
+    /// Quantizes run `i`.
+    ///
+    /// # Safety
+    /// The planned [`Q8Acts`] is not resized, moved or dropped before every task has run, and
+    /// nothing reads or writes its run `i` (or the normalised rows') while this one runs.
+    pub unsafe fn run(&self, i: usize) {
+        let run = self.run;
+        // SAFETY: the caller's guarantee, for run `i`'s chunks of every buffer.
+        unsafe {
+            let x = self.source.values(i, run);
+            quantize_q8(
+                x,
+                self.q.chunk(i, run * QB),
+                self.d.chunk(i, run * 2),
+                self.qsum.chunk(i, run * 2),
+                self.sum.chunk(i, run),
+            );
         }
     }
 }
