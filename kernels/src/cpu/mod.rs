@@ -77,7 +77,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax, check_len,
-    shape_err,
+    shape_err, written,
 };
 use crate::quant::dequantize_row;
 
@@ -485,7 +485,7 @@ impl Cpu {
 
     /// Writes the key and value rows `k` and `v` (`row_len` each) to positions `first_pos..`
     /// of a cache [grown](Cpu::grow_cache) to hold them.
-    fn write_rows(&self, cache: KvLayer<&mut Vec<f32>>, k: &[f32], v: &[f32], first_pos: usize, row_len: usize) {
+    fn write_rows(&self, cache: KvLayer<&mut [f32]>, k: &[f32], v: &[f32], first_pos: usize, row_len: usize) {
         if self.kv_bf16 {
             let keys = bf16s_mut(cache.k);
             for (i, new) in k.chunks_exact(row_len).enumerate() {
@@ -508,6 +508,173 @@ impl Cpu {
             cache.k[dst.clone()].copy_from_slice(k);
             cache.v[dst].copy_from_slice(v);
         }
+    }
+
+    /// [`Backend::attention_many`], after `before`'s tasks (`before.1(i)` for each `i` in
+    /// `0..before.0`) where given, in the same section: they write the queries and caches
+    /// it reads.
+    // The queries as a `&Vec`, not a slice: `before`'s tasks write them until the section
+    // reaches attention's, and a slice would borrow their memory from the start.
+    #[allow(clippy::ptr_arg)]
+    fn attention_section(
+        &self,
+        q: &Vec<f32>,
+        seqs: &[(KvLayer<&Vec<f32>>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut [f32],
+        before: Option<(usize, &(dyn Fn(usize) + Sync))>,
+    ) -> Result<(), KernelError> {
+        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
+        }
+        if self.kv_bf16 && !head_dim.is_multiple_of(2) {
+            return Err(shape_err("attention", format!("a bf16 cache pairs up elements: heads of {head_dim} cannot")));
+        }
+        let q_len = n_head * head_dim;
+        let kv_len = n_kv_head * head_dim;
+        for (cache, rows) in seqs {
+            let SeqRows { row: q_row, n, first_pos } = *rows;
+            let n_ctx = first_pos + n;
+            check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
+            let (key_elems, value_elems) = self.cache_elems(n_ctx, kv_len);
+            check_len("attention", "k cache", cache.k.len() * self.elems_per_slot(), key_elems)?;
+            check_len("attention", "v cache", cache.v.len() * self.elems_per_slot(), value_elems)?;
+            check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
+        }
+        let group = n_head / n_kv_head;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        // One task per (sequence, token, KV head, run of positions), every sequence of the step
+        // in one parallel section: the query heads sharing a KV head read its keys and values
+        // once, and long contexts split over every thread (flash-decoding); the last task of a
+        // (sequence, token, KV head) to finish merges its partial softmaxes, in chunk order
+        // whatever else the step holds, so a sequence gets the same numbers batched as alone.
+        let part_len = group * (head_dim + 2);
+        let chunks_of = |first_pos: usize, t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
+        let mut scratch = self.attention_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let AttentionScratch { tasks, partials, finished } = &mut *scratch;
+        tasks.clear();
+        for (s, (_, rows)) in seqs.iter().enumerate() {
+            for t in 0..rows.n {
+                for g in 0..n_kv_head {
+                    for c in 0..chunks_of(rows.first_pos, t) {
+                        tasks.push((s, t, g, c));
+                    }
+                }
+            }
+        }
+        // Every task writes the whole of its record.
+        if partials.len() < tasks.len() * part_len {
+            partials.resize(tasks.len() * part_len, 0.0);
+        }
+        finished.iter_mut().for_each(|f| *f.get_mut() = 0);
+        finished.resize_with(tasks.len().max(finished.len()), AtomicUsize::default);
+        let (records, outputs) = (OutPtr(partials.as_mut_ptr()), OutPtr(out.as_mut_ptr()));
+        let (task_list, done) = (&tasks[..], &finished[..]);
+        // Runs of neighbouring tasks per thread: claims stay on each thread's own line, and
+        // a thread reads one sequence's cache after another's.
+        let runs = Runs::new(task_list.len(), self.threads());
+        let task = |i: usize| {
+            // SAFETY: task `i` alone writes record `i`, inside `partials` (sized above), which
+            // nothing else touches during the parallel section.
+            let part = unsafe { std::slice::from_raw_parts_mut(records.at(i * part_len), part_len) };
+            let (s, t, g, c) = task_list[i];
+            let (cache, SeqRows { row: q_row, first_pos, .. }) = seqs[s];
+            let visible = first_pos + t + 1;
+            let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
+            let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
+            let (stride, offset, len) = (kv_len, g * head_dim, head_dim);
+            if self.kv_bf16 {
+                let (k, v) = (bf16s(cache.k), bf16s(cache.v));
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
+            } else {
+                let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
+                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
+            }
+            // The last of the (sequence, token, KV head)'s tasks to finish merges their records
+            // in chunk order (the same numbers whichever finished last); the counter's
+            // acquire-release makes the others' records visible to it.
+            let (first, chunks) = (i - c, chunks_of(first_pos, t));
+            if chunks > 1 && done[first].fetch_add(1, Ordering::AcqRel) + 1 < chunks {
+                return;
+            }
+            // SAFETY: records `first..first + chunks` are written (above); nothing writes them
+            // or this (token, KV head)'s output rows during the section but this task.
+            let parts = unsafe { std::slice::from_raw_parts(records.at(first * part_len), chunks * part_len) };
+            for j in 0..group {
+                let at = (q_row + t) * q_len + (g * group + j) * head_dim;
+                // SAFETY: as above; `out` holds the row (checked before the section).
+                let head = unsafe { outputs.slice(at..at + head_dim) };
+                merge_partials(parts, part_len, j * (head_dim + 2), head);
+            }
+        };
+        let attend = |r: usize| runs.work_through(r, |chunk| chunk.for_each(task));
+        match before {
+            Some(before) => self.pool.run_then(before, (runs.len(), &attend)),
+            None => self.pool.run(runs.len(), &attend),
+        }
+        // A long prompt's step needs far more than a decode step: not kept.
+        if size_of_val(&partials[..]) > ATTENTION_SCRATCH_KEPT {
+            *partials = Vec::new();
+            *tasks = Vec::new();
+            *finished = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// The step's per-sequence RoPE and KV writes as tasks, each cache grown first; `None`
+    /// when the sequences do not own the rows in order (the ops then go one at a time).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_rope_writes<'a>(
+        &'a self,
+        q: &mut [f32],
+        k: &mut [f32],
+        v: &'a [f32],
+        head_dim: usize,
+        positions: &'a [u32],
+        rope: &'a Rope,
+        writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
+        row_len: usize,
+    ) -> Result<Option<RopeWrites<'a>>, KernelError> {
+        check_rope(head_dim, rope)?;
+        let n = positions.len();
+        let q_len = q.len() / n.max(1);
+        if n == 0 || !q_len.is_multiple_of(head_dim) || !row_len.is_multiple_of(head_dim) {
+            return Err(shape_err(
+                "rope",
+                format!("rows of {q_len} and {row_len} do not split into heads of {head_dim}"),
+            ));
+        }
+        check_len("rope", "keys", k.len(), n * row_len)?;
+        check_len("kv_write", "values", v.len(), n * row_len)?;
+        let covered = writes.iter().try_fold(0, |next, (_, rows)| (rows.row == next).then_some(next + rows.n));
+        if covered != Some(n) {
+            return Ok(None);
+        }
+        let mut seqs = Vec::with_capacity(writes.len());
+        for (cache, rows) in writes.iter_mut() {
+            self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, *rows, row_len)?;
+            seqs.push(SeqWrite {
+                cache: KvLayer {
+                    k: (OutPtr(cache.k.as_mut_ptr()), cache.k.len()),
+                    v: (OutPtr(cache.v.as_mut_ptr()), cache.v.len()),
+                },
+                rows: *rows,
+            });
+        }
+        let table = self.rope_table_for(positions, rope);
+        Ok(Some(RopeWrites {
+            q: OutPtr(q.as_mut_ptr()),
+            k: OutPtr(k.as_mut_ptr()),
+            v,
+            seqs,
+            positions,
+            rope,
+            table,
+            q_len,
+            row_len,
+            head_dim,
+        }))
     }
 
     /// The angle table, grown to cover `positions`, or `None` when one lies past what it
@@ -696,6 +863,54 @@ impl OutPtr {
     unsafe fn slice<'a>(self, range: std::ops::Range<usize>) -> &'a mut [f32] {
         // SAFETY: the caller's guarantee.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
+    }
+}
+
+/// A step's per-sequence RoPE and KV writes ([`Cpu::plan_rope_writes`]): pointers to the
+/// rows and caches they write, so that attention can read those in the same section.
+struct RopeWrites<'a> {
+    q: OutPtr,
+    k: OutPtr,
+    v: &'a [f32],
+    seqs: Vec<SeqWrite>,
+    positions: &'a [u32],
+    rope: &'a Rope,
+    table: Option<std::sync::MutexGuard<'a, RopeTable>>,
+    q_len: usize,
+    row_len: usize,
+    head_dim: usize,
+}
+
+/// One sequence's cache (each tensor's slots and their count) and rows.
+struct SeqWrite {
+    cache: KvLayer<(OutPtr, usize)>,
+    rows: SeqRows,
+}
+
+impl RopeWrites<'_> {
+    /// Turns sequence `i`'s queries and keys and writes its keys and values to its cache.
+    ///
+    /// # Safety
+    /// The planned queries, keys and caches are neither moved, resized nor read meanwhile,
+    /// and each task runs once.
+    unsafe fn run(&self, cpu: &Cpu, i: usize) {
+        let SeqWrite { cache, rows } = &self.seqs[i];
+        let (q_len, row_len) = (self.q_len, self.row_len);
+        // SAFETY: the caller's guarantee; sequences own disjoint rows (checked by the plan)
+        // and caches, and each pointer's count is its tensor's length.
+        let (q, k, cache) = unsafe {
+            (
+                self.q.slice(rows.row * q_len..(rows.row + rows.n) * q_len),
+                self.k.slice(rows.row * row_len..(rows.row + rows.n) * row_len),
+                KvLayer { k: cache.k.0.slice(0..cache.k.1), v: cache.v.0.slice(0..cache.v.1) },
+            )
+        };
+        let at = &self.positions[rows.row..rows.row + rows.n];
+        let table = self.table.as_deref();
+        rope_rows(q, q_len, self.head_dim, at, self.rope, table);
+        rope_rows(k, row_len, self.head_dim, at, self.rope, table);
+        let values = &self.v[rows.row * row_len..(rows.row + rows.n) * row_len];
+        cpu.write_rows(cache, k, values, rows.first_pos, row_len);
     }
 }
 
@@ -1024,45 +1239,40 @@ impl Backend for Cpu {
         writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
         row_len: usize,
     ) -> Result<(), KernelError> {
-        check_rope(head_dim, rope)?;
-        let n = positions.len();
-        let q_len = q.len() / n.max(1);
-        if n == 0 || !q_len.is_multiple_of(head_dim) || !row_len.is_multiple_of(head_dim) {
-            return Err(shape_err(
-                "rope",
-                format!("rows of {q_len} and {row_len} do not split into heads of {head_dim}"),
-            ));
+        match self.plan_rope_writes(q, k, v, head_dim, positions, rope, writes, row_len)? {
+            // SAFETY: the tasks run in this section alone, while every buffer stays borrowed.
+            Some(plan) => self.pool.run(plan.seqs.len(), &|i| unsafe { plan.run(self, i) }),
+            None => {
+                self.rope_qk(q, k, head_dim, positions, rope)?;
+                self.kv_write_many(writes, k, v, row_len)?;
+            }
         }
-        check_len("rope", "keys", k.len(), n * row_len)?;
-        check_len("kv_write", "values", v.len(), n * row_len)?;
-        // Sequences own every row, in runs in order; anything else goes the default way.
-        let covered = writes.iter().try_fold(0, |next, (_, rows)| (rows.row == next).then_some(next + rows.n));
-        if covered != Some(n) {
-            self.rope_qk(q, k, head_dim, positions, rope)?;
-            return self.kv_write_many(writes, k, v, row_len);
-        }
-        for (cache, rows) in writes.iter_mut() {
-            self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, *rows, row_len)?;
-        }
-        let table = self.rope_table_for(positions, rope);
-        let table = table.as_deref();
-        let (mut q_rest, mut k_rest) = (&mut q[..], &mut k[..]);
-        let mut parts = Vec::with_capacity(writes.len());
-        for (cache, rows) in writes.iter_mut() {
-            let (q_seq, q_tail) = std::mem::take(&mut q_rest).split_at_mut(rows.n * q_len);
-            let (k_seq, k_tail) = std::mem::take(&mut k_rest).split_at_mut(rows.n * row_len);
-            (q_rest, k_rest) = (q_tail, k_tail);
-            parts.push(Mutex::new(Some((KvLayer { k: &mut *cache.k, v: &mut *cache.v }, q_seq, k_seq, *rows))));
-        }
-        self.pool.run(parts.len(), &|i| {
-            let Some((cache, q_seq, k_seq, rows)) = parts[i].lock().ok().and_then(|mut p| p.take()) else { return };
-            let at = &positions[rows.row..rows.row + rows.n];
-            rope_rows(q_seq, q_len, head_dim, at, rope, table);
-            rope_rows(k_seq, row_len, head_dim, at, rope, table);
-            let values = &v[rows.row * row_len..(rows.row + rows.n) * row_len];
-            self.write_rows(cache, k_seq, values, rows.first_pos, row_len);
-        });
         Ok(())
+    }
+
+    /// The per-sequence RoPE and KV writes in the attention's own section, ahead of its
+    /// tasks: one section a layer fewer.
+    fn rope_kv_write_attention(
+        &self,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &Vec<f32>,
+        positions: &[u32],
+        rope: &Rope,
+        writes: &mut [(KvLayer<&mut Vec<f32>>, SeqRows)],
+        shape: AttentionShape,
+        out: &mut Vec<f32>,
+    ) -> Result<(), KernelError> {
+        let row_len = shape.n_kv_head * shape.head_dim;
+        let Some(plan) = self.plan_rope_writes(q, k, v, shape.head_dim, positions, rope, writes, row_len)? else {
+            self.rope_qk(q, k, shape.head_dim, positions, rope)?;
+            self.kv_write_many(writes, k, v, row_len)?;
+            return self.attention_many(q, &written(writes), shape, out);
+        };
+        // SAFETY: attention reads the queries and caches only once every write task has
+        // finished (`run_then`), and the buffers stay borrowed until the section ends.
+        let first = |i: usize| unsafe { plan.run(self, i) };
+        self.attention_section(q, &written(writes), shape, out, Some((plan.seqs.len(), &first)))
     }
 
     fn kv_write(
@@ -1076,9 +1286,14 @@ impl Backend for Cpu {
         let SeqRows { row, n, first_pos } = rows;
         let src = row * row_len..(row + n) * row_len;
         check_len("kv_write", "source", k.len().min(v.len()), src.end)?;
-        let cache = KvLayer { k: &mut *cache.k, v: &mut *cache.v };
         self.grow_cache(KvLayer { k: &mut *cache.k, v: &mut *cache.v }, rows, row_len)?;
-        self.write_rows(cache, &k[src.clone()], &v[src], first_pos, row_len);
+        self.write_rows(
+            KvLayer { k: &mut cache.k[..], v: &mut cache.v[..] },
+            &k[src.clone()],
+            &v[src],
+            first_pos,
+            row_len,
+        );
         Ok(())
     }
 
@@ -1121,98 +1336,7 @@ impl Backend for Cpu {
         shape: AttentionShape,
         out: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
-        let AttentionShape { n_head, n_kv_head, head_dim } = shape;
-        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-            return Err(shape_err("attention", format!("{n_head} heads cannot share {n_kv_head} kv heads")));
-        }
-        if self.kv_bf16 && !head_dim.is_multiple_of(2) {
-            return Err(shape_err("attention", format!("a bf16 cache pairs up elements: heads of {head_dim} cannot")));
-        }
-        let q_len = n_head * head_dim;
-        let kv_len = n_kv_head * head_dim;
-        for (cache, rows) in seqs {
-            let SeqRows { row: q_row, n, first_pos } = *rows;
-            let n_ctx = first_pos + n;
-            check_len("attention", "q", q.len(), (q_row + n) * q_len)?;
-            let (key_elems, value_elems) = self.cache_elems(n_ctx, kv_len);
-            check_len("attention", "k cache", cache.k.len() * self.elems_per_slot(), key_elems)?;
-            check_len("attention", "v cache", cache.v.len() * self.elems_per_slot(), value_elems)?;
-            check_len("attention", "output", out.len(), (q_row + n) * q_len)?;
-        }
-        let group = n_head / n_kv_head;
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        // One task per (sequence, token, KV head, run of positions), every sequence of the step
-        // in one parallel section: the query heads sharing a KV head read its keys and values
-        // once, and long contexts split over every thread (flash-decoding); the last task of a
-        // (sequence, token, KV head) to finish merges its partial softmaxes, in chunk order
-        // whatever else the step holds, so a sequence gets the same numbers batched as alone.
-        let part_len = group * (head_dim + 2);
-        let chunks_of = |first_pos: usize, t: usize| (first_pos + t + 1).div_ceil(ATTENTION_CHUNK);
-        let mut scratch = self.attention_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let AttentionScratch { tasks, partials, finished } = &mut *scratch;
-        tasks.clear();
-        for (s, (_, rows)) in seqs.iter().enumerate() {
-            for t in 0..rows.n {
-                for g in 0..n_kv_head {
-                    for c in 0..chunks_of(rows.first_pos, t) {
-                        tasks.push((s, t, g, c));
-                    }
-                }
-            }
-        }
-        // Every task writes the whole of its record.
-        if partials.len() < tasks.len() * part_len {
-            partials.resize(tasks.len() * part_len, 0.0);
-        }
-        finished.iter_mut().for_each(|f| *f.get_mut() = 0);
-        finished.resize_with(tasks.len().max(finished.len()), AtomicUsize::default);
-        let (records, outputs) = (OutPtr(partials.as_mut_ptr()), OutPtr(out.as_mut_ptr()));
-        let (task_list, done) = (&tasks[..], &finished[..]);
-        // Runs of neighbouring tasks per thread: claims stay on each thread's own line, and
-        // a thread reads one sequence's cache after another's.
-        let runs = Runs::new(task_list.len(), self.threads());
-        let task = |i: usize| {
-            // SAFETY: task `i` alone writes record `i`, inside `partials` (sized above), which
-            // nothing else touches during the parallel section.
-            let part = unsafe { std::slice::from_raw_parts_mut(records.at(i * part_len), part_len) };
-            let (s, t, g, c) = task_list[i];
-            let (cache, SeqRows { row: q_row, first_pos, .. }) = seqs[s];
-            let visible = first_pos + t + 1;
-            let positions = c * ATTENTION_CHUNK..((c + 1) * ATTENTION_CHUNK).min(visible);
-            let qg = &q[(q_row + t) * q_len + g * group * head_dim..][..group * head_dim];
-            let (stride, offset, len) = (kv_len, g * head_dim, head_dim);
-            if self.kv_bf16 {
-                let (k, v) = (bf16s(cache.k), bf16s(cache.v));
-                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
-            } else {
-                let (k, v) = (cache.k.as_slice(), cache.v.as_slice());
-                attend_partial(qg, &HeadRows { k, v, stride, offset, len }, positions, scale, part);
-            }
-            // The last of the (sequence, token, KV head)'s tasks to finish merges their records
-            // in chunk order (the same numbers whichever finished last); the counter's
-            // acquire-release makes the others' records visible to it.
-            let (first, chunks) = (i - c, chunks_of(first_pos, t));
-            if chunks > 1 && done[first].fetch_add(1, Ordering::AcqRel) + 1 < chunks {
-                return;
-            }
-            // SAFETY: records `first..first + chunks` are written (above); nothing writes them
-            // or this (token, KV head)'s output rows during the section but this task.
-            let parts = unsafe { std::slice::from_raw_parts(records.at(first * part_len), chunks * part_len) };
-            for j in 0..group {
-                let at = (q_row + t) * q_len + (g * group + j) * head_dim;
-                // SAFETY: as above; `out` holds the row (checked before the section).
-                let head = unsafe { outputs.slice(at..at + head_dim) };
-                merge_partials(parts, part_len, j * (head_dim + 2), head);
-            }
-        };
-        self.pool.run(runs.len(), &|r| runs.work_through(r, |chunk| chunk.for_each(task)));
-        // A long prompt's step needs far more than a decode step: not kept.
-        if size_of_val(&partials[..]) > ATTENTION_SCRATCH_KEPT {
-            *partials = Vec::new();
-            *tasks = Vec::new();
-            *finished = Vec::new();
-        }
-        Ok(())
+        self.attention_section(q, seqs, shape, out, None)
     }
 
     fn gather_rows(
@@ -1552,7 +1676,7 @@ mod tests {
     }
 
     #[test]
-    fn rope_kv_write_per_sequence_equals_rope_then_kv_write() {
+    fn rope_kv_write_per_sequence_and_with_attention_equal_the_ops_apart() {
         let (head_dim, q_len, row_len) = (8, 32, 16);
         let rope = Rope { layout: crate::RopeLayout::Neox, freq_base: 10_000.0, n_rot: 8 };
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -1574,6 +1698,7 @@ mod tests {
                 let v: Vec<f32> = (0..n * row_len).map(|i| (i as f32 * 0.2).sin()).collect();
 
                 let (mut q_fused, mut k_fused) = (q.clone(), k.clone());
+                let (mut q_one, mut k_one) = (q.clone(), k.clone());
                 let mut caches_fused: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|_| (vec![], vec![])).collect();
                 let mut writes: Vec<_> =
                     caches_fused.iter_mut().zip(rows).map(|((k, v), r)| (KvLayer { k, v }, r)).collect();
@@ -1591,13 +1716,45 @@ mod tests {
                     b.kv_write(KvLayer { k: kc, v: vc }, &k_apart, &v, r, row_len).expect("kv_write");
                 }
 
-                let case = format!("{acts:?}, reversed {reversed}");
-                assert_eq!(bits(&q_fused), bits(&q_apart), "{case}: queries");
-                assert_eq!(bits(&k_fused), bits(&k_apart), "{case}: keys");
-                for (fused, apart) in caches_fused.iter().zip(&caches_apart) {
-                    assert_eq!(bits(&fused.0), bits(&apart.0), "{case}: key cache");
-                    assert_eq!(bits(&fused.1), bits(&apart.1), "{case}: value cache");
+                let shape = AttentionShape { n_head: q_len / head_dim, n_kv_head: row_len / head_dim, head_dim };
+                let mut att_apart = vec![0.0; n * q_len];
+                let seqs: Vec<_> = caches_apart.iter().zip(rows).map(|((k, v), r)| (KvLayer { k, v }, r)).collect();
+                b.attention_many(&q_apart, &seqs, shape, &mut att_apart).expect("attention");
+
+                // All of it in one call (the writes ahead of attention in its section).
+                let mut caches_one: Vec<(Vec<f32>, Vec<f32>)> = rows.iter().map(|_| (vec![], vec![])).collect();
+                let mut writes: Vec<_> =
+                    caches_one.iter_mut().zip(rows).map(|((k, v), r)| (KvLayer { k, v }, r)).collect();
+                if reversed {
+                    writes.reverse();
                 }
+                let mut att_one = vec![0.0; n * q_len];
+                b.rope_kv_write_attention(
+                    &mut q_one,
+                    &mut k_one,
+                    &v,
+                    &positions,
+                    &rope,
+                    &mut writes,
+                    shape,
+                    &mut att_one,
+                )
+                .expect("rope_kv_write_attention");
+
+                let case = format!("{acts:?}, reversed {reversed}");
+                for (q, k, caches, what) in [
+                    (&q_fused, &k_fused, &caches_fused, "per sequence"),
+                    (&q_one, &k_one, &caches_one, "with attention"),
+                ] {
+                    assert_eq!(bits(q), bits(&q_apart), "{case}, {what}: queries");
+                    assert_eq!(bits(k), bits(&k_apart), "{case}, {what}: keys");
+                    for (fused, apart) in caches.iter().zip(&caches_apart) {
+                        assert_eq!(bits(&fused.0), bits(&apart.0), "{case}, {what}: key cache");
+                        assert_eq!(bits(&fused.1), bits(&apart.1), "{case}, {what}: value cache");
+                    }
+                }
+                assert_eq!(bits(&att_one), bits(&att_apart), "{case}: attention");
+                assert!(att_apart.iter().any(|&x| x != 0.0), "{case}: attention is not all zeros");
             }
         }
     }
