@@ -77,7 +77,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::{
     AttentionShape, Backend, BackendKind, Inputs, KernelError, KvLayer, QTensor, Rope, SeqRows, argmax, check_len,
-    shape_err, written,
+    rope_kv_write_then_attention, shape_err, written,
 };
 use crate::quant::dequantize_row;
 
@@ -1265,9 +1265,7 @@ impl Backend for Cpu {
     ) -> Result<(), KernelError> {
         let row_len = shape.n_kv_head * shape.head_dim;
         let Some(plan) = self.plan_rope_writes(q, k, v, shape.head_dim, positions, rope, writes, row_len)? else {
-            self.rope_qk(q, k, shape.head_dim, positions, rope)?;
-            self.kv_write_many(writes, k, v, row_len)?;
-            return self.attention_many(q, &written(writes), shape, out);
+            return rope_kv_write_then_attention(self, q, k, v, positions, rope, writes, shape, out);
         };
         // SAFETY: attention reads the queries and caches only once every write task has
         // finished (`run_then`), and the buffers stay borrowed until the section ends.
