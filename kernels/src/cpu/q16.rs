@@ -60,10 +60,8 @@ impl Q16Acts {
         self.lo.resize(split_len, 0);
         self.qsum.resize(split_len / QB, 0);
         self.hisum.resize(split_len / QB, 0);
-        let (source, run) = Source::of(input, len, cols);
         Q16Plan {
-            source,
-            run,
+            source: Source::of(input, len, cols),
             q: Chunks::of(&mut self.q),
             d: Chunks::of(&mut self.d),
             sum: Chunks::of(&mut self.sum),
@@ -106,8 +104,6 @@ pub(super) struct Split<'a> {
 /// A quantization into a [`Q16Acts`], split into tasks ([`Q16Acts::plan`]).
 pub struct Q16Plan<'a> {
     source: Source<'a>,
-    /// Blocks per task.
-    run: usize,
     q: Chunks<i16>,
     d: Chunks<f32>,
     sum: Chunks<f32>,
@@ -133,10 +129,10 @@ impl Q16Plan<'_> {
     /// # Safety
     /// As [`Q8Plan::run`](super::q8::Q8Plan::run), for the planned [`Q16Acts`].
     pub unsafe fn run(&self, i: usize) {
-        let run = self.run;
+        let run = self.source.run;
         // SAFETY: the caller's guarantee, for run `i`'s chunks of every buffer.
         unsafe {
-            let x = self.source.values(i, run);
+            let x = self.source.values(i);
             let split = self.split.map(|s| Split {
                 hi: s.hi.chunk(i, run * QB),
                 lo: s.lo.chunk(i, run * QB),

@@ -52,10 +52,8 @@ impl Q8Acts {
         self.sum.resize(len / QB, 0.0);
         self.qsum.resize(len / QA, 0);
         self.q.resize(len, 0);
-        let (source, run) = Source::of(input, len, cols);
         Q8Plan {
-            source,
-            run,
+            source: Source::of(input, len, cols),
             q: Chunks::of(&mut self.q),
             d: Chunks::of(&mut self.d),
             qsum: Chunks::of(&mut self.qsum),
@@ -96,13 +94,15 @@ pub(super) struct Source<'a> {
     x: &'a [f32],
     /// The norm's weight and epsilon, and the rows it writes (runs hold whole rows).
     norm: Option<(&'a [f32], f32, Chunks<f32>)>,
+    /// Blocks per run, one run per task.
+    pub(super) run: usize,
     tasks: usize,
 }
 
 impl<'a> Source<'a> {
-    /// The first `len` elements of `input` and the blocks per run: one run per task, of
-    /// whole rows of `cols` where the rows are normalised.
-    pub(super) fn of(input: Input<'a>, len: usize, cols: usize) -> (Self, usize) {
+    /// The first `len` elements of `input`, in runs of whole blocks, one run per task (of
+    /// whole rows of `cols` where the rows are normalised).
+    pub(super) fn of(input: Input<'a>, len: usize, cols: usize) -> Self {
         let run = blocks_per_task(len / QB);
         let (x, norm, run) = match input {
             Input::Rows(x) => (&x[..len], None, run),
@@ -112,20 +112,20 @@ impl<'a> Source<'a> {
                 (&x[..len], Some((weight, eps, Chunks::of_slice(normed))), run.div_ceil(row_blocks) * row_blocks)
             }
         };
-        (Self { x, norm, tasks: len.div_ceil(run * QB) }, run)
+        Self { x, norm, run, tasks: len.div_ceil(run * QB) }
     }
 
     pub(super) fn tasks(&self) -> usize {
         self.tasks
     }
 
-    /// The values of run `i` (of `run` blocks), normalised first where asked.
+    /// The values of run `i`, normalised first where asked.
     ///
     /// # Safety
     /// The normalised rows' buffer outlives the plan, and nothing else touches run `i` of it
     /// meanwhile.
-    pub(super) unsafe fn values(&self, i: usize, run: usize) -> &[f32] {
-        let span = run * QB;
+    pub(super) unsafe fn values(&self, i: usize) -> &[f32] {
+        let span = self.run * QB;
         let x = &self.x[(i * span).min(self.x.len())..((i + 1) * span).min(self.x.len())];
         match &self.norm {
             None => x,
@@ -177,8 +177,6 @@ impl<T> Chunks<T> {
 /// A quantization into a [`Q8Acts`], split into tasks ([`Q8Acts::plan`]).
 pub struct Q8Plan<'a> {
     source: Source<'a>,
-    /// Blocks per task.
-    run: usize,
     q: Chunks<i8>,
     d: Chunks<f32>,
     qsum: Chunks<i32>,
@@ -196,10 +194,10 @@ impl Q8Plan<'_> {
     /// The planned [`Q8Acts`] is not resized, moved or dropped before every task has run, and
     /// nothing reads or writes its run `i` (or the normalised rows') while this one runs.
     pub unsafe fn run(&self, i: usize) {
-        let run = self.run;
+        let run = self.source.run;
         // SAFETY: the caller's guarantee, for run `i`'s chunks of every buffer.
         unsafe {
-            let x = self.source.values(i, run);
+            let x = self.source.values(i);
             quantize_q8(
                 x,
                 self.q.chunk(i, run * QB),
